@@ -1,0 +1,187 @@
+"""Run one cell's steps in order: fetch, unpack, patch, compile (a backend's), finish, smoke.
+
+A failed cell never stops the others; its full log is kept in the kiln home.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+import kiln
+from kiln import source, verify
+from kiln.backends import Backend, CompileJob
+from kiln.errors import BuildError, KilnError
+from kiln.home import CellResult, Home
+from kiln.matrix import Cell
+from kiln.toolchains import Toolchains, probe_host
+from kiln.wheel import Provenance, finish, pins_for
+
+@dataclass(frozen=True)
+class Parallelism:
+    max_jobs: int
+    nvcc_threads: int
+
+
+def available_memory_gb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / (1024 * 1024)
+    except OSError:
+        pass
+    return 4.0
+
+
+def parallelism(memory_per_job_gb: float, cores: int | None = None,
+                free_gb: float | None = None) -> Parallelism:
+    """MAX_JOBS = min(cores, free memory / memory per job); nvcc threads share what is left."""
+    cores = cores or os.cpu_count() or 1
+    free_gb = available_memory_gb() if free_gb is None else free_gb
+    jobs = max(1, min(cores, int(free_gb // memory_per_job_gb)))
+    return Parallelism(max_jobs=jobs, nvcc_threads=max(1, cores // jobs))
+
+
+def build_env(cell: Cell, toolchains: Toolchains, home: Home) -> dict[str, str]:
+    """The environment of a cell's compile step, whoever runs it."""
+    recipe = cell.recipe
+    par = parallelism(recipe.build.memory_per_job_gb)
+    env = {
+        "MAX_JOBS": str(par.max_jobs),
+        "NVCC_THREADS": str(par.nvcc_threads),
+        "PIP_CONSTRAINT": "",  # filled in by build_cell
+        "PIP_NO_INDEX": "1",
+        "SOURCE_DATE_EPOCH": "315532800",
+    }
+    if cell.variant.torch:
+        env["KILN_CXX_STD"] = str(toolchains.torch[cell.variant.torch].cxx_std)
+    if cell.variant.cuda_major:
+        host = probe_host()
+        if host.cuda_home:
+            env["CUDA_HOME"] = str(host.cuda_home)
+        if cell.cuda_archs != "upstream":
+            env["TORCH_CUDA_ARCH_LIST"] = cell.cuda_archs
+    env.update(compiler_cache_env(home))
+    env.update(recipe.build.env)
+    return env
+
+
+def compiler_cache_env(home: Home) -> dict[str, str]:
+    """ccache in front of cc, c++ and nvcc (nvcc through PYTORCH_NVCC), cache in the kiln home."""
+    exe = shutil.which("ccache") or str(Path(sys.executable).parent / "ccache")
+    if not Path(exe).exists():
+        return {}
+    cc = os.environ.get("CC", "cc")
+    cxx = os.environ.get("CXX", "c++")
+    env = {
+        "CCACHE_DIR": str(home.ccache),
+        "CCACHE_BASEDIR": str(home.work),
+        "CCACHE_NOHASHDIR": "1",
+        "CCACHE_COMPILERCHECK": "content",
+        "CCACHE_SLOPPINESS": "include_file_mtime,include_file_ctime,time_macros,pch_defines",
+        "CCACHE_MAXSIZE": os.environ.get("CCACHE_MAXSIZE", "20G"),
+        "CC": f"{exe} {cc}",
+        "CXX": f"{exe} {cxx}",
+        "KILN_CXX": cxx,
+    }
+    host = probe_host()
+    if host.cuda_home:
+        env["PYTORCH_NVCC"] = f"{exe} {host.cuda_home / 'bin' / 'nvcc'}"
+    return env
+
+
+def build_cell(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: Backend,
+               index_url: str | None = None) -> CellResult:
+    """Build, finish and smoke-test one cell; never raises for a failure of the cell itself."""
+    home.logs.mkdir(parents=True, exist_ok=True)
+    log_path = home.logs / f"{cell.id}.log"
+    work = home.work / cell.id
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        print(f"kiln {kiln.__version__}: building {cell.id} with the {backend.name} backend",
+              file=log, flush=True)
+        try:
+            wheel, archs = _steps(cell, toolchains, home, out, backend, index_url, work, log)
+        except KilnError as exc:
+            print(f"kiln: FAILED: {exc.message}", file=log, flush=True)
+            result = CellResult(cell=cell.id, status="failed", log=str(log_path),
+                                seconds=time.monotonic() - started, error=exc.message)
+        else:
+            print(f"kiln: built {wheel.name}", file=log, flush=True)
+            result = CellResult(cell=cell.id, status="built", log=str(log_path), wheel=wheel.name,
+                                seconds=time.monotonic() - started, cuda_archs=archs)
+    result.save(home)
+    return result
+
+
+def _steps(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: Backend,
+           index_url: str | None, work: Path, log: object) -> tuple[Path, str | None]:
+    src = source.fetch(cell.recipe, cell.version, home.sources, index_url)
+    print(f"kiln: source {src.url} sha256={src.sha256}", file=log, flush=True)  # type: ignore[call-overload]
+    srcdir = source.unpack(src, work / "src")
+    for patch in cell.recipe.patch_paths:
+        res = subprocess.run(["patch", "-p1", "--forward", "-i", str(patch)], cwd=srcdir,
+                             capture_output=True, text=True)
+        print(f"$ patch -p1 -i {patch}\n{res.stdout}{res.stderr}", file=log, flush=True)  # type: ignore[call-overload]
+        if res.returncode != 0:
+            raise BuildError(f"patch {patch.name} does not apply to {cell.project} {cell.version}")
+    constraints = work / "constraints.txt"
+    lines = list(cell.recipe.build.constraints)
+    if cell.torch_release:
+        lines.append(f"torch=={cell.torch_release}")
+    constraints.write_text("\n".join(lines) + "\n")
+    env = build_env(cell, toolchains, home)
+    env["PIP_CONSTRAINT"] = str(constraints)
+    env["UV_CONSTRAINT"] = str(constraints)
+    for key in sorted(env):
+        print(f"kiln: env {key}={env[key]}", file=log, flush=True)  # type: ignore[call-overload]
+    job = CompileJob(cell=cell, toolchains=toolchains, source_dir=srcdir, work_dir=work, env=env,
+                     constraints=constraints, log=log, timeout_s=cell.recipe.build.timeout_minutes * 60)  # type: ignore[arg-type]
+    res = backend.compile(job)
+    host = probe_host()
+    archs = cell.cuda_archs if cell.variant.cuda_major else None
+    prov = Provenance(
+        kiln_version=kiln.__version__, cell=cell.id, variant=cell.variant.name,
+        recipe=cell.recipe.path.name, recipe_sha256=cell.recipe.sha256, source_url=src.url,
+        source_sha256=src.sha256, python=res.python, torch=res.installed.get("torch"),
+        cuda_archs=archs, nvcc=host.nvcc_version if cell.variant.cuda_major else None,
+        compiler=res.compiler, build_env=res.freeze, backend=backend.name)
+    staging = work / "finished"
+    finished = finish(res.wheel, cell, prov, pins_for(cell, res.installed), staging,
+                      res.ld_paths, work / "finish")
+    try:
+        verify.smoke(finished, cell, toolchains, work, log, constraints)  # type: ignore[arg-type]
+    except BuildError:
+        home.failed.mkdir(parents=True, exist_ok=True)
+        shutil.move(finished, home.failed / finished.name)
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    dest = out / finished.name
+    shutil.move(finished, dest)
+    shutil.rmtree(work, ignore_errors=True)
+    return dest, archs
+
+
+def build_cells(cells: list[Cell], toolchains: Toolchains, home: Home, out: Path, backend: Backend,
+                index_url: str | None = None, console: Console | None = None) -> list[CellResult]:
+    """Build every cell in turn with a progress display; failures are collected, not raised."""
+    console = console or Console(stderr=True)
+    results: list[CellResult] = []
+    columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        for i, cell in enumerate(cells, 1):
+            task = progress.add_task(f"[{i}/{len(cells)}] {cell.id}", total=1)
+            result = build_cell(cell, toolchains, home, out, backend, index_url)
+            mark = "[green]built" if result.status == "built" else f"[red]FAILED ({result.error}) log: {result.log}"
+            progress.update(task, completed=1, description=f"[{i}/{len(cells)}] {cell.id}: {mark}")
+            progress.stop_task(task)
+            results.append(result)
+    return results

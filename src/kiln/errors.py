@@ -1,0 +1,46 @@
+"""Every failure a user can cause has a class here with its own exit code.
+
+The CLI prints ``kiln: <message>`` on one line and exits with ``exit_code``; no traceback.
+"""
+
+from __future__ import annotations
+
+
+class KilnError(Exception):
+    """A failure the user can act on."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(KilnError):
+    """A malformed recipe or toolchain table: names file:line and what was expected."""
+
+    exit_code = 2
+
+
+class SourceError(KilnError):
+    """The sdist could not be found, downloaded, or its sha256 did not match."""
+
+    exit_code = 3
+
+
+class BuildError(KilnError):
+    """A cell failed to build, finish or pass its smoke test."""
+
+    exit_code = 4
+
+
+class MirrorError(KilnError):
+    """The devpi mirror is unreachable, refused an upload, or would lose published bytes."""
+
+    exit_code = 5
+
+
+class HostError(KilnError):
+    """This host lacks something a command needs (uv, unshare, a Python, nvcc)."""
+
+    exit_code = 6

@@ -1,0 +1,158 @@
+"""Variants and cells: expand(recipes, toolchains) -> the cells of the build matrix."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+
+from packaging.utils import canonicalize_name
+
+from kiln.errors import ConfigError
+from kiln.recipe import Recipe
+from kiln.toolchains import Host, Toolchains, find_python, probe_host
+
+MAIN = "main"
+DEFAULT_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+_VARIANT_RE = re.compile(r"^(?:main|(?P<acc>cpu|cu\d{3,})-torch(?P<torch>\d+\.\d+))$")
+
+
+@dataclass(frozen=True, order=True)
+class Variant:
+    """What a wheel's binary depends on beyond its Python tag.
+
+    ``cu130-torch2.14``, ``cpu-torch2.14``, or ``main`` for wheels that need no torch.
+    """
+
+    torch: str | None = None
+    cuda: str | None = None  # "13.0", "cpu", or None for main
+
+    @property
+    def name(self) -> str:
+        if self.torch is None:
+            return MAIN
+        return f"{self.accelerator}-torch{self.torch}"
+
+    @property
+    def accelerator(self) -> str:
+        if self.cuda is None or self.cuda == "cpu":
+            return "cpu"
+        return "cu" + self.cuda.replace(".", "")
+
+    @property
+    def label(self) -> str | None:
+        """The PEP 440 local version label: ``cu130.torch2.14``; None for main."""
+        return None if self.torch is None else self.name.replace("-", ".")
+
+    @property
+    def cuda_major(self) -> str | None:
+        return None if self.cuda in (None, "cpu") else self.cuda.split(".")[0]
+
+    @classmethod
+    def parse(cls, name: str) -> Variant:
+        m = _VARIANT_RE.match(name)
+        if not m:
+            raise ConfigError(f"variant {name!r}: expected 'main', 'cpu-torchX.Y' or 'cuNNN-torchX.Y'")
+        if name == MAIN:
+            return cls()
+        acc = m.group("acc")
+        cuda = "cpu" if acc == "cpu" else f"{acc[2:-1]}.{acc[-1]}"
+        return cls(torch=m.group("torch"), cuda=cuda)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One build: (recipe, project version, Python, variant)."""
+
+    recipe: Recipe = field(compare=False, hash=False, repr=False)
+    project: str
+    version: str
+    python: str
+    variant: Variant
+    torch_release: str | None = None
+    cuda_archs: str = "upstream"
+
+    @property
+    def id(self) -> str:
+        """A stable name, e.g. ``causal-conv1d-1.7.0-cp311-cu130-torch2.14``."""
+        return f"{canonicalize_name(self.project)}-{self.version}-{self.python_tag}-{self.variant.name}"
+
+    @property
+    def python_tag(self) -> str:
+        return "cp" + self.python.replace(".", "")
+
+    @property
+    def wheel_version(self) -> str:
+        label = self.variant.label
+        return f"{self.version}+{label}" if label else self.version
+
+
+def expand(recipes: list[Recipe], toolchains: Toolchains, variant: str | None = None,
+           cuda_archs: str | None = None) -> list[Cell]:
+    """Every cell the recipes declare, in recipe order; ``variant`` keeps only that one."""
+    cells: list[Cell] = []
+    for recipe in recipes:
+        cells.extend(_expand_one(recipe, toolchains, cuda_archs))
+    if variant:
+        Variant.parse(variant)
+        cells = [c for c in cells if c.variant.name == variant]
+    return cells
+
+
+def _expand_one(recipe: Recipe, tc: Toolchains, cuda_archs: str | None) -> list[Cell]:
+    m = recipe.matrix
+    archs = cuda_archs or recipe.build.cuda_archs or tc.cuda_archs
+    out: list[Cell] = []
+    if not recipe.uses_torch:
+        for version, py in itertools.product(recipe.versions, m.python or DEFAULT_PYTHONS):
+            if not _excluded(m.exclude, python=py):
+                out.append(Cell(recipe, recipe.project, version, py, Variant()))
+        return out
+    for torch in m.torch:
+        spec = tc.torch_spec(torch)
+        if spec is None:
+            raise ConfigError(f"{recipe.path}:1: matrix.torch: {torch!r} is not in {tc.path} "
+                              f"(known: {', '.join(sorted(tc.torch))})")
+        for cuda in m.cuda:
+            if cuda not in spec.builds:
+                if not _excluded(m.exclude, torch=torch, cuda=cuda):
+                    raise ConfigError(
+                        f"{recipe.path}:1: matrix: torch {torch} has no {cuda} build in {tc.path} "
+                        f"(it has {', '.join(spec.builds)}); exclude {{torch: \"{torch}\", cuda: \"{cuda}\"}}")
+                continue
+            pythons = [p for p in (m.python or spec.python)]
+            for version, py in itertools.product(recipe.versions, pythons):
+                if py not in spec.python or _excluded(m.exclude, torch=torch, cuda=cuda, python=py):
+                    continue
+                out.append(Cell(recipe, recipe.project, version, py, Variant(torch, cuda),
+                                torch_release=spec.release,
+                                cuda_archs=archs if cuda != "cpu" else "upstream"))
+    return out
+
+
+def _excluded(rules: list[dict[str, str]], **values: str) -> bool:
+    return any(all(values.get(k) == v for k, v in rule.items()) for rule in rules)
+
+
+def not_buildable(cell: Cell, toolchains: Toolchains, host: Host | None = None) -> str | None:
+    """Why this host cannot build the cell, or None when it can."""
+    host = host or probe_host()
+    if find_python(cell.python) is None:
+        return f"Python {cell.python} not found (PATH, uv, pyenv)"
+    v = cell.variant
+    if v.torch is None:
+        return None
+    assert v.cuda is not None
+    spec = toolchains.torch[v.torch]
+    if spec.builds[v.cuda] != "pypi" and toolchains.index_url(v.torch, v.cuda) is None:
+        index = toolchains.indexes[spec.builds[v.cuda]]
+        return f"torch {spec.release} {v.accelerator} comes from index {spec.builds[v.cuda]!r}: set {index.url_env}"
+    if v.cuda_major is not None:
+        if host.cuda_home is None or host.nvcc_version is None:
+            return "no nvcc (set CUDA_HOME)"
+        if host.cuda_major != v.cuda_major:
+            return f"nvcc is CUDA {host.nvcc_version}, torch's build is CUDA {v.cuda}: majors differ"
+    return None

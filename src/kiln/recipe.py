@@ -1,0 +1,282 @@
+"""Recipe models: what is needed to build one PyPI project, and load_recipes().
+
+A recipe is ``recipes/<project>.yaml``. The models below are the schema's reference: every
+field has a docstring, unknown keys are refused, and every error names file:line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kiln.errors import ConfigError
+from kiln.yamlsrc import YamlDoc, load_yaml, pydantic_error
+
+TOOLCHAINS_FILE = "toolchains.yaml"
+PATCHES_DIR = "patches"
+_ARCH_RE = re.compile(r"^\d+\.\d+a?(\+PTX)?$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+def check_archs(value: str) -> str:
+    """`upstream`, or a `;`-separated list of compute capabilities like `8.0;9.0+PTX`."""
+    if value == "upstream":
+        return value
+    parts = [p.strip() for p in value.replace(" ", ";").split(";") if p.strip()]
+    bad = [p for p in parts if not _ARCH_RE.match(p)]
+    if not parts or bad:
+        raise ValueError(f"expected 'upstream' or archs like '8.0;9.0', got {value!r}")
+    return ";".join(parts)
+
+
+class UrlSource(_Model):
+    """An sdist or archive at a fixed URL."""
+
+    url: str
+    """Where to download it (a path is relative to the recipe); `{version}` is replaced by the
+    version being built."""
+    sha256: str
+    """Its sha256, hex; the download is refused when it differs."""
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("expected 64 lowercase hex digits")
+        return v
+
+
+class GitSource(_Model):
+    """A git repository checked out at a tag."""
+
+    git: str
+    """The repository's clone URL."""
+    tag: str = "v{version}"
+    """The tag to check out; `{version}` is replaced by the version being built."""
+
+
+class BuildSpec(_Model):
+    """How to build: what upstream forgot to declare, and the environment around it."""
+
+    requires: list[str] = []
+    """Requirements installed into the build environment beside torch (PEP 508)."""
+    constraints: list[str] = []
+    """Constraints on the whole build environment and on anything setup.py installs itself
+    (setup_requires / fetch_build_eggs see them through PIP_CONSTRAINT)."""
+    env: dict[str, str] = {}
+    """Environment variables for the build, e.g. `MAMBA_FORCE_BUILD: "TRUE"`."""
+    patches: list[str] = []
+    """Unified diffs under `recipes/patches/`, applied in order with `patch -p1`."""
+    memory_per_job_gb: float = Field(default=2.0, gt=0)
+    """Peak memory of one compile job; MAX_JOBS = min(cores, free memory / this)."""
+    cuda_archs: Annotated[str, Field(default="")] = ""
+    """GPU architectures for this project (overrides toolchains.yaml), e.g. `8.0;9.0`."""
+    timeout_minutes: int = Field(default=60, gt=0)
+    """How long one cell may take in CI before it is cancelled."""
+
+    @field_validator("requires", "constraints")
+    @classmethod
+    def _pep508(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                Requirement(item)
+            except InvalidRequirement as exc:
+                raise ValueError(f"not a PEP 508 requirement: {item!r} ({exc})") from None
+        return v
+
+    @field_validator("cuda_archs")
+    @classmethod
+    def _archs(cls, v: str) -> str:
+        return check_archs(v) if v else v
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_strings(cls, v: object) -> object:
+        if isinstance(v, dict):
+            for key, val in v.items():
+                if not isinstance(val, str):
+                    raise ValueError(f"env {key}: expected a string, quote it (got {val!r})")
+        return v
+
+
+class MatrixSpec(_Model):
+    """The cells to build: Python x torch x CUDA, less the excluded ones."""
+
+    torch: list[str] = []
+    """torch minors, e.g. `["2.14", "2.12"]`; empty for projects that need no torch."""
+    cuda: list[str] = []
+    """CUDA versions (`"13.0"`) or `cpu`; needed when torch is given."""
+    python: list[str] = []
+    """Python minors; default: every Python the toolchain supports (or 3.10-3.13 without torch)."""
+    exclude: list[dict[Literal["torch", "cuda", "python"], str]] = []
+    """Combinations to skip, e.g. `{torch: "2.8", cuda: "13.0"}`."""
+
+    @field_validator("torch", "cuda", "python", mode="before")
+    @classmethod
+    def _strings(cls, v: object) -> object:
+        if isinstance(v, list):
+            for item in v:
+                if not isinstance(item, str):
+                    raise ValueError(f"expected quoted strings like \"2.14\", got {item!r}")
+        return v
+
+    @field_validator("torch", "python")
+    @classmethod
+    def _minors(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not re.fullmatch(r"\d+\.\d+", item):
+                raise ValueError(f"expected a minor version like \"3.11\", got {item!r}")
+        return v
+
+    @field_validator("cuda")
+    @classmethod
+    def _cuda(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if item != "cpu" and not re.fullmatch(r"\d+\.\d+", item):
+                raise ValueError(f"expected a CUDA version like \"13.0\" or \"cpu\", got {item!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _torch_needs_cuda(self) -> MatrixSpec:
+        if self.torch and not self.cuda:
+            raise ValueError("torch is given but cuda is empty: list CUDA versions or \"cpu\"")
+        if self.cuda and not self.torch:
+            raise ValueError("cuda is given but torch is empty")
+        return self
+
+
+class RuntimeSpec(_Model):
+    """What a finished wheel requires at run time."""
+
+    pin: list[str] | None = None
+    """Requirements pinned to the minor the wheel was built against; default `[torch]` when
+    the build used torch."""
+    requires: list[str] = []
+    """Runtime requirements upstream forgot to declare, added to the wheel's Requires-Dist
+    (e.g. numpy for a package that lists it only in setup_requires)."""
+
+    @field_validator("requires")
+    @classmethod
+    def _pep508(cls, v: list[str]) -> list[str]:
+        return BuildSpec._pep508(v)
+
+
+class TestSpec(_Model):
+    """The smoke test run on a finished wheel in a fresh environment."""
+
+    imports: list[str] = []
+    """Modules that must import, e.g. the compiled extension `causal_conv1d_cuda`."""
+
+
+class Recipe(_Model):
+    """What is needed to build one PyPI project."""
+
+    project: str
+    """The project's name on the package index."""
+    versions: list[str]
+    """Exact versions to build."""
+    source: Literal["pypi"] | UrlSource | GitSource = "pypi"
+    """`pypi` (the sdist from the index, checked against the index's sha256), `{url, sha256}`
+    or `{git, tag}`."""
+    build: BuildSpec = BuildSpec()
+    matrix: MatrixSpec = MatrixSpec()
+    runtime: RuntimeSpec = RuntimeSpec()
+    test: TestSpec = TestSpec()
+
+    # Filled in by load_recipe(), not part of the YAML.
+    path: Path = Field(default=Path("."), exclude=True)
+    sha256: str = Field(default="", exclude=True)
+
+    @field_validator("versions")
+    @classmethod
+    def _versions(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("list at least one version")
+        for item in v:
+            try:
+                Version(str(item))
+            except InvalidVersion:
+                raise ValueError(f"not a PEP 440 version: {item!r}") from None
+        return [str(i) for i in v]
+
+    @field_validator("versions", mode="before")
+    @classmethod
+    def _versions_quoted(cls, v: object) -> object:
+        if isinstance(v, list) and any(not isinstance(i, str) for i in v):
+            raise ValueError("quote versions as strings, e.g. [\"1.0.6\"]")
+        return v
+
+    @property
+    def name(self) -> str:
+        """The canonical project name."""
+        return canonicalize_name(self.project)
+
+    @property
+    def uses_torch(self) -> bool:
+        return bool(self.matrix.torch)
+
+    @property
+    def pins(self) -> list[str]:
+        if self.runtime.pin is not None:
+            return list(self.runtime.pin)
+        return ["torch"] if self.uses_torch else []
+
+    @property
+    def patch_paths(self) -> list[Path]:
+        return [self.path.parent / PATCHES_DIR / p for p in self.build.patches]
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Load and validate one recipe; errors name file:line and what was expected."""
+    doc = load_yaml(path)
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "expected a mapping with at least 'project' and 'versions'")
+    try:
+        recipe = Recipe.model_validate(doc.data)
+    except ValidationError as exc:
+        raise pydantic_error(doc, exc) from None
+    _check_patches(doc, recipe)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return recipe.model_copy(update={"path": path, "sha256": digest})
+
+
+def _check_patches(doc: YamlDoc, recipe: Recipe) -> None:
+    for i, name in enumerate(recipe.build.patches):
+        if not (doc.path.parent / PATCHES_DIR / name).is_file():
+            raise doc.error(("build", "patches", i), f"no such patch: {PATCHES_DIR}/{name}")
+
+
+def recipe_files(recipes_dir: Path) -> list[Path]:
+    """The recipe files of a directory: every *.yaml but toolchains.yaml."""
+    if not recipes_dir.is_dir():
+        raise ConfigError(f"{recipes_dir}: not a directory of recipes")
+    return sorted(
+        p for p in recipes_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.name != TOOLCHAINS_FILE
+    )
+
+
+def load_recipes(recipes_dir: Path, only: list[str] | None = None) -> list[Recipe]:
+    """Every recipe in ``recipes_dir`` (or only those named), validated."""
+    recipes = [load_recipe(p) for p in recipe_files(recipes_dir)]
+    seen: dict[str, Path] = {}
+    for r in recipes:
+        if r.name in seen:
+            raise ConfigError(f"{r.path}:1: project {r.project!r} is also defined in {seen[r.name]}")
+        seen[r.name] = r.path
+    if only:
+        wanted = {canonicalize_name(o) for o in only}
+        unknown = sorted(wanted - set(seen))
+        if unknown:
+            raise ConfigError(f"{recipes_dir}: no recipe for {', '.join(unknown)}")
+        recipes = [r for r in recipes if r.name in wanted]
+    return recipes

@@ -1,0 +1,149 @@
+"""Fetch a cell's source: the sdist from the index (sha256 checked), a URL, or a git tag."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
+from packaging.version import Version
+
+from kiln.errors import SourceError
+from kiln.recipe import GitSource, Recipe, UrlSource
+
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+
+
+def default_index_url() -> str:
+    """The index sdists come from: KILN_INDEX_URL, uv's or pip's setting, else the upstream
+    that devpi-server's root/pypi mirrors by default."""
+    for env in ("KILN_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"):
+        if os.environ.get(env):
+            return os.environ[env]
+    from devpi_server.main import _pypi_ixconfig_default
+
+    return str(_pypi_ixconfig_default["mirror_url"])
+
+
+@dataclass(frozen=True)
+class Source:
+    """A fetched source: the archive (or checkout) and where it came from."""
+
+    path: Path
+    url: str
+    sha256: str
+
+
+def fetch(recipe: Recipe, version: str, cache_dir: Path, index_url: str | None = None) -> Source:
+    """The cell's source in ``cache_dir``, downloaded once and checked every time."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    src = recipe.source
+    if isinstance(src, UrlSource):
+        url = src.url.replace("{version}", version)
+        if "://" not in url:  # a path relative to the recipe, e.g. a vendored sdist
+            url = (recipe.path.parent / url).resolve().as_uri()
+        name = Path(urllib.parse.urlparse(url).path).name
+        return _download(url, cache_dir / name, src.sha256)
+    if isinstance(src, GitSource):
+        return _git(src, version, cache_dir / f"{recipe.name}-{version}-git")
+    url, sha = find_sdist(recipe.project, version, index_url or default_index_url())
+    name = Path(urllib.parse.urlparse(url).path).name
+    return _download(url, cache_dir / name, sha)
+
+
+def find_sdist(project: str, version: str, index_url: str) -> tuple[str, str]:
+    """(url, sha256) of the project's sdist for ``version`` from a PEP 691 simple index."""
+    page = index_url.rstrip("/") + "/" + canonicalize_name(project) + "/"
+    req = urllib.request.Request(page, headers={"Accept": f"{SIMPLE_JSON}, text/html;q=0.1"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            body = resp.read()
+            ctype = resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        raise SourceError(f"{page}: HTTP {exc.code} looking for {project} {version}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise SourceError(f"{page}: unreachable ({getattr(exc, 'reason', exc)})") from None
+    if SIMPLE_JSON not in ctype:
+        raise SourceError(f"{page}: the index did not answer with the JSON simple API ({ctype})")
+    want = Version(version)
+    for f in json.loads(body)["files"]:
+        try:
+            name, ver = parse_sdist_filename(f["filename"])
+        except InvalidSdistFilename:
+            continue
+        if name == canonicalize_name(project) and ver == want:
+            sha = f.get("hashes", {}).get("sha256")
+            if not sha:
+                raise SourceError(f"{page}: {f['filename']} has no sha256 on the index")
+            return urllib.parse.urljoin(page, f["url"]), sha
+    raise SourceError(f"{page}: no sdist of {project} {version} on the index")
+
+
+def _download(url: str, dest: Path, sha256: str) -> Source:
+    if dest.exists() and _sha256(dest) == sha256:
+        return Source(dest, url, sha256)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=300) as resp, tmp.open("wb") as out:
+            shutil.copyfileobj(resp, out)
+    except (urllib.error.URLError, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise SourceError(f"{url}: download failed ({getattr(exc, 'reason', exc)})") from None
+    got = _sha256(tmp)
+    if got != sha256:
+        tmp.unlink()
+        raise SourceError(f"{url}: sha256 mismatch: expected {sha256}, got {got}")
+    tmp.replace(dest)
+    return Source(dest, url, sha256)
+
+
+def _git(src: GitSource, version: str, dest: Path) -> Source:
+    tag = src.tag.replace("{version}", version)
+    if not dest.exists():
+        tmp = dest.with_name(dest.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        res = subprocess.run(["git", "clone", "--quiet", "--depth", "1", "--branch", tag,
+                              "--recurse-submodules", src.git, str(tmp)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SourceError(f"{src.git}@{tag}: git clone failed: {res.stderr.strip().splitlines()[-1:]}")
+        tmp.rename(dest)
+    commit = subprocess.run(["git", "-C", str(dest), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    return Source(dest, f"{src.git}@{tag}", f"git:{commit}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def unpack(source: Source, dest: Path) -> Path:
+    """Unpack the source into ``dest`` and return the project's top directory."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    if source.path.is_dir():
+        shutil.copytree(source.path, dest / "src", ignore=shutil.ignore_patterns(".git"))
+        return dest / "src"
+    name = source.path.name
+    if name.endswith(".zip"):
+        with zipfile.ZipFile(source.path) as zf:
+            zf.extractall(dest)
+    else:
+        with tarfile.open(source.path) as tf:
+            tf.extractall(dest, filter="data")
+    entries = [p for p in dest.iterdir()]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest

@@ -1,0 +1,189 @@
+"""The toolchain table (recipes/toolchains.yaml) and the checks of what this host can build.
+
+For each torch minor: the exact release to build against, the CUDA builds that exist and where
+each is installed from, the Pythons it supports and its C++ ABI. A variant whose torch cannot be
+installed here still plans; `buildable()` says why it cannot be built on this host.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kiln.errors import ConfigError
+from kiln.recipe import TOOLCHAINS_FILE, check_archs
+from kiln.yamlsrc import load_yaml, pydantic_error
+
+PYPI = "pypi"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class IndexSpec(_Model):
+    """A package index torch builds are installed from, other than the default index."""
+
+    url_env: str
+    """The environment variable holding the index's base URL; `/<build>` (e.g. `/cu128`,
+    `/cpu`) is appended. Unset: the variants that need it are not buildable here."""
+    about: str = ""
+    """What this index is, for people reading the table."""
+
+    def url(self, build: str) -> str | None:
+        base = os.environ.get(self.url_env, "").strip()
+        return f"{base.rstrip('/')}/{build}" if base else None
+
+
+class TorchSpec(_Model):
+    """One torch minor."""
+
+    release: str
+    """The exact torch release wheels are built against, e.g. `2.14.1`."""
+    python: list[str]
+    """The Python minors this torch publishes wheels for."""
+    cxx11_abi: bool = True
+    """Whether this torch is built with the C++11 ABI (`_GLIBCXX_USE_CXX11_ABI=1`)."""
+    cxx_std: int = 17
+    """The C++ standard torch's headers need; extensions compiled older fail."""
+    builds: dict[str, str]
+    """CUDA version (`"13.0"`) or `cpu` -> where that build is installed from: `pypi` (the
+    default index) or the name of an entry in `indexes`."""
+
+    @field_validator("builds")
+    @classmethod
+    def _keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key != "cpu" and not re.fullmatch(r"\d+\.\d+", key):
+                raise ValueError(f"expected CUDA versions like \"13.0\" or \"cpu\", got {key!r}")
+        return v
+
+
+class Toolchains(_Model):
+    """recipes/toolchains.yaml."""
+
+    cuda_archs: str = "upstream"
+    """The GPU architectures to build for: `upstream` (each package's own list) or a list
+    like `8.0;9.0`. Recipes and `--cuda-archs` override it."""
+    indexes: dict[str, IndexSpec] = {}
+    """Named package indexes that carry torch builds the default index lacks."""
+    torch: dict[str, TorchSpec]
+    """torch minor (`"2.14"`) -> its spec."""
+    path: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("cuda_archs")
+    @classmethod
+    def _archs(cls, v: str) -> str:
+        return check_archs(v)
+
+    def torch_spec(self, minor: str) -> TorchSpec | None:
+        return self.torch.get(minor)
+
+    def index_url(self, torch_minor: str, cuda: str) -> str | None:
+        """The index URL for this build of torch; None means the default index."""
+        source = self.torch[torch_minor].builds[cuda]
+        if source == PYPI:
+            return None
+        build = "cpu" if cuda == "cpu" else "cu" + cuda.replace(".", "")
+        return self.indexes[source].url(build)
+
+
+def load_toolchains(recipes_dir: Path) -> Toolchains:
+    path = recipes_dir / TOOLCHAINS_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; the toolchain table is required beside the recipes")
+    doc = load_yaml(path)
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "expected a mapping with a 'torch' table")
+    data = dict(doc.data)
+    if isinstance(data.get("torch"), dict):
+        data["torch"] = {str(k): v for k, v in data["torch"].items()}
+    try:
+        tc = Toolchains.model_validate(data)
+    except ValidationError as exc:
+        raise pydantic_error(doc, exc) from None
+    for minor, spec in tc.torch.items():
+        for cuda, source in spec.builds.items():
+            if source != PYPI and source not in tc.indexes:
+                raise doc.error(("torch", minor, "builds", cuda), f"unknown index {source!r}; "
+                                f"expected 'pypi' or one of {sorted(tc.indexes)}")
+    return tc.model_copy(update={"path": path})
+
+
+# ----------------------------------------------------------------------------- the host
+
+
+@dataclass(frozen=True)
+class Host:
+    """What this machine has for building."""
+
+    cuda_home: Path | None
+    nvcc_version: str | None
+
+    @property
+    def cuda_major(self) -> str | None:
+        return self.nvcc_version.split(".")[0] if self.nvcc_version else None
+
+
+def find_cuda_home() -> Path | None:
+    """CUDA_HOME, CUDA_PATH, /usr/local/cuda, then nvcc on PATH (wrappers resolved)."""
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env) and (Path(os.environ[env]) / "bin" / "nvcc").exists():
+            return Path(os.environ[env])
+    if Path("/usr/local/cuda/bin/nvcc").exists():
+        return Path("/usr/local/cuda")
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        real = Path(nvcc).resolve()
+        if real.parent.name == "bin" and (real.parent / "nvcc.profile").exists():
+            return real.parent.parent
+    return None
+
+
+def nvcc_version(cuda_home: Path) -> str | None:
+    try:
+        out = subprocess.run([str(cuda_home / "bin" / "nvcc"), "--version"], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else None
+
+
+@functools.cache
+def probe_host() -> Host:
+    home = find_cuda_home()
+    return Host(cuda_home=home, nvcc_version=nvcc_version(home) if home else None)
+
+
+@functools.cache
+def find_python(minor: str) -> Path | None:
+    """An interpreter for Python ``minor``: uv's discovery (PATH, managed), then pyenv's."""
+    uv = shutil.which("uv")
+    if uv:
+        res = subprocess.run([uv, "python", "find", "--no-python-downloads", minor],
+                             capture_output=True, text=True)
+        if res.returncode == 0 and res.stdout.strip():
+            path = Path(res.stdout.strip())
+            if _python_minor(path) == minor:
+                return path
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    if root.is_dir():
+        for cand in sorted(root.glob(f"{minor}.*"), reverse=True):
+            exe = cand / "bin" / f"python{minor}"
+            if exe.exists():
+                return exe
+    return None
+
+
+def _python_minor(path: Path) -> str | None:
+    res = subprocess.run([str(path), "-c", "import sys;print('%d.%d' % sys.version_info[:2])"],
+                         capture_output=True, text=True)
+    return res.stdout.strip() if res.returncode == 0 else None
