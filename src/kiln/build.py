@@ -18,7 +18,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 import kiln
 from kiln import source, verify
-from kiln.backends import Backend, CompileJob
+from kiln.backends import Backend, CompileJob, CompileResult
 from kiln.errors import BuildError, KilnError
 from kiln.home import CellResult, Home
 from kiln.matrix import Cell
@@ -75,12 +75,20 @@ def build_env(cell: Cell, toolchains: Toolchains, home: Home) -> dict[str, str]:
 
 
 def compiler_cache_env(home: Home) -> dict[str, str]:
-    """ccache in front of cc, c++ and nvcc (nvcc through PYTORCH_NVCC), cache in the kiln home."""
+    """ccache in front of cc, c++ and nvcc, its cache in the kiln home.
+
+    cc and c++ go through ccache's masquerade links (a `c++` that is ccache), because torch runs
+    `$CXX -dumpversion` and cannot take a CXX with a space in it; nvcc goes through PYTORCH_NVCC."""
     exe = shutil.which("ccache") or str(Path(sys.executable).parent / "ccache")
     if not Path(exe).exists():
         return {}
-    cc = os.environ.get("CC", "cc")
-    cxx = os.environ.get("CXX", "c++")
+    links = home.ccache.parent / "ccache-bin"
+    links.mkdir(parents=True, exist_ok=True)
+    for name in ("cc", "c++", "gcc", "g++"):
+        link = links / name
+        if not link.is_symlink() or os.readlink(link) != exe:
+            link.unlink(missing_ok=True)
+            link.symlink_to(exe)
     env = {
         "CCACHE_DIR": str(home.ccache),
         "CCACHE_BASEDIR": str(home.work),
@@ -88,9 +96,8 @@ def compiler_cache_env(home: Home) -> dict[str, str]:
         "CCACHE_COMPILERCHECK": "content",
         "CCACHE_SLOPPINESS": "include_file_mtime,include_file_ctime,time_macros,pch_defines",
         "CCACHE_MAXSIZE": os.environ.get("CCACHE_MAXSIZE", "20G"),
-        "CC": f"{exe} {cc}",
-        "CXX": f"{exe} {cxx}",
-        "KILN_CXX": cxx,
+        "CC": str(links / "cc"),
+        "CXX": str(links / "c++"),
     }
     host = probe_host()
     if host.cuda_home:
@@ -124,20 +131,8 @@ def build_cell(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backen
 
 def _steps(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: Backend,
            index_url: str | None, work: Path, log: object) -> tuple[Path, str | None]:
-    src = source.fetch(cell.recipe, cell.version, home.sources, index_url)
-    print(f"kiln: source {src.url} sha256={src.sha256}", file=log, flush=True)  # type: ignore[call-overload]
-    srcdir = source.unpack(src, work / "src")
-    for patch in cell.recipe.patch_paths:
-        res = subprocess.run(["patch", "-p1", "--forward", "-i", str(patch)], cwd=srcdir,
-                             capture_output=True, text=True)
-        print(f"$ patch -p1 -i {patch}\n{res.stdout}{res.stderr}", file=log, flush=True)  # type: ignore[call-overload]
-        if res.returncode != 0:
-            raise BuildError(f"patch {patch.name} does not apply to {cell.project} {cell.version}")
-    constraints = work / "constraints.txt"
-    lines = list(cell.recipe.build.constraints)
-    if cell.torch_release:
-        lines.append(f"torch=={cell.torch_release}")
-    constraints.write_text("\n".join(lines) + "\n")
+    src, srcdir = prepare_source(cell, home, work / "src", index_url, log)
+    constraints = write_constraints(cell, work / "constraints.txt")
     env = build_env(cell, toolchains, home)
     env["PIP_CONSTRAINT"] = str(constraints)
     env["UV_CONSTRAINT"] = str(constraints)
@@ -146,17 +141,60 @@ def _steps(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: B
     job = CompileJob(cell=cell, toolchains=toolchains, source_dir=srcdir, work_dir=work, env=env,
                      constraints=constraints, log=log, timeout_s=cell.recipe.build.timeout_minutes * 60)  # type: ignore[arg-type]
     res = backend.compile(job)
+    dest, archs = finish_cell(cell, toolchains, home, res, src, backend.name, out, work, log)
+    shutil.rmtree(work, ignore_errors=True)
+    return dest, archs
+
+
+def prepare_source(cell: Cell, home: Home, dest: Path, index_url: str | None,
+                   log: object) -> tuple[source.Source, Path]:
+    """Fetch the cell's source (hash-checked, cached in the home), unpack it into ``dest`` and
+    apply the recipe's patches; returns the source and the project's top directory."""
+    src = source.fetch(cell.recipe, cell.version, home.sources, index_url)
+    print(f"kiln: source {src.url} sha256={src.sha256}", file=log, flush=True)  # type: ignore[call-overload]
+    srcdir = source.unpack(src, dest)
+    for patch in cell.recipe.patch_paths:
+        res = subprocess.run(["patch", "-p1", "--forward", "-i", str(patch)], cwd=srcdir,
+                             capture_output=True, text=True)
+        print(f"$ patch -p1 -i {patch}\n{res.stdout}{res.stderr}", file=log, flush=True)  # type: ignore[call-overload]
+        if res.returncode != 0:
+            why = (res.stdout + res.stderr).strip().splitlines()[-1:]
+            raise BuildError(f"patch {patch.name} does not apply to {cell.project} {cell.version}: {' '.join(why)}")
+    return src, srcdir
+
+
+def constraint_lines(cell: Cell) -> list[str]:
+    """The constraints on a cell's build environment: the recipe's, and torch's exact release."""
+    lines = list(cell.recipe.build.constraints)
+    if cell.torch_release:
+        lines.append(f"torch=={cell.torch_release}")
+    return lines
+
+
+def write_constraints(cell: Cell, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(constraint_lines(cell)) + "\n")
+    return path
+
+
+def finish_cell(cell: Cell, toolchains: Toolchains, home: Home, res: CompileResult,
+                src: source.Source, backend_name: str, out: Path, work: Path,
+                log: object) -> tuple[Path, str | None]:
+    """Finish a raw wheel (label, pins, provenance, tag) and smoke-test it; the finished wheel
+    lands in ``out``, or in the home's failed/ when its smoke test fails."""
     host = probe_host()
     archs = cell.cuda_archs if cell.variant.cuda_major else None
     prov = Provenance(
         kiln_version=kiln.__version__, cell=cell.id, variant=cell.variant.name,
         recipe=cell.recipe.path.name, recipe_sha256=cell.recipe.sha256, source_url=src.url,
         source_sha256=src.sha256, python=res.python, torch=res.installed.get("torch"),
-        cuda_archs=archs, nvcc=host.nvcc_version if cell.variant.cuda_major else None,
-        compiler=res.compiler, build_env=res.freeze, backend=backend.name)
+        cuda_archs=archs, nvcc=res.nvcc if res.nvcc is not None else (
+            host.nvcc_version if cell.variant.cuda_major else None),
+        compiler=res.compiler, build_env=res.freeze, backend=backend_name)
     staging = work / "finished"
     finished = finish(res.wheel, cell, prov, pins_for(cell, res.installed), staging,
                       res.ld_paths, work / "finish")
+    constraints = write_constraints(cell, work / "constraints.txt")
     try:
         verify.smoke(finished, cell, toolchains, work, log, constraints)  # type: ignore[arg-type]
     except BuildError:
@@ -166,7 +204,6 @@ def _steps(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: B
     out.mkdir(parents=True, exist_ok=True)
     dest = out / finished.name
     shutil.move(finished, dest)
-    shutil.rmtree(work, ignore_errors=True)
     return dest, archs
 
 

