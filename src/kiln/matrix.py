@@ -59,6 +59,15 @@ class Variant:
         cuda = "cpu" if acc == "cpu" else f"{acc[2:-1]}.{acc[-1]}"
         return cls(torch=m.group("torch"), cuda=cuda)
 
+    @classmethod
+    def from_label(cls, label: str | None) -> Variant:
+        """The variant of a PEP 440 local label: ``cu130.torch2.14`` -> ``cu130-torch2.14``;
+        no label -> ``main``."""
+        if not label:
+            return cls()
+        accelerator, _, torch = label.partition(".")
+        return cls.parse(f"{accelerator}-{torch}")
+
     def __str__(self) -> str:
         return self.name
 

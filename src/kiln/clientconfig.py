@@ -1,0 +1,118 @@
+"""`kiln config`: the lines a team pastes to install from the mirror (uv, pip, Docker, pixi),
+and which variant fits the torch installed in a Python environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
+
+from kiln.errors import ConfigError, HostError
+from kiln.matrix import Variant
+from kiln.mirror import DEFAULT_HOST, DEFAULT_PORT, simple_url, url_for
+
+FORMATS = ("uv", "pip", "docker", "pixi")
+TORCH_PROBE = (
+    "import json\n"
+    "try:\n"
+    "    import torch\n"
+    "except ImportError:\n"
+    "    print(json.dumps(None))\n"
+    "else:\n"
+    "    print(json.dumps({'version': torch.__version__, 'cuda': torch.version.cuda}))\n"
+)
+
+
+def default_mirror() -> str:
+    return os.environ.get("KILN_MIRROR_URL", url_for(DEFAULT_HOST, DEFAULT_PORT))
+
+
+@dataclass(frozen=True)
+class Detected:
+    """The torch found in an environment and the variant it asks for."""
+
+    python: str
+    torch: str | None
+    cuda: str | None
+    variant: Variant
+
+    def describe(self) -> str:
+        if self.torch is None:
+            return f"no torch in {self.python}: variant {self.variant.name}"
+        cuda = f"CUDA {self.cuda}" if self.cuda else "CPU"
+        return f"torch {self.torch} ({cuda}) in {self.python}: variant {self.variant.name}"
+
+
+def current_python() -> str:
+    """The Python of the environment in use: $VIRTUAL_ENV's, else python3 on PATH."""
+    venv = os.environ.get("VIRTUAL_ENV")
+    if venv and (Path(venv) / "bin" / "python").exists():
+        return str(Path(venv) / "bin" / "python")
+    return shutil.which("python3") or shutil.which("python") or sys.executable
+
+
+def variant_for_torch(version: str, cuda: str | None) -> Variant:
+    """torch ``2.14.1+cu130`` with CUDA ``13.0`` -> cu130-torch2.14; no CUDA -> cpu-torch2.14."""
+    try:
+        release = Version(version).release
+    except InvalidVersion:
+        raise ConfigError(f"torch version {version!r} is not a PEP 440 version") from None
+    minor = f"{release[0]}.{release[1] if len(release) > 1 else 0}"
+    if cuda:
+        parts = cuda.split(".")
+        cuda = f"{parts[0]}.{parts[1] if len(parts) > 1 else 0}"
+    return Variant(torch=minor, cuda=cuda or "cpu")
+
+
+def detect(python: str | None = None) -> Detected:
+    """Import torch in ``python`` (default: the current environment's) and name its variant."""
+    python = python or current_python()
+    try:
+        res = subprocess.run([python, "-c", TORCH_PROBE], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise HostError(f"{python}: cannot run it to look for torch ({exc})") from None
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["?"])[-1]
+        raise HostError(f"{python}: importing torch failed: {last}")
+    found = json.loads(res.stdout.strip().splitlines()[-1])
+    if found is None:
+        return Detected(python, None, None, Variant())
+    return Detected(python, found["version"], found["cuda"],
+                    variant_for_torch(found["version"], found["cuda"]))
+
+
+def render(variant: Variant, mirror: str, fmt: str) -> str:
+    """The snippet for one client: uv.toml, pip.conf, Dockerfile lines or pixi.toml."""
+    index = simple_url(mirror, variant.name)
+    parsed = urllib.parse.urlparse(index)
+    host = parsed.hostname or ""
+    insecure = parsed.scheme == "http" and host not in ("127.0.0.1", "localhost", "::1")
+    if fmt == "uv":
+        lines = ["# uv.toml (or [tool.uv] in pyproject.toml)", "[[index]]", 'name = "kiln"',
+                 f'url = "{index}"', "default = true"]
+        if insecure:
+            lines.insert(1, f'allow-insecure-host = ["{parsed.netloc}"]')
+        return "\n".join(lines)
+    if fmt == "pip":
+        lines = ["# pip.conf (~/.config/pip/pip.conf or /etc/pip.conf)", "[global]", f"index-url = {index}"]
+        if insecure:
+            lines.append(f"trusted-host = {host}")
+        return "\n".join(lines)
+    if fmt == "docker":
+        lines = ["# Dockerfile", f"ARG KILN_INDEX_URL={index}",
+                 "ENV UV_DEFAULT_INDEX=${KILN_INDEX_URL} \\", "    PIP_INDEX_URL=${KILN_INDEX_URL}"]
+        if insecure:
+            lines[-1] += " \\"
+            lines += [f"    PIP_TRUSTED_HOST={host} \\", f"    UV_INSECURE_HOST={parsed.netloc}"]
+        return "\n".join(lines)
+    if fmt == "pixi":
+        return "\n".join(["# pixi.toml ([tool.pixi.pypi-options] in pyproject.toml)", "[pypi-options]",
+                          f'index-url = "{index}"'])
+    raise ConfigError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")

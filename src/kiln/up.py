@@ -1,0 +1,93 @@
+"""`kiln up`, the main job: mirror up, build what is missing, publish, say how to install."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from kiln import mirror
+from kiln.backends import get_backend
+from kiln.build import build_cells
+from kiln.home import Home
+from kiln.matrix import Cell
+from kiln.plan import BUILT, NOT_BUILDABLE, PUBLISHED, cell_status
+from kiln.toolchains import Toolchains
+
+
+@dataclass
+class UpReport:
+    """What `kiln up` did."""
+
+    url: str
+    started: bool
+    built: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    uploaded: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    cuda_skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+    install: list[str] = field(default_factory=list)
+
+
+def drop_cuda(cells: list[Cell]) -> tuple[list[Cell], int]:
+    """The cells without CUDA, and how many CUDA cells were left out."""
+    kept = [c for c in cells if c.variant.cuda_major is None]
+    return kept, len(cells) - len(kept)
+
+
+def install_lines(url: str, cells: list[Cell]) -> list[str]:
+    """One `uv pip install` line per variant, naming its projects."""
+    by_variant: dict[str, set[str]] = {}
+    for cell in cells:
+        by_variant.setdefault(cell.variant.name, set()).add(cell.project)
+    return [f"uv pip install --index-url {mirror.simple_url(url, v)} {' '.join(sorted(ps))}"
+            for v, ps in sorted(by_variant.items())]
+
+
+def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: int,
+       all_variants: list[Cell], upstream: str | None = None, index_url: str | None = None,
+       backend: str = "local", console: Console | None = None) -> UpReport:
+    """Start (or reuse) the home's mirror in the background, build every missing cell this
+    host can build, publish every finished wheel of ``cells``.
+
+    ``all_variants``: the cells whose variants get an index (every recipe's, not only the
+    ones picked for building).
+    """
+    console = console or Console(stderr=True)
+    variants = sorted({c.variant for c in all_variants} | {c.variant for c in cells}, key=str)
+    served, _ = mirror.serve(home, host, port, variants, toolchains, upstream, background=True)
+    report = UpReport(url=served.url, started=served.started, notes=list(served.notes))
+    published = mirror.published(served.url, sorted({c.variant.name for c in cells}))
+    wheelhouse = home.wheelhouse
+    rows = {r.cell: r for r in cell_status(cells, toolchains, home, wheelhouse, published)}
+    todo: list[Cell] = []
+    for cell in cells:
+        row = rows[cell.id]
+        if row.status == PUBLISHED:
+            report.already.append(row.wheel or cell.id)
+        elif row.status == NOT_BUILDABLE:
+            report.skipped.append(f"{cell.id}: {row.detail}")
+        elif row.status != BUILT:
+            todo.append(cell)
+    if todo:
+        results = build_cells(todo, toolchains, home, wheelhouse, get_backend(backend), index_url, console)
+        report.built = [r.wheel for r in results if r.status == "built" and r.wheel]
+        report.failed = [f"{r.cell}: {r.error} (log: {r.log})" for r in results if r.status != "built"]
+    rows = {r.cell: r for r in cell_status(cells, toolchains, home, wheelhouse, published)}
+    wheels = [wheelhouse / r.wheel for r in rows.values() if r.status == BUILT and r.wheel]
+    if wheels:
+        for res in mirror.publish(wheels, served.url, home):
+            (report.uploaded if res.uploaded else report.already).append(res.wheel)
+    ok = {c.cell for c in rows.values() if c.status in (BUILT, PUBLISHED)}
+    report.install = install_lines(served.url, [c for c in cells if c.id in ok])
+    return report
+
+
+def wheels_in(path: Path) -> list[Path]:
+    """The wheels to publish: a wheel file, or every wheel in a directory."""
+    if path.is_file():
+        return [path]
+    return sorted(path.glob("*.whl")) if path.is_dir() else []

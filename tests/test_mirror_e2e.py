@@ -1,0 +1,210 @@
+"""End-to-end: a real devpi-server, real uv and pip, the kilnfix seed case built by `kiln up`.
+
+The mirror comes from the ``deployment`` fixture (conftest.py); its root/pypi mirrors a local
+static upstream, so nothing here reads the public index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import BIN, Deployment, StaticIndex
+from helpers import FIXTURE_RECIPES
+
+from kiln import mirror
+
+pytestmark = pytest.mark.e2e
+KILN = str(BIN / "kiln")
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def fetch_json(url: str) -> dict[str, object]:
+    req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def simple_files(url: str) -> dict[str, str]:
+    """filename -> sha256 on a PEP 691 project page."""
+    return {f["filename"]: f["hashes"]["sha256"] for f in fetch_json(url)["files"]}  # type: ignore[index]
+
+
+def venv(path: Path, env: dict[str, str], pip: bool = False) -> Path:
+    if pip:  # pip from ensurepip: nothing fetched
+        subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, env=env)
+    else:
+        subprocess.run([str(BIN / "uv"), "venv", "--quiet", "--python", sys.executable, str(path)],
+                       check=True, env=env)
+    return path / "bin" / "python"
+
+
+@dataclass
+class Upped:
+    """The mirror after `kiln up` on the fixture recipes."""
+
+    dep: Deployment
+    up: subprocess.CompletedProcess[str]
+    env: dict[str, str]
+
+    @property
+    def home(self) -> Path:
+        return self.dep.home
+
+    def index(self, variant: str = "main") -> str:
+        return mirror.simple_url(self.dep.url, variant)
+
+    def up_again(self) -> subprocess.CompletedProcess[str]:
+        return kiln_up(self.dep, self.env)
+
+
+def kiln_up(dep: Deployment, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    port = dep.url.rsplit(":", 1)[1]
+    return run([KILN, "up", "--recipes", str(FIXTURE_RECIPES), *dep.kiln_args(), "--port", port], env=env)
+
+
+@pytest.fixture(scope="module")
+def upped(deployment: Deployment, upstream: StaticIndex) -> Upped:
+    if deployment.name != "embedded":
+        pytest.skip("`kiln up` builds into a kiln home: embedded deployment only")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_")) and k != "VIRTUAL_ENV"}
+    env["UV_DEFAULT_INDEX"] = upstream.simple  # where build and smoke-test environments come from
+    res = kiln_up(deployment, env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return Upped(deployment, res, env)
+
+
+def test_sdist_alone_fails_with_no_module_named(deployment: Deployment, client_env: dict[str, str],
+                                                tmp_path: Path) -> None:
+    """The seed case: the upstream sdist imports an undeclared build dependency."""
+    py = venv(tmp_path / "venv", client_env)
+    res = run([str(BIN / "uv"), "pip", "install", "--python", str(py), "--index-url",
+               f"{deployment.url}/root/pypi/+simple/", "kilnfix"], env=client_env)
+    assert res.returncode != 0
+    assert "No module named 'kilnfix_helper'" in res.stdout + res.stderr
+
+
+def test_up_builds_publishes_and_prints_the_install_line(upped: Upped) -> None:
+    out = upped.up.stdout
+    assert "built 1, uploaded 1" in out, out
+    assert f"uv pip install --index-url {upped.index()} kilnfix" in out
+    files = simple_files(f"{upped.index()}kilnfix/")
+    assert len(files) == 1 and next(iter(files)).startswith("kilnfix-1.0.0-cp311-cp311-"), files
+
+
+def test_uv_installs_the_wheel_without_building(upped: Upped, client_env: dict[str, str], tmp_path: Path) -> None:
+    py = venv(tmp_path / "venv", client_env)
+    res = run([str(BIN / "uv"), "pip", "install", "--python", str(py), "--no-build", "--index-url",
+               upped.index(), "kilnfix"], env=client_env)
+    assert res.returncode == 0, res.stderr
+    res = run([str(py), "-c", "import kilnfix; print(kilnfix.add(2,3))"], env=client_env)
+    assert res.stdout.strip() == "5", res.stderr
+    freeze = run([str(BIN / "uv"), "pip", "freeze", "--python", str(py)], env=client_env).stdout
+    assert "kilnfix-helper==1.4.0" in freeze
+
+
+def test_pip_installs_the_wheel(upped: Upped, client_env: dict[str, str], tmp_path: Path) -> None:
+    py = venv(tmp_path / "venv", client_env, pip=True)
+    res = run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--only-binary",
+               ":all:", "--index-url", upped.index(), "kilnfix"], env=client_env)
+    assert res.returncode == 0, res.stderr
+    res = run([str(py), "-c", "import kilnfix; print(kilnfix.add(2,3))"], env=client_env)
+    assert res.stdout.strip() == "5", res.stderr
+
+
+def test_the_pin_fails_at_resolution(upped: Upped, client_env: dict[str, str], tmp_path: Path) -> None:
+    """kilnfix was built against kilnfix-helper 1.4 (ABI 1): asking for 2.0.0 is a resolver error."""
+    py = venv(tmp_path / "venv", client_env)
+    res = run([str(BIN / "uv"), "pip", "install", "--python", str(py), "--no-build", "--index-url",
+               upped.index(), "kilnfix", "kilnfix-helper==2.0.0"], env=client_env)
+    assert res.returncode != 0
+    err = res.stdout + res.stderr
+    assert "No solution found" in err and "kilnfix-helper" in err, err
+
+
+def test_upstream_sdist_is_hidden_from_kiln_indexes(upped: Upped) -> None:
+    """devpi serves no mirrored release of a project kiln publishes (no mirror_whitelist)."""
+    upstream_files = simple_files(f"{upped.dep.url}/root/pypi/+simple/kilnfix/")
+    assert "kilnfix-1.0.0.tar.gz" in upstream_files  # the upstream does have it...
+    files = simple_files(f"{upped.index()}kilnfix/")
+    assert files and all(f.endswith(".whl") for f in files), files  # ...kiln/main does not serve it
+
+
+def _variant_wheel(dest: Path, version: str) -> Path:
+    """A pure wheel of kilnfix ``version`` (with a local label) to publish to a variant index."""
+    name = f"kilnfix-{version}-py3-none-any.whl"
+    info = f"kilnfix-{version}.dist-info"
+    with zipfile.ZipFile(dest / name, "w") as zf:
+        zf.writestr("kilnfix/__init__.py", "def add(a, b):\n    return a + b\n")
+        zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: kilnfix\nVersion: {version}\n")
+        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{info}/RECORD", "")
+    return dest / name
+
+
+def test_publish_routes_by_label_and_variant_indexes_hide_the_sdist(upped: Upped, tmp_path: Path) -> None:
+    wheel = _variant_wheel(tmp_path, "1.0.0+cpu.torch2.14")
+    res = run([KILN, "publish", str(wheel), *upped.dep.kiln_args()])
+    assert res.returncode == 0, res.stderr
+    assert "uploaded: kiln/cpu-torch2.14" in res.stdout
+    files = simple_files(f"{upped.index('cpu-torch2.14')}kilnfix/")
+    assert wheel.name in files
+    assert not any(f.endswith(".tar.gz") for f in files), files
+    again = run([KILN, "publish", str(wheel), *upped.dep.kiln_args()])
+    assert again.returncode == 0 and "already there" in again.stdout
+
+
+def test_published_files_are_immutable(upped: Upped, tmp_path: Path) -> None:
+    wheel = next((upped.home / "wheelhouse").glob("kilnfix-1.0.0-*.whl"))
+    url = f"{upped.index()}kilnfix/"
+    before = simple_files(url)[wheel.name]
+    assert before == mirror.sha256_of(wheel)
+    forged_dir = tmp_path / "forged"
+    forged_dir.mkdir()
+    forged = forged_dir / wheel.name
+    forged.write_bytes(wheel.read_bytes())
+    with zipfile.ZipFile(forged, "a") as zf:
+        zf.writestr("kilnfix/extra.txt", "different bytes\n")
+    res = run([KILN, "publish", str(forged_dir), *upped.dep.kiln_args()])
+    assert res.returncode == 5
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kiln: ") and "immutable" in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert simple_files(url)[wheel.name] == before
+
+
+def test_plan_shows_published(upped: Upped) -> None:
+    res = run([KILN, "plan", "--recipes", str(FIXTURE_RECIPES), *upped.dep.kiln_args(), "--json"])
+    assert res.returncode == 0, res.stderr
+    assert [r["status"] for r in json.loads(res.stdout)] == ["published"]
+    res = run([KILN, "plan", "--recipes", str(FIXTURE_RECIPES), "--home", str(upped.home / "elsewhere"),
+               "--mirror", upped.dep.url, "--json"])
+    assert [r["status"] for r in json.loads(res.stdout)] == ["published"]
+
+
+def test_restart_keeps_everything_and_up_builds_nothing(upped: Upped, client_env: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    url = f"{upped.index()}kilnfix/"
+    before = simple_files(url)
+    upped.dep.stop()
+    with pytest.raises(OSError):
+        fetch_json(url)
+    upped.dep.start()
+    assert simple_files(url) == before
+    res = upped.up_again()
+    assert res.returncode == 0, res.stderr
+    assert "built 0, uploaded 0, already published 1, failed 0" in res.stdout, res.stdout
+    py = venv(tmp_path / "venv", client_env)
+    res = run([str(BIN / "uv"), "pip", "install", "--python", str(py), "--no-build", "--index-url",
+               upped.index(), "kilnfix"], env=client_env)
+    assert res.returncode == 0, res.stderr
