@@ -114,7 +114,9 @@ class LocalBackend:
         env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
         prefix = no_network_prefix()
         print(f"kiln: build step runs under `{' '.join(prefix)}` (no network)", file=log, flush=True)
-        run_logged(prefix + [str(python), "-c", NET_PROBE], log, env=env)
+        probe = job.work_dir / "netprobe.py"
+        probe.write_text(NET_PROBE)
+        run_logged(prefix + [str(python), str(probe)], log, env=env)
         dist = job.work_dir / "dist"
         shutil.rmtree(dist, ignore_errors=True)
         run_logged(prefix + [str(python), "-m", "build", "--wheel", "--no-isolation",
