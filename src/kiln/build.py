@@ -5,6 +5,7 @@ A failed cell never stops the others; its full log is kept in the kiln home.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -222,3 +223,61 @@ def build_cells(cells: list[Cell], toolchains: Toolchains, home: Home, out: Path
             progress.stop_task(task)
             results.append(result)
     return results
+
+
+# ----------------------------------------------------------------------------- steps run apart
+# CI runs a cell's steps as separate commands (`kiln source`, cibuildwheel, `kiln finish`);
+# these are the same functions `_steps` runs, with what passes between them kept on disk.
+
+SOURCE_RECORD = ".kiln-source.json"
+"""Written into an exported source tree: where the source came from, for the provenance."""
+
+
+def export_source(cell: Cell, home: Home, out: Path, index_url: str | None = None) -> Path:
+    """The cell's fetched and patched source tree at ``out`` (which must not hold anything)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BuildError(f"{out}: exists and is not empty; give --out a new directory")
+    home.logs.mkdir(parents=True, exist_ok=True)
+    work = home.work / f"{cell.id}-source"
+    with (home.logs / f"{cell.id}.source.log").open("w") as log:
+        src, srcdir = prepare_source(cell, home, work, index_url, log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.rmdir()
+    shutil.move(srcdir, out)
+    shutil.rmtree(work, ignore_errors=True)
+    record = {"cell": cell.id, "url": src.url, "sha256": src.sha256}
+    (out / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
+def finish_raw(raw: Path, cell: Cell, toolchains: Toolchains, home: Home, out: Path,
+               source_dir: Path | None = None, build_record: Path | None = None,
+               index_url: str | None = None, backend_name: str = "cibuildwheel") -> Path:
+    """Finish and smoke-test a raw wheel built elsewhere (by cibuildwheel in CI).
+
+    The source's URL and sha256 come from ``source_dir``'s record (else the source is fetched
+    again, hash-checked); the build environment from the record cibuildwheel's before-build
+    left beside the wheel (``build_record``)."""
+    from kiln.backends.cibuildwheel import RECORD, BuildRecord
+
+    if not raw.is_file():
+        raise BuildError(f"{raw}: no such wheel")
+    if source_dir is not None and (source_dir / SOURCE_RECORD).is_file():
+        rec = json.loads((source_dir / SOURCE_RECORD).read_text())
+        if rec.get("cell") not in (None, cell.id) and not rec["cell"].startswith(f"{cell.recipe.name}-{cell.version}-"):
+            raise BuildError(f"{source_dir} holds the source of {rec['cell']}, not of {cell.id}")
+        src = source.Source(source_dir, rec["url"], rec["sha256"])
+    else:
+        src = source.fetch(cell.recipe, cell.version, home.sources, index_url)
+    res = BuildRecord.load(build_record or raw.parent / RECORD).result(raw)
+    home.logs.mkdir(parents=True, exist_ok=True)
+    log_path = home.logs / f"{cell.id}.finish.log"
+    work = home.work / f"{cell.id}-finish"
+    with log_path.open("w") as log:
+        try:
+            dest, _ = finish_cell(cell, toolchains, home, res, src, backend_name, out, work, log)
+        except KilnError as exc:
+            raise type(exc)(f"{exc.message} (log: {log_path})") from None
+    shutil.rmtree(work, ignore_errors=True)
+    return dest

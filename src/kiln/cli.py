@@ -199,6 +199,55 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cell(args: argparse.Namespace) -> tuple[Toolchains, Cell]:
+    from kiln.ci import find_cell, load_cells
+
+    toolchains, cells = load_cells(Path(args.recipes))
+    return toolchains, find_cell(cells, args.cell)
+
+
+def cmd_source(args: argparse.Namespace) -> int:
+    from kiln.build import export_source
+
+    _, cell = _cell(args)
+    print(export_source(cell, Home(Path(args.home)), Path(args.out), args.index_url))
+    return 0
+
+
+def cmd_cibw_env(args: argparse.Namespace) -> int:
+    from kiln.backends.cibuildwheel import environment, format_env
+
+    toolchains, cell = _cell(args)
+    ccache = Path(args.ccache_dir) if args.ccache_dir else None
+    env = environment(cell, toolchains, ccache, Home(Path(args.home)))
+    print(json.dumps(env, indent=2) if args.format == "json" else format_env(env), end="\n" if args.format == "json" else "")
+    return 0
+
+
+def cmd_finish(args: argparse.Namespace) -> int:
+    from kiln.build import finish_raw
+
+    toolchains, cell = _cell(args)
+    home = Home(Path(args.home))
+    out = Path(args.out) if args.out else home.wheelhouse
+    dest = finish_raw(Path(args.wheel), cell, toolchains, home, out,
+                      Path(args.source) if args.source else None,
+                      Path(args.build_record) if args.build_record else None, args.index_url)
+    print(dest)
+    return 0
+
+
+def cmd_ci(args: argparse.Namespace) -> int:
+    from kiln import ci
+
+    if args.ci_command == "render":
+        console.print(f"wrote {ci.write(Path(args.recipes), Path(args.workflow))}")
+    else:
+        ci.check(Path(args.recipes), Path(args.workflow))
+        console.print(f"ok: {args.workflow} matches the recipes")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiln", description=kiln.__doc__)
     p.add_argument("--version", action="version", version=f"kiln {kiln.__version__}")
@@ -271,6 +320,43 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--python", dest="python_exe", help="with --variant auto: the Python to look in "
                     "(default: $VIRTUAL_ENV's, else python3)")
     sp.set_defaults(func=cmd_config)
+
+    def cell_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--recipes", default="recipes", help="directory of recipes (default: recipes)")
+        sp.add_argument("--home", default=str(default_home()), help="kiln home (default: $KILN_HOME or ./.kiln)")
+
+    sp = sub.add_parser("source", help="fetch, unpack and patch one cell's source")
+    sp.add_argument("cell", help="a cell id, e.g. causal-conv1d-1.7.0-cp311-cu130-torch2.14")
+    cell_args(sp)
+    sp.add_argument("--out", required=True, help="the directory to put the source tree in (new or empty)")
+    sp.add_argument("--index-url", help="index sdists come from (default: KILN_INDEX_URL, uv/pip settings)")
+    sp.set_defaults(func=cmd_source)
+
+    sp = sub.add_parser("cibw-env", help="the cibuildwheel environment that builds one cell")
+    sp.add_argument("cell", help="a cell id, e.g. causal-conv1d-1.7.0-cp311-cu130-torch2.14")
+    cell_args(sp)
+    sp.add_argument("--format", choices=["env", "json"], default="env",
+                    help="env: `export` lines for eval (default); json: an object")
+    sp.add_argument("--ccache-dir", help="the host's compiler cache (default: <home>/cache/ccache)")
+    sp.set_defaults(func=cmd_cibw_env)
+
+    sp = sub.add_parser("finish", help="finish and smoke-test a raw wheel of one cell")
+    sp.add_argument("wheel", help="the raw wheel (e.g. cibuildwheel's)")
+    sp.add_argument("--cell", required=True, help="its cell id")
+    cell_args(sp)
+    sp.add_argument("--out", help="where the finished wheel goes (default: <home>/wheelhouse)")
+    sp.add_argument("--source", help="the tree `kiln source` made (its record names the sdist)")
+    sp.add_argument("--build-record", help="the build record (default: kiln-build-env.txt beside the wheel)")
+    sp.add_argument("--index-url", help="index sdists come from, without --source")
+    sp.set_defaults(func=cmd_finish)
+
+    sp = sub.add_parser("ci", help="the CI workflow rendered from the recipes")
+    sp.add_argument("ci_command", choices=["render", "check"],
+                    help="render: write the workflow; check: fail when the committed one is stale")
+    sp.add_argument("--recipes", default="recipes", help="directory of recipes (default: recipes)")
+    sp.add_argument("--workflow", default=".github/workflows/kiln-wheels.yml",
+                    help="the workflow file (default: .github/workflows/kiln-wheels.yml)")
+    sp.set_defaults(func=cmd_ci)
     return p
 
 

@@ -66,6 +66,46 @@ class TorchSpec(_Model):
         return v
 
 
+class CiSpec(_Model):
+    """How CI builds cells: the manylinux images cibuildwheel compiles in, and the runners."""
+
+    images: dict[str, str] = {}
+    """CUDA version (`"13.0"`) -> a manylinux image with that CUDA toolkit installed, e.g.
+    `pytorch/manylinux2_28-builder:cuda13.0`. Every CUDA version a recipe builds needs one."""
+    default_image: str = "manylinux_2_28"
+    """The image for cells without CUDA (`cpu` and `main` variants): one of cibuildwheel's
+    names (`manylinux_2_28`) or an image reference."""
+    cuda_home: str = "/usr/local/cuda"
+    """Where the CUDA toolkit is inside the CUDA images."""
+    arch: str = "x86_64"
+    """The machine architecture wheels are built for (cibuildwheel's CIBW_ARCHS)."""
+    runs_on: list[str] = ["ubuntu-latest"]
+    """Runner labels of the build jobs, e.g. `[self-hosted, linux, x64, gpu]`; with a GPU there,
+    the smoke test imports the extensions with the GPU visible."""
+    python: str = "3.12"
+    """The Python that runs kiln itself on the runners."""
+
+    @field_validator("images")
+    @classmethod
+    def _cuda_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not re.fullmatch(r"\d+\.\d+", key):
+                raise ValueError(f"expected CUDA versions like \"13.0\", got {key!r}")
+        return v
+
+    @field_validator("runs_on", mode="before")
+    @classmethod
+    def _labels(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+    def image(self, cuda: str | None) -> str | None:
+        """The image for a cell's CUDA version (None or `cpu`: the default image); None when
+        the table has no image for that CUDA version."""
+        if cuda in (None, "cpu"):
+            return self.default_image
+        return self.images.get(cuda)
+
+
 class Toolchains(_Model):
     """recipes/toolchains.yaml."""
 
@@ -76,6 +116,8 @@ class Toolchains(_Model):
     """Named package indexes that carry torch builds the default index lacks."""
     torch: dict[str, TorchSpec]
     """torch minor (`"2.14"`) -> its spec."""
+    ci: CiSpec = CiSpec()
+    """How the CI workflow (`kiln ci render`) builds cells."""
     path: Path = Field(default=Path("."), exclude=True)
 
     @field_validator("cuda_archs")
@@ -105,6 +147,8 @@ def load_toolchains(recipes_dir: Path) -> Toolchains:
     data = dict(doc.data)
     if isinstance(data.get("torch"), dict):
         data["torch"] = {str(k): v for k, v in data["torch"].items()}
+    if isinstance(data.get("ci"), dict) and isinstance(data["ci"].get("images"), dict):
+        data["ci"] = {**data["ci"], "images": {str(k): v for k, v in data["ci"]["images"].items()}}
     try:
         tc = Toolchains.model_validate(data)
     except ValidationError as exc:

@@ -37,6 +37,8 @@ class CompileResult:
     compiler: str
     ld_paths: list[Path] = field(default_factory=list)
     """Where the libraries the extension links (torch's) were found, for auditwheel."""
+    nvcc: str | None = None
+    """The nvcc release that compiled it, when the backend knows (None: this host's nvcc)."""
 
 
 class Backend(Protocol):
