@@ -380,17 +380,24 @@ def start(home: Home, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     log.close()
     files.state.write_text(json.dumps({"pid": proc.pid, "url": url}))
     server = Running(pid=proc.pid, url=url)
+    try:
+        _wait_ready(home, proc, url)
+    except BaseException:  # not ready, or Ctrl-C while waiting: leave nothing running
+        stop(home)
+        raise
+    return server, proc
+
+
+def _wait_ready(home: Home, proc: subprocess.Popen[bytes], url: str) -> None:
+    files = ServerFiles(home)
     api = Devpi(url, timeout=5)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not api.ping():
         if proc.poll() is not None:
-            files.state.unlink(missing_ok=True)
             raise MirrorError(f"devpi-server exited {proc.returncode}: {_last_line(files.log)} (log: {files.log})")
         if time.monotonic() > deadline:
-            stop(home)
             raise MirrorError(f"devpi-server did not answer on {url} within {READY_TIMEOUT_S:.0f}s (log: {files.log})")
         time.sleep(0.2)
-    return server, proc
 
 
 def _last_line(path: Path) -> str:
