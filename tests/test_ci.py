@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import yaml
 from cibuildwheel.environment import parse_environment
 from cibuildwheel.frontend import BuildFrontendConfig
 
-from helpers import FIXTURE_RECIPES, FIXTURES
+from helpers import FIXTURE_RECIPES, FIXTURES, make_helper_wheel
 from kiln import ci
 from kiln.backends.cibuildwheel import BuildRecord, CibuildwheelBackend, environment
 from kiln.build import build_cell
@@ -26,7 +27,7 @@ from kiln.home import Home
 from kiln.matrix import expand
 from kiln.recipe import load_recipes
 from kiln.toolchains import load_toolchains
-from kiln.wheel import EXCLUDED_LIBS
+from kiln.wheel import EXCLUDED_LIBS, read_provenance
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -292,3 +293,49 @@ def test_cibuildwheel_backend_without_an_engine_fails_the_cell_in_one_line(tmp_p
     assert result.error == ("cibuildwheel needs a running docker engine: `docker info` failed: "
                             "Cannot connect to the Docker daemon")
     assert Path(result.log).is_file()
+
+
+def test_source_then_raw_build_then_finish(tmp_path: Path) -> None:
+    """CI's separate steps on the fixture: `kiln source`, a raw wheel built the way cibuildwheel
+    builds it (no isolation, with before-build's record written by its own shell code), then
+    `kiln finish`: label, pin, provenance, and the smoke test in a fresh uv environment."""
+    links = tmp_path / "links"
+    make_helper_wheel("1.4.0", links)
+    env = {"UV_FIND_LINKS": str(links)}
+    home = ["--home", str(tmp_path / "home")]
+    cell = "kilnfix-1.0.0-cp311-main"
+    src = tmp_path / "build" / "src"
+    res = kiln("source", cell, "--recipes", str(FIXTURE_RECIPES), "--out", str(src), *home)
+    assert res.returncode == 0, res.stderr
+    # The build environment cibuildwheel's before-build would make, with the record it writes.
+    py = tmp_path / "env" / "bin" / "python"
+    uv = [sys.executable, "-m", "uv"]
+    subprocess.run([*uv, "venv", "--quiet", "--seed", "--python", "3.11", str(py.parent.parent)], check=True)
+    subprocess.run([*uv, "pip", "install", "--quiet", "--python", str(py), "kilnfix-helper==1.4.0",
+                    "setuptools>=61", "wheel", "build"], check=True, env={**os.environ, **env})
+    raw = tmp_path / "build" / "raw"
+    path = f"{py.parent}{os.pathsep}{os.environ['PATH']}"
+    subprocess.run([str(py), "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check",
+                    "--outdir", str(raw), "."], cwd=src, check=True, capture_output=True,
+                   env={**os.environ, "PATH": path})
+    tc = load_toolchains(FIXTURE_RECIPES)
+    (fixture_cell,) = expand(load_recipes(FIXTURE_RECIPES), tc)
+    before = environment(fixture_cell, tc, tmp_path / "ccache", Home(tmp_path / "home"))["CIBW_BEFORE_BUILD"]
+    record_cmd = before.split("mkdir -p /output && ", 1)[1].replace("/output/", f"{raw}/")
+    subprocess.run(["sh", "-c", record_cmd], check=True, env={**os.environ, "PATH": path})
+    (wheel,) = raw.glob("*.whl")
+    out = tmp_path / "wheelhouse"
+    fin = kiln("finish", str(wheel), "--cell", cell, "--recipes", str(FIXTURE_RECIPES),
+               "--source", str(src), "--out", str(out), *home, env=env)
+    assert fin.returncode == 0, fin.stderr
+    (finished,) = out.glob("*.whl")
+    assert fin.stdout.strip() == str(finished)
+    prov = read_provenance(finished)
+    source_record = json.loads((src / ".kiln-source.json").read_text())
+    assert prov["backend"] == "cibuildwheel" and prov["cell"] == cell
+    assert prov["source_sha256"] == source_record["sha256"]
+    assert prov["python"].startswith("3.11.")
+    assert any(line.startswith("kilnfix-helper==1.4.0") for line in prov["build_env"])  # type: ignore[union-attr]
+    with zipfile.ZipFile(finished) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        assert "Requires-Dist: kilnfix-helper==1.4.*" in zf.read(meta).decode()
