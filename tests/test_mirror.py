@@ -125,11 +125,11 @@ def test_config_formats() -> None:
     index = "http://mirror.internal:3141/kiln/cu130-torch2.14/+simple/"
     uv = clientconfig.render(v, url, "uv")
     assert f'url = "{index}"' in uv and "default = true" in uv
-    assert 'allow-insecure-host = ["mirror.internal:3141"]' in uv
     pip = clientconfig.render(v, url, "pip")
     assert f"index-url = {index}" in pip and "trusted-host = mirror.internal" in pip
     docker = clientconfig.render(v, url, "docker")
     assert f"ARG KILN_INDEX_URL={index}" in docker and "UV_DEFAULT_INDEX=${KILN_INDEX_URL}" in docker
+    assert "PIP_TRUSTED_HOST=mirror.internal" in docker
     pixi = clientconfig.render(v, url, "pixi")
     assert "[pypi-options]" in pixi and f'index-url = "{index}"' in pixi
     local = clientconfig.render(Variant(), "http://127.0.0.1:3141", "pip")

@@ -89,17 +89,16 @@ def detect(python: str | None = None) -> Detected:
 
 
 def render(variant: Variant, mirror: str, fmt: str) -> str:
-    """The snippet for one client: uv.toml, pip.conf, Dockerfile lines or pixi.toml."""
+    """The snippet for one client: uv.toml, pip.conf, Dockerfile lines or pixi.toml.
+
+    pip ignores a plain-http index on another host unless it is a trusted host; uv takes it."""
     index = simple_url(mirror, variant.name)
     parsed = urllib.parse.urlparse(index)
     host = parsed.hostname or ""
     insecure = parsed.scheme == "http" and host not in ("127.0.0.1", "localhost", "::1")
     if fmt == "uv":
-        lines = ["# uv.toml (or [tool.uv] in pyproject.toml)", "[[index]]", 'name = "kiln"',
-                 f'url = "{index}"', "default = true"]
-        if insecure:
-            lines.insert(1, f'allow-insecure-host = ["{parsed.netloc}"]')
-        return "\n".join(lines)
+        return "\n".join(["# uv.toml ([[tool.uv.index]] in pyproject.toml)", "[[index]]", 'name = "kiln"',
+                          f'url = "{index}"', "default = true"])
     if fmt == "pip":
         lines = ["# pip.conf (~/.config/pip/pip.conf or /etc/pip.conf)", "[global]", f"index-url = {index}"]
         if insecure:
@@ -110,7 +109,7 @@ def render(variant: Variant, mirror: str, fmt: str) -> str:
                  "ENV UV_DEFAULT_INDEX=${KILN_INDEX_URL} \\", "    PIP_INDEX_URL=${KILN_INDEX_URL}"]
         if insecure:
             lines[-1] += " \\"
-            lines += [f"    PIP_TRUSTED_HOST={host} \\", f"    UV_INSECURE_HOST={parsed.netloc}"]
+            lines.append(f"    PIP_TRUSTED_HOST={host}")
         return "\n".join(lines)
     if fmt == "pixi":
         return "\n".join(["# pixi.toml ([tool.pixi.pypi-options] in pyproject.toml)", "[pypi-options]",
