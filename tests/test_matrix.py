@@ -97,3 +97,16 @@ def test_parallelism_is_bounded_by_memory_and_cores() -> None:
     assert parallelism(8, cores=16, free_gb=20).max_jobs == 2
     assert parallelism(8, cores=16, free_gb=4).max_jobs == 1
     assert parallelism(2, cores=8, free_gb=8).nvcc_threads == 2
+
+
+@pytest.mark.parametrize(("tail", "prog"), [
+    ("c++: fatal error: Killed signal terminated program cc1plus\ncompilation terminated.\n", "cc1plus"),
+    ("nvcc error   : 'cicc' died due to signal 9 (Kill signal)\n", "'cicc'"),
+    ("error: command '/usr/bin/g++' failed\n", None),
+])
+def test_oom_killed_compilers_are_recognised(tmp_path: Path, tail: str, prog: str | None) -> None:
+    from kiln.build import oom_killed
+
+    log = tmp_path / "cell.log"
+    log.write_text("lots of output\n" * 1000 + tail)
+    assert oom_killed(log) == prog

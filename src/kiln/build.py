@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,15 +120,36 @@ def build_cell(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backen
         try:
             wheel, archs = _steps(cell, toolchains, home, out, backend, index_url, work, log)
         except KilnError as exc:
-            print(f"kiln: FAILED: {exc.message}", file=log, flush=True)
+            message = exc.message
+            if oom := oom_killed(log_path):
+                message = (f"{message}: {oom} was killed (SIGKILL: out of memory, most likely); "
+                           f"raise build.memory_per_job_gb (now {cell.recipe.build.memory_per_job_gb})")
+            print(f"kiln: FAILED: {message}", file=log, flush=True)
             result = CellResult(cell=cell.id, status="failed", log=str(log_path),
-                                seconds=time.monotonic() - started, error=exc.message)
+                                seconds=time.monotonic() - started, error=message)
         else:
             print(f"kiln: built {wheel.name}", file=log, flush=True)
             result = CellResult(cell=cell.id, status="built", log=str(log_path), wheel=wheel.name,
                                 seconds=time.monotonic() - started, cuda_archs=archs)
     result.save(home)
     return result
+
+
+# What a compiler driver prints when the OOM killer takes one of its children.
+_OOM_SIGNS = (re.compile(r"(?P<what>\S+): (?:fatal error: )?Killed signal terminated program (?P<prog>\S+)"),
+              re.compile(r"(?P<what>\S+) died due to signal 9"),
+              re.compile(r"(?P<what>\S+)\W+Killed\W*$", re.MULTILINE))
+
+
+def oom_killed(log_path: Path) -> str | None:
+    """The program the OOM killer took, when the log of a failed build shows one."""
+    with log_path.open("rb") as f:
+        f.seek(max(0, log_path.stat().st_size - 64 * 1024))
+        tail = f.read().decode(errors="replace")
+    for sign in _OOM_SIGNS:
+        if m := sign.search(tail):
+            return m.groupdict().get("prog") or m.group("what")
+    return None
 
 
 def _steps(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: Backend,
