@@ -67,8 +67,9 @@ def from_source(work: Path, python: str, torch: str, cuda_home: str) -> float:
         f'[extra-build-dependencies]\n"{PROJECT}" = ["torch=={torch}"]\n\n'
         f'[extra-build-variables]\n"{PROJECT}" = {{ CAUSAL_CONV1D_FORCE_BUILD = "TRUE", CUDA_HOME = "{cuda_home}" }}\n')
     py = fresh_venv(proj / ".venv", python, torch)
-    env = dict(os.environ, CUDA_HOME=cuda_home)
-    took = run([uv(), "pip", "install", "--quiet", "--python", str(py), "--no-binary-package", PROJECT,
+    # torch wraps its compilers in any ccache on PATH; a user's first build has no warm cache.
+    env = dict(os.environ, CUDA_HOME=cuda_home, CCACHE_DISABLE="1")
+    took = run([uv(), "pip", "install", "--quiet", "--python", str(py), "--no-binary", PROJECT,
                 "--refresh-package", PROJECT, f"{PROJECT}=={VERSION}"], env=env, cwd=proj)
     check(py)
     return took
@@ -93,12 +94,13 @@ def from_file(work: Path, python: str, torch: str, wheel: Path) -> float:
 
 def fetch_wheel(index: str, dest: Path) -> Path:
     """The mirror's wheel for this Python, downloaded once (so (c) installs the same bytes)."""
-    req = urllib.request.Request(f"{index.rstrip('/')}/{PROJECT}/",
+    page = f"{index.rstrip('/')}/{PROJECT}/"
+    req = urllib.request.Request(page,
                                  headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     files = json.load(urllib.request.urlopen(req))["files"]
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     f = next(f for f in files if f["filename"].endswith(".whl") and f"-{tag}-" in f["filename"])
-    url = urllib.parse.urljoin(index, f["url"])
+    url = urllib.parse.urljoin(page, f["url"])
     path = dest / f["filename"]
     urllib.request.urlretrieve(url, path)
     return path

@@ -100,6 +100,8 @@ def compiler_cache_env(home: Home) -> dict[str, str]:
         "CCACHE_MAXSIZE": os.environ.get("CCACHE_MAXSIZE", "20G"),
         "CC": str(links / "cc"),
         "CXX": str(links / "c++"),
+        # torch >= 2.14 prepends any ccache on PATH itself; kiln has wired it already.
+        "TORCH_NO_COMPILER_WRAPPER": "1",
     }
     host = probe_host()
     if host.cuda_home:
