@@ -17,7 +17,6 @@ installer never silently falls back to a source build.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import secrets
@@ -39,6 +38,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from kiln.errors import ConfigError, HostError, MirrorError
 from kiln.home import Home
 from kiln.matrix import MAIN, Variant
+from kiln.source import sha256_of
 from kiln.toolchains import PYPI, Toolchains
 
 DEFAULT_HOST = "127.0.0.1"
@@ -542,14 +542,6 @@ class Published:
     index: str
     sha256: str
     uploaded: bool
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def mirror_url(home: Home, mirror: str | None) -> str:

@@ -90,7 +90,7 @@ def find_sdist(project: str, version: str, index_url: str) -> tuple[str, str]:
 
 
 def _download(url: str, dest: Path, sha256: str) -> Source:
-    if dest.exists() and _sha256(dest) == sha256:
+    if dest.exists() and sha256_of(dest) == sha256:
         return Source(dest, url, sha256)
     tmp = dest.with_suffix(dest.suffix + ".part")
     try:
@@ -99,7 +99,7 @@ def _download(url: str, dest: Path, sha256: str) -> Source:
     except (urllib.error.URLError, OSError) as exc:
         tmp.unlink(missing_ok=True)
         raise SourceError(f"{url}: download failed ({getattr(exc, 'reason', exc)})") from None
-    got = _sha256(tmp)
+    got = sha256_of(tmp)
     if got != sha256:
         tmp.unlink()
         raise SourceError(f"{url}: sha256 mismatch: expected {sha256}, got {got}")
@@ -122,12 +122,9 @@ def _git(src: GitSource, version: str, dest: Path) -> Source:
     return Source(dest, f"{src.git}@{tag}", f"git:{commit}")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def sha256_of(path: Path) -> str:
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def unpack(source: Source, dest: Path) -> Path:
