@@ -14,7 +14,7 @@ from packaging.utils import canonicalize_name
 from kiln.backends import CompileJob, CompileResult
 from kiln.errors import BuildError, HostError
 from kiln.matrix import Cell
-from kiln.toolchains import Toolchains, find_python
+from kiln.toolchains import Toolchains, find_python, probe_host
 
 NET_PROBE = (
     "import socket\n"
@@ -95,6 +95,21 @@ def installed(python: Path) -> tuple[dict[str, str], list[str]]:
     return versions, lines
 
 
+def check_torch_cuda(cell: Cell, python: Path, log: object) -> None:
+    """The installed torch's CUDA major must be the variant's and nvcc's (CUDA_HOME's)."""
+    if cell.variant.cuda_major is None:
+        return
+    res = subprocess.run([str(python), "-c", "import torch; print(torch.version.cuda or 'cpu')"],
+                         capture_output=True, text=True)
+    torch_cuda = res.stdout.strip() or "unknown"
+    host = probe_host()
+    print(f"kiln: torch's CUDA {torch_cuda}, nvcc {host.nvcc_version} at {host.cuda_home}", file=log, flush=True)  # type: ignore[call-overload]
+    if torch_cuda.split(".")[0] != cell.variant.cuda_major:
+        raise BuildError(f"the installed torch is a CUDA {torch_cuda} build, the variant wants CUDA {cell.variant.cuda}")
+    if host.cuda_major != cell.variant.cuda_major:
+        raise BuildError(f"nvcc at {host.cuda_home} is CUDA {host.nvcc_version}, torch's is CUDA {torch_cuda}")
+
+
 class LocalBackend:
     name = "local"
 
@@ -107,6 +122,7 @@ class LocalBackend:
         python = make_env(cell.python, env_dir, reqs, job.constraints,
                           torch_index_args(cell, job.toolchains), log)
         versions, freeze = installed(python)
+        check_torch_cuda(cell, python, log)
 
         env = dict(os.environ)
         env.pop("VIRTUAL_ENV", None)
