@@ -128,6 +128,7 @@ def main() -> None:
     p.add_argument("--recipes", default=str(Path(__file__).parent.parent / "recipes"))
     p.add_argument("--archs", default="9.0", help="archs for --rebuild")
     args = p.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each figure as soon as it is measured
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     index = f"{args.mirror.rstrip('/')}/kiln/{args.variant}/+simple/"
 
