@@ -59,7 +59,6 @@ def build_env(cell: Cell, toolchains: Toolchains, home: Home) -> dict[str, str]:
     env = {
         "MAX_JOBS": str(par.max_jobs),
         "NVCC_THREADS": str(par.nvcc_threads),
-        "PIP_CONSTRAINT": "",  # filled in by build_cell
         "PIP_NO_INDEX": "1",
         "SOURCE_DATE_EPOCH": "315532800",
     }
