@@ -141,7 +141,7 @@ def workflow(recipes: str, toolchains: Toolchains, cells: list[Cell]) -> dict[st
                     "KILN_MIRROR_USER": "${{ secrets.KILN_MIRROR_USER }}",
                     "KILN_MIRROR_PASSWORD": "${{ secrets.KILN_MIRROR_PASSWORD }}"},
             "run": ("ls wheelhouse/*.whl >/dev/null 2>&1 || { echo 'no wheel was built'; exit 0; }\n"
-                    f'kiln publish wheelhouse --mirror "$KILN_MIRROR_URL"\n'),
+                    'kiln publish wheelhouse --mirror "$KILN_MIRROR_URL"\n'),
         }],
     }
     return {

@@ -72,7 +72,7 @@ def _published(args: argparse.Namespace, toolchains: Toolchains, cells: list[Cel
 def cmd_build(args: argparse.Namespace) -> int:
     from kiln.backends import get_backend
     from kiln.build import build_cells
-    from kiln.plan import MISSING, cell_status
+    from kiln.plan import cell_status
 
     toolchains, cells = _load(args)
     home = Home(Path(args.home))
