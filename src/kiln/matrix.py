@@ -83,6 +83,8 @@ class Cell:
     variant: Variant
     torch_release: str | None = None
     cuda_archs: str = "upstream"
+    closure_of: str | None = None
+    """For a runtime dependency built without a recipe: the id of the cell that needed it."""
 
     @property
     def id(self) -> str:
@@ -92,6 +94,10 @@ class Cell:
     @property
     def python_tag(self) -> str:
         return "cp" + self.python.replace(".", "")
+
+    @property
+    def build_number(self) -> int:
+        return self.recipe.build.number
 
     @property
     def wheel_version(self) -> str:

@@ -1,18 +1,37 @@
-"""The status of every cell: published, built, failed, not buildable here, or missing."""
+"""The status of every cell: published, built, stale, failed, not buildable here, or missing.
+
+A wheel in the wheelhouse built from another recipe (its provenance's recipe_sha256 differs) is
+stale: `kiln up` rebuilds it and never publishes it. The closure cells recorded in the home
+(runtime requirements kiln built without a recipe) are listed after the cell that needed them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+from kiln import closure
 from kiln.home import CellResult, Home
 from kiln.matrix import Cell, not_buildable
 from kiln.toolchains import Toolchains
+from kiln.wheel import read_provenance
 
-PUBLISHED, BUILT, FAILED, NOT_BUILDABLE, MISSING = "published", "built", "failed", "not-buildable", "missing"
+
+class Status(StrEnum):
+    PUBLISHED = "published"
+    BUILT = "built"
+    STALE = "stale"
+    FAILED = "failed"
+    NOT_BUILDABLE = "not-buildable"
+    MISSING = "missing"
+
+
+PUBLISHED, BUILT, STALE, FAILED, NOT_BUILDABLE, MISSING = (
+    Status.PUBLISHED, Status.BUILT, Status.STALE, Status.FAILED, Status.NOT_BUILDABLE, Status.MISSING)
 
 
 @dataclass
@@ -27,9 +46,11 @@ class CellStatus:
     torch: str | None
     cuda: str | None
     cuda_archs: str | None
-    status: str
+    status: Status
     detail: str = ""
     wheel: str | None = None
+    closure_of: str | None = None
+    """For a closure cell: the cell whose runtime requirement it is."""
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -41,21 +62,34 @@ def wheel_matches(filename: str, cell: Cell) -> bool:
         name, version, _, tags = parse_wheel_filename(filename)
     except InvalidWheelFilename:
         return False
+    build = parse_wheel_filename(filename)[2]
+    want_build = (cell.build_number, "") if cell.build_number else ()
     return (name == canonicalize_name(cell.project) and version == Version(cell.wheel_version)
-            and any(t.interpreter in (cell.python_tag, "py3") for t in tags))
+            and build == want_build and any(t.interpreter in (cell.python_tag, "py3") for t in tags))
+
+
+def stale(wheel: Path, cell: Cell) -> bool:
+    """Whether ``wheel`` was built from another recipe than the cell's."""
+    if cell.closure_of is not None:
+        return False
+    try:
+        return read_provenance(wheel).get("recipe_sha256") != cell.recipe.sha256
+    except (OSError, ValueError, KeyError):
+        return True
 
 
 def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhouse: Path,
                 published: dict[str, list[str]] | None = None) -> list[CellStatus]:
-    """Status rows; ``published`` maps variant name -> filenames on its mirror index."""
+    """Status rows of ``cells`` and of their closure cells recorded in the home; ``published``
+    maps variant name -> filenames on its mirror index."""
     local = sorted(p.name for p in wheelhouse.glob("*.whl")) if wheelhouse.is_dir() else []
     rows = []
-    for cell in cells:
+    for cell in closure.with_closure(cells, home):
         v = cell.variant
         archs = cell.cuda_archs if v.cuda_major else None
         row = CellStatus(cell=cell.id, project=cell.project, version=cell.version, python=cell.python,
                          variant=v.name, torch=cell.torch_release, cuda=v.cuda, cuda_archs=archs,
-                         status=MISSING)
+                         status=MISSING, closure_of=cell.closure_of)
         result = CellResult.load(home, cell.id)
         on_mirror = [f for f in (published or {}).get(v.name, []) if wheel_matches(f, cell)]
         built = [f for f in local if wheel_matches(f, cell)]
@@ -63,6 +97,9 @@ def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhous
             row.cuda_archs = result.cuda_archs
         if on_mirror:
             row.status, row.wheel = PUBLISHED, on_mirror[0]
+        elif built and stale(wheelhouse / built[0], cell):
+            row.status, row.wheel = STALE, built[0]
+            row.detail = f"{built[0]} was built from another {cell.recipe.path.name}: rebuild"
         elif built:
             row.status, row.wheel = BUILT, built[0]
         elif result and result.status == "failed":
@@ -71,3 +108,25 @@ def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhous
             row.status, row.detail = NOT_BUILDABLE, reason
         rows.append(row)
     return rows
+
+
+def to_build(cells: list[Cell], rows: list[CellStatus], home: Home,
+             force: bool = False) -> tuple[list[Cell], list[str]]:
+    """The cells a build runs (missing, failed, stale; every buildable one with ``force``), and
+    why each other one is skipped. A closure cell whose parent builds anyway is left to it."""
+    by_id = {r.cell: r for r in rows}
+    todo: list[Cell] = []
+    skipped: list[str] = []
+    for cell in closure.with_closure(cells, home):
+        row = by_id[cell.id]
+        if cell.closure_of is not None and any(t.id == cell.closure_of for t in todo):
+            continue
+        if row.status == NOT_BUILDABLE:
+            skipped.append(f"{cell.id}: not buildable here: {row.detail}")
+        elif row.status == PUBLISHED and not force:
+            skipped.append(f"{cell.id}: already published ({row.wheel})")
+        elif row.status == BUILT and not force:
+            skipped.append(f"{cell.id}: already built ({row.wheel})")
+        else:
+            todo.append(cell)
+    return todo, skipped

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -69,7 +70,12 @@ class BuildSpec(_Model):
     """How to build: what upstream forgot to declare, and the environment around it."""
 
     requires: list[str] = []
-    """Requirements installed into the build environment beside torch (PEP 508)."""
+    """What upstream forgot: requirements installed into the build environment on top of the
+    sdist's own `[build-system].requires` (PEP 508), beside torch."""
+    replace: dict[str, str | None] = {}
+    """Upstream build requirements that are wrong, replaced or dropped: `{"numpy==1.19.*": numpy}`
+    replaces that exact requirement, `{numpy: "numpy>=2"}` any numpy requirement, and a null
+    value drops it. Applies to `[build-system].requires` and to the backend hook's answer."""
     constraints: list[str] = []
     """Constraints on the whole build environment and on anything setup.py installs itself
     (setup_requires / fetch_build_eggs see them through PIP_CONSTRAINT)."""
@@ -83,6 +89,20 @@ class BuildSpec(_Model):
     """GPU architectures for this project (overrides toolchains.yaml), e.g. `8.0;9.0`."""
     timeout_minutes: int = Field(default=60, gt=0)
     """How long one cell may take in CI before it is cancelled."""
+    number: int = Field(default=0, ge=0)
+    """The wheel's build number (its build tag, `name-1.0-1-cp311-...whl`): raise it to publish a
+    fixed wheel of a version already published; the old one stays, installers pick the new."""
+
+    @field_validator("replace")
+    @classmethod
+    def _replace(cls, v: dict[str, str | None]) -> dict[str, str | None]:
+        for key, value in v.items():
+            for item in (key, value):
+                if item is not None:
+                    cls._pep508([item])
+            if value is not None and canonicalize_name(Requirement(value).name) != canonicalize_name(Requirement(key).name):
+                raise ValueError(f"replace {key!r}: the replacement {value!r} names another project")
+        return v
 
     @field_validator("requires", "constraints")
     @classmethod
@@ -156,12 +176,32 @@ class MatrixSpec(_Model):
         return self
 
 
+RUN_EXPORT_KINDS = ("minor", "major", "exact")
+
+
+def check_run_export(value: str) -> str:
+    """`minor`, `major`, `exact`, or a PEP 440 specifier such as `<2`."""
+    if value in RUN_EXPORT_KINDS:
+        return value
+    try:
+        SpecifierSet(value)
+    except InvalidSpecifier:
+        raise ValueError(f"expected minor, major, exact or a specifier like \"<2\", got {value!r}") from None
+    return value
+
+
 class RuntimeSpec(_Model):
     """What a finished wheel requires at run time."""
 
     pin: list[str] | None = None
-    """Requirements pinned to the minor the wheel was built against; default `[torch]` when
-    the build used torch."""
+    """Build dependencies whose ABI leaks into the wheel, pinned to the minor the wheel was built
+    against (`torch==2.14.*`); shorthand for `run_exports: {name: minor}`. torch is pinned by
+    the run-export table in toolchains.yaml already."""
+    run_exports: dict[str, str] = {}
+    """Run-exports added to toolchains.yaml's table, as conda-forge's: a build dependency ->
+    the runtime bound it puts on the wheel, from the version the build used: `minor`
+    (`==1.26.*`), `major` (`>=1.26,<2`), `exact` (`==1.26.4`) or a specifier (`<2`). Applied when
+    the build environment held that project."""
     requires: list[str] = []
     """Runtime requirements upstream forgot to declare, added to the wheel's Requires-Dist
     (e.g. numpy for a package that lists it only in setup_requires)."""
@@ -170,6 +210,16 @@ class RuntimeSpec(_Model):
     @classmethod
     def _pep508(cls, v: list[str]) -> list[str]:
         return BuildSpec._pep508(v)
+
+    @field_validator("run_exports")
+    @classmethod
+    def _run_exports(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            BuildSpec._pep508([key])
+            if not isinstance(value, str):
+                raise ValueError(f"run_exports {key}: expected a string, got {value!r}")
+            check_run_export(value)
+        return v
 
 
 class TestSpec(_Model):
@@ -197,6 +247,7 @@ class Recipe(_Model):
     # Filled in by load_recipe(), not part of the YAML.
     path: Path = Field(default=Path("."), exclude=True)
     sha256: str = Field(default="", exclude=True)
+    """sha256 of the recipe file and its patches: a wheel built from another is stale."""
 
     @field_validator("versions")
     @classmethod
@@ -227,14 +278,21 @@ class Recipe(_Model):
         return bool(self.matrix.torch)
 
     @property
-    def pins(self) -> list[str]:
-        if self.runtime.pin is not None:
-            return list(self.runtime.pin)
-        return ["torch"] if self.uses_torch else []
+    def run_exports(self) -> dict[str, str]:
+        """The recipe's own run-exports: `runtime.pin` (minor) and `runtime.run_exports`."""
+        exports = {canonicalize_name(p): "minor" for p in self.runtime.pin or []}
+        exports.update({canonicalize_name(k): v for k, v in self.runtime.run_exports.items()})
+        return exports
 
     @property
     def patch_paths(self) -> list[Path]:
         return [self.path.parent / PATCHES_DIR / p for p in self.build.patches]
+
+    @classmethod
+    def for_closure(cls, project: str, version: str, beside: Path) -> Recipe:
+        """The recipe kiln uses for a runtime dependency it builds without one: the sdist from
+        the index, built as upstream declares it."""
+        return cls(project=project, versions=[version], path=beside.parent / f"{canonicalize_name(project)}.yaml")
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -247,8 +305,10 @@ def load_recipe(path: Path) -> Recipe:
     except ValidationError as exc:
         raise pydantic_error(doc, exc) from None
     _check_patches(doc, recipe)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return recipe.model_copy(update={"path": path.absolute(), "sha256": digest})
+    digest = hashlib.sha256(path.read_bytes())
+    for name in recipe.build.patches:
+        digest.update((path.parent / PATCHES_DIR / name).read_bytes())
+    return recipe.model_copy(update={"path": path.absolute(), "sha256": digest.hexdigest()})
 
 
 def _check_patches(doc: YamlDoc, recipe: Recipe) -> None:

@@ -61,8 +61,17 @@ def fetch(recipe: Recipe, version: str, cache_dir: Path, index_url: str | None =
     return _download(url, cache_dir / name, sha)
 
 
-def find_sdist(project: str, version: str, index_url: str) -> tuple[str, str]:
-    """(url, sha256) of the project's sdist for ``version`` from a PEP 691 simple index."""
+@dataclass(frozen=True)
+class IndexFile:
+    """One file of a project on a PEP 691 simple index."""
+
+    filename: str
+    url: str
+    sha256: str | None
+
+
+def index_files(project: str, index_url: str) -> list[IndexFile]:
+    """Every file of ``project`` on a PEP 691 (JSON) simple index; none when it has no such project."""
     page = index_url.rstrip("/") + "/" + canonicalize_name(project) + "/"
     req = urllib.request.Request(page, headers={"Accept": f"{SIMPLE_JSON}, text/html;q=0.1"})
     try:
@@ -70,22 +79,30 @@ def find_sdist(project: str, version: str, index_url: str) -> tuple[str, str]:
             body = resp.read()
             ctype = resp.headers.get("Content-Type", "")
     except urllib.error.HTTPError as exc:
-        raise SourceError(f"{page}: HTTP {exc.code} looking for {project} {version}") from None
+        if exc.code == 404:
+            return []
+        raise SourceError(f"{page}: HTTP {exc.code} looking for {project}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise SourceError(f"{page}: unreachable ({getattr(exc, 'reason', exc)})") from None
     if SIMPLE_JSON not in ctype:
         raise SourceError(f"{page}: the index did not answer with the JSON simple API ({ctype})")
+    return [IndexFile(f["filename"], urllib.parse.urljoin(page, f["url"]), f.get("hashes", {}).get("sha256"))
+            for f in json.loads(body)["files"]]
+
+
+def find_sdist(project: str, version: str, index_url: str) -> tuple[str, str]:
+    """(url, sha256) of the project's sdist for ``version`` from a PEP 691 simple index."""
+    page = index_url.rstrip("/") + "/" + canonicalize_name(project) + "/"
     want = Version(version)
-    for f in json.loads(body)["files"]:
+    for f in index_files(project, index_url):
         try:
-            name, ver = parse_sdist_filename(f["filename"])
+            name, ver = parse_sdist_filename(f.filename)
         except InvalidSdistFilename:
             continue
         if name == canonicalize_name(project) and ver == want:
-            sha = f.get("hashes", {}).get("sha256")
-            if not sha:
-                raise SourceError(f"{page}: {f['filename']} has no sha256 on the index")
-            return urllib.parse.urljoin(page, f["url"]), sha
+            if not f.sha256:
+                raise SourceError(f"{page}: {f.filename} has no sha256 on the index")
+            return f.url, f.sha256
     raise SourceError(f"{page}: no sdist of {project} {version} on the index")
 
 

@@ -15,10 +15,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kiln.errors import ConfigError
-from kiln.recipe import TOOLCHAINS_FILE, check_archs
+from kiln.recipe import TOOLCHAINS_FILE, check_archs, check_run_export
 from kiln.yamlsrc import load_yaml, pydantic_error
 
 PYPI = "pypi"
@@ -118,12 +119,22 @@ class Toolchains(_Model):
     """torch minor (`"2.14"`) -> its spec."""
     ci: CiSpec = CiSpec()
     """How the CI workflow (`kiln ci render`) builds cells."""
+    run_exports: dict[str, str] = {"torch": "minor"}
+    """Build dependencies whose ABI leaks into every wheel built against them, as conda-forge's
+    run_exports: project -> the runtime bound put on the wheel from the version the build used:
+    `minor` (`torch==2.14.*`), `major` (`>=1.26,<2`), `exact`, or a specifier (`<2`). Applied
+    when the build environment held the project; recipes add entries (`runtime.run_exports`)."""
     path: Path = Field(default=Path("."), exclude=True)
 
     @field_validator("cuda_archs")
     @classmethod
     def _archs(cls, v: str) -> str:
         return check_archs(v)
+
+    @field_validator("run_exports")
+    @classmethod
+    def _run_exports(cls, v: dict[str, str]) -> dict[str, str]:
+        return {canonicalize_name(k): check_run_export(val) for k, val in v.items()}
 
     def torch_spec(self, minor: str) -> TorchSpec | None:
         return self.torch.get(minor)

@@ -11,8 +11,8 @@ from kiln import mirror
 from kiln.backends import get_backend
 from kiln.build import build_cells
 from kiln.home import Home
-from kiln.matrix import Cell
-from kiln.plan import BUILT, NOT_BUILDABLE, PUBLISHED, cell_status
+from kiln.matrix import MAIN, Cell
+from kiln.plan import BUILT, NOT_BUILDABLE, PUBLISHED, cell_status, to_build
 from kiln.toolchains import Toolchains
 
 
@@ -60,21 +60,15 @@ def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: i
     variants = sorted({c.variant for c in all_variants} | {c.variant for c in cells}, key=str)
     served, _ = mirror.serve(home, host, port, variants, toolchains, upstream, background=True)
     report = UpReport(url=served.url, started=served.started, notes=list(served.notes))
-    published = mirror.published(served.url, sorted({c.variant.name for c in cells}))
+    published = mirror.published(served.url, sorted({c.variant.name for c in cells} | {MAIN}))
     wheelhouse = home.wheelhouse
-    rows = {r.cell: r for r in cell_status(cells, toolchains, home, wheelhouse, published)}
-    todo: list[Cell] = []
-    for cell in cells:
-        row = rows[cell.id]
-        if row.status == PUBLISHED:
-            report.already.append(row.wheel or cell.id)
-        elif row.status == NOT_BUILDABLE:
-            report.skipped.append(f"{cell.id}: {row.detail}")
-        elif row.status != BUILT:
-            todo.append(cell)
+    status = cell_status(cells, toolchains, home, wheelhouse, published)
+    report.already = [r.wheel or r.cell for r in status if r.status == PUBLISHED]
+    report.skipped = [f"{r.cell}: {r.detail}" for r in status if r.status == NOT_BUILDABLE]
+    todo, _ = to_build(cells, status, home)
     if todo:
         results = build_cells(todo, toolchains, home, wheelhouse, get_backend(backend), index_url, console)
-        report.built = [r.wheel for r in results if r.status == "built" and r.wheel]
+        report.built = [w for r in results if r.status == "built" and r.wheel for w in [r.wheel, *r.closure_built]]
         report.failed = [f"{r.cell}: {r.error} (log: {r.log})" for r in results if r.status != "built"]
     rows = {r.cell: r for r in cell_status(cells, toolchains, home, wheelhouse, published)}
     wheels = [wheelhouse / r.wheel for r in rows.values() if r.status == BUILT and r.wheel]

@@ -7,8 +7,10 @@ The label goes into the filename AND METADATA, with RECORD rewritten (`wheel pac
 from __future__ import annotations
 
 import email.policy
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,8 +25,13 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+
 from kiln.errors import BuildError
 from kiln.matrix import Cell
+from kiln.toolchains import Toolchains
 
 PROVENANCE = "kiln.json"
 # Libraries a torch extension links that must come from torch's own wheels at run time,
@@ -53,17 +60,36 @@ class Provenance:
     compiler: str
     build_env: list[str] = field(default_factory=list)
     backend: str = "local"
+    build_requires: dict[str, object] | None = None
+    """The build requirements tier by tier (kiln.buildreqs.BuildRequirements)."""
+    closure_of: str | None = None
+    """For a runtime dependency kiln built without a recipe: the cell that needed it."""
 
 
-def pins_for(cell: Cell, installed: dict[str, str]) -> list[str]:
-    """Requirements pinned to the minor each was built against, e.g. ``torch==2.14.*``."""
+def run_export(name: str, kind: str, version: str) -> str:
+    """The runtime requirement a run-export puts on a wheel built against ``name==version``."""
+    v = Version(version)
+    if kind == "minor":
+        return f"{name}=={v.major}.{v.minor}.*"
+    if kind == "major":
+        return f"{name}>={v.major}.{v.minor},<{v.major + 1}"
+    if kind == "exact":
+        return f"{name}=={v.public}"
+    return f"{name}{kind}"
+
+
+def pins_for(cell: Cell, toolchains: Toolchains, installed: dict[str, str]) -> list[str]:
+    """The run-exports of the build environment: toolchains.yaml's table plus the recipe's, for
+    each project the build held, e.g. ``torch==2.14.*``."""
     pins = []
-    for name in cell.recipe.pins:
+    own = cell.recipe.run_exports
+    for name, kind in {**toolchains.run_exports, **own}.items():
         version = installed.get(canonicalize_name(name))
         if version is None:
-            raise BuildError(f"{cell.id}: runtime.pin names {name}, which the build environment lacks")
-        v = Version(version)
-        pins.append(f"{name}=={v.major}.{v.minor}.*")
+            if name in own:
+                raise BuildError(f"{cell.id}: runtime run-export names {name}, which the build environment lacks")
+            continue
+        pins.append(run_export(name, kind, version))
     return pins
 
 
@@ -85,6 +111,8 @@ def finish(raw: Path, cell: Cell, provenance: Provenance, pins: list[str], out_d
     cmd = [sys.executable, "-m", "wheel", "pack", "--dest-dir", str(work / "packed"), str(root)]
     if cell.variant.label:
         cmd[4:4] = ["--local-version", cell.variant.label]
+    if cell.build_number:
+        cmd[4:4] = ["--build-number", str(cell.build_number)]
     _run(cmd, cell)
     (packed,) = list((work / "packed").iterdir())
     name, version, _, _ = parse_wheel_filename(packed.name)
@@ -145,6 +173,33 @@ def rewrite_metadata(path: Path, pins: list[str]) -> None:
         msg["Requires-Dist"] = line
     with path.open("wb") as f:
         BytesGenerator(f, maxheaderlen=0).flatten(msg)
+
+
+# What a wheel built without CUDA must not hold: a link to a CUDA library, or device code.
+CUDA_LIBS = re.compile(r"^lib(cuda|cudart|cublas\w*|cudnn\w*|cufft\w*|curand|cusparse\w*|cusolver\w*|nvrtc|"
+                       r"nvJitLink|nccl|torch_cuda\w*|c10_cuda)\.so")
+CUDA_SECTIONS = (".nv_fatbin", "__nv_relfatbin", ".nvFatBinSegment")
+
+
+def cuda_content(wheel: Path) -> list[str]:
+    """What in ``wheel`` is CUDA: "member: links libcudart.so.13", "member: device code (.nv_fatbin)"."""
+    found = []
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            with zf.open(info) as f:
+                if f.read(4) != b"\x7fELF":
+                    continue
+            try:
+                elf = ELFFile(io.BytesIO(zf.read(info)))
+                needed = [t.needed for s in elf.iter_sections() if isinstance(s, DynamicSection)
+                          for t in s.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
+                sections = {s.name for s in elf.iter_sections()}
+            except ELFError as exc:
+                found.append(f"{info.filename}: unreadable ELF ({exc})")
+                continue
+            found += [f"{info.filename}: links {lib}" for lib in needed if CUDA_LIBS.match(lib)]
+            found += [f"{info.filename}: device code ({sec})" for sec in CUDA_SECTIONS if sec in sections]
+    return found
 
 
 def read_provenance(wheel: Path) -> dict[str, object]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from kiln.errors import KilnError
 from kiln.matrix import Cell
 from kiln.toolchains import Toolchains
+
+if TYPE_CHECKING:
+    from kiln.buildreqs import BuildRequirements
 
 
 @dataclass
@@ -21,8 +24,10 @@ class CompileJob:
     work_dir: Path
     env: dict[str, str]
     constraints: Path
-    log: IO[str]
+    log: TextIO
     timeout_s: float
+    index_url: str
+    """The index build requirements come from (sdists come from it too)."""
 
 
 @dataclass
@@ -39,6 +44,8 @@ class CompileResult:
     """Where the libraries the extension links (torch's) were found, for auditwheel."""
     nvcc: str | None = None
     """The nvcc release that compiled it, when the backend knows (None: this host's nvcc)."""
+    build_requires: BuildRequirements | None = None
+    """The build requirements, tier by tier, when the backend knows them."""
 
 
 class Backend(Protocol):

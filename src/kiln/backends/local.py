@@ -1,5 +1,6 @@
-"""The local backend: a fresh uv environment with the cell's exact Python and torch, then
-`python -m build --wheel --no-isolation` with the network blocked by `unshare --net`."""
+"""The local backend: a fresh uv environment with the cell's exact Python, torch and build
+requirements (kiln.buildreqs), then `python -m build --wheel --no-isolation` in the sandbox
+(kiln.sandbox: no network; no CUDA toolkit for cells without CUDA)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,30 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
+from typing import TextIO
 
 from packaging.utils import canonicalize_name
 
+from kiln import buildreqs
 from kiln.backends import CompileJob, CompileResult
 from kiln.errors import BuildError, HostError
+from kiln.logs import decisive_line, read_from
+from kiln.sandbox import Sandbox
 from kiln.matrix import Cell
 from kiln.toolchains import Toolchains, find_python, probe_host
 
 NET_PROBE = (
-    "import socket\n"
+    "import socket, sys\n"
+    "host, port = sys.argv[1], int(sys.argv[2])\n"
     "try:\n"
-    "    socket.create_connection(('github.com', 443), timeout=5)\n"
-    "    print('kiln: network probe: REACHED github.com:443')\n"
+    "    socket.create_connection((host, port), timeout=5).close()\n"
+    "    print(f'kiln: network probe: REACHED {host}:{port}')\n"
     "except OSError as exc:\n"
-    "    print(f'kiln: network probe: github.com:443 unreachable ({exc})')\n"
+    "    print(f'kiln: network probe: {host}:{port} unreachable ({exc})')\n"
 )
+"""Run in the build step's sandbox against the index host, which kiln itself just reached."""
 
 
 def uv() -> str:
@@ -33,54 +41,58 @@ def uv() -> str:
     return exe
 
 
-def no_network_prefix() -> list[str]:
-    """The command prefix that runs a process in a network namespace of its own."""
-    if shutil.which("unshare") is None:
-        raise HostError("unshare (util-linux) not found: builds must run without network")
-    prefix = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--net", "--map-root-user"]
-    res = subprocess.run(prefix + ["true"], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise HostError(f"{' '.join(prefix)} is not permitted here ({res.stderr.strip()}); "
-                        "builds must run without network")
-    return prefix
-
-
-def torch_index_args(cell: Cell, tc: Toolchains) -> list[str]:
+def index_args(cell: Cell, tc: Toolchains, index_url: str) -> list[str]:
+    """uv's index options for a cell: the default index, and the torch build's own index."""
+    args = ["--default-index", index_url]
     v = cell.variant
-    if v.torch is None or v.cuda is None:
-        return []
-    url = tc.index_url(v.torch, v.cuda)
-    return ["--extra-index-url", url] if url else []
+    if v.torch is not None and v.cuda is not None:
+        url = tc.index_url(v.torch, v.cuda)
+        if url:
+            args += ["--index", url]
+    return args
 
 
-def make_env(python: str, dest: Path, reqs: list[str], constraints: Path, extra: list[str],
-             log: object, env: dict[str, str] | None = None) -> Path:
-    """A fresh uv environment at ``dest`` holding ``reqs`` under ``constraints``."""
+def make_env(python: str, dest: Path, reqs: list[str], constraints: Path | None, extra: list[str],
+             log: TextIO, env: dict[str, str] | None = None) -> Path:
+    """A fresh uv environment at ``dest`` (nothing seeded) holding ``reqs``, under
+    ``constraints`` when given."""
     interp = find_python(python)
     if interp is None:
         raise BuildError(f"Python {python} not found")
     if dest.exists():
         shutil.rmtree(dest)
-    run_logged([uv(), "venv", "--quiet", "--seed", "--python", str(interp), str(dest)], log)
-    run_logged([uv(), "pip", "install", "--python", str(dest / "bin" / "python"), "--constraint",
-                str(constraints), *extra, *reqs], log, env=env)
-    return dest / "bin" / "python"
+    run_logged([uv(), "venv", "--quiet", "--python", str(interp), str(dest)], log)
+    python_exe = dest / "bin" / "python"
+    if reqs:
+        install(python_exe, reqs, constraints, extra, log, env)
+    return python_exe
 
 
-def run_logged(cmd: list[str], log: object, env: dict[str, str] | None = None,
-               cwd: Path | None = None, timeout: float | None = None) -> None:
-    print(f"$ {' '.join(cmd)}", file=log, flush=True)  # type: ignore[call-overload]
+def install(python: Path, reqs: list[str], constraints: Path | None, extra: list[str], log: TextIO,
+            env: dict[str, str] | None = None) -> None:
+    cons = ["--constraint", str(constraints)] if constraints else []
+    run_logged([uv(), "pip", "install", "--python", str(python), *cons, *extra, *reqs], log, env=env)
+
+
+def run_logged(cmd: list[str], log: TextIO, env: dict[str, str] | None = None,
+               cwd: Path | None = None, timeout: float | None = None, shown: list[str] | None = None) -> None:
+    """Run ``cmd`` with its output in the log; a failure raises a BuildError naming the
+    log's decisive line. ``shown``: the command as the log and the error name it."""
+    shown = shown or cmd
+    print(f"$ {' '.join(shown)}", file=log, flush=True)
+    start = log.tell() if log.seekable() else None
     try:
-        res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,  # type: ignore[arg-type]
-                             timeout=timeout)
+        res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise BuildError(f"{Path(cmd[0]).name} timed out after {timeout:.0f}s") from None
-    if res.returncode != 0:
-        if res.returncode in (-9, 137):
-            raise BuildError("killed by SIGKILL (the OOM killer, most likely): "
-                             "raise build.memory_per_job_gb")
-        raise BuildError(f"`{' '.join(Path(c).name if i == 0 else c for i, c in enumerate(cmd[:3]))} ...` "
-                         f"exited {res.returncode}")
+        raise BuildError(f"{Path(shown[0]).name} timed out after {timeout:.0f}s") from None
+    if res.returncode == 0:
+        return
+    if res.returncode in (-9, 137):
+        raise BuildError("killed by SIGKILL (the OOM killer, most likely): raise build.memory_per_job_gb")
+    what = " ".join(Path(c).name if i == 0 else c for i, c in enumerate(shown[:3]))
+    cause = decisive_line(read_from(log, start)) if start is not None else None
+    exited = f"`{what} ...` exited {res.returncode}"
+    raise BuildError(f"{cause} ({exited})" if cause else exited)
 
 
 def installed(python: Path) -> tuple[dict[str, str], list[str]]:
@@ -95,7 +107,7 @@ def installed(python: Path) -> tuple[dict[str, str], list[str]]:
     return versions, lines
 
 
-def check_torch_cuda(cell: Cell, python: Path, log: object) -> None:
+def check_torch_cuda(cell: Cell, python: Path, log: TextIO) -> None:
     """The installed torch's CUDA major must be the variant's and nvcc's (CUDA_HOME's)."""
     if cell.variant.cuda_major is None:
         return
@@ -103,11 +115,24 @@ def check_torch_cuda(cell: Cell, python: Path, log: object) -> None:
                          capture_output=True, text=True)
     torch_cuda = res.stdout.strip() or "unknown"
     host = probe_host()
-    print(f"kiln: torch's CUDA {torch_cuda}, nvcc {host.nvcc_version} at {host.cuda_home}", file=log, flush=True)  # type: ignore[call-overload]
+    print(f"kiln: torch's CUDA {torch_cuda}, nvcc {host.nvcc_version} at {host.cuda_home}", file=log, flush=True)
     if torch_cuda.split(".")[0] != cell.variant.cuda_major:
         raise BuildError(f"the installed torch is a CUDA {torch_cuda} build, the variant wants CUDA {cell.variant.cuda}")
     if host.cuda_major != cell.variant.cuda_major:
         raise BuildError(f"nvcc at {host.cuda_home} is CUDA {host.nvcc_version}, torch's is CUDA {torch_cuda}")
+
+
+def site_packages(python: Path) -> Path:
+    return Path(subprocess.run([str(python), "-c", "import sysconfig;print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+
+
+def index_host(index_url: str) -> tuple[str, int] | None:
+    """The host and port of an http(s) index, for the network probe."""
+    url = urllib.parse.urlparse(index_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return None
+    return url.hostname, url.port or (443 if url.scheme == "https" else 80)
 
 
 class LocalBackend:
@@ -116,39 +141,48 @@ class LocalBackend:
     def compile(self, job: CompileJob) -> CompileResult:
         cell, log = job.cell, job.log
         env_dir = job.work_dir / "env"
-        reqs = ["build", *cell.recipe.build.requires]
+        stash = job.work_dir / "sandbox"
+        hide_cuda = cell.variant.cuda_major is None
+        compile_box, hook_box = Sandbox(network=False, hide_cuda=hide_cuda), Sandbox(network=True, hide_cuda=hide_cuda)
+        reqs = buildreqs.static(job.source_dir, cell.recipe)
+        first = ["build", *reqs.installed_first]
         if cell.torch_release:
-            reqs.insert(0, f"torch=={cell.torch_release}")
-        python = make_env(cell.python, env_dir, reqs, job.constraints,
-                          torch_index_args(cell, job.toolchains), log)
-        versions, freeze = installed(python)
+            first.insert(0, f"torch=={cell.torch_release}")
+        indexes = index_args(cell, job.toolchains, job.index_url)
+        python = make_env(cell.python, env_dir, first, job.constraints, indexes, log)
         check_torch_cuda(cell, python, log)
 
-        env = dict(os.environ)
-        env.pop("VIRTUAL_ENV", None)
+        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
         env.update(job.env)
         env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
-        prefix = no_network_prefix()
-        print(f"kiln: build step runs under `{' '.join(prefix)}` (no network)", file=log, flush=True)
-        probe = job.work_dir / "netprobe.py"
-        probe.write_text(NET_PROBE)
-        run_logged(prefix + [str(python), str(probe)], log, env=env)
+        env = compile_box.env(env)
+        hook_env = {k: v for k, v in env.items() if k != "PIP_NO_INDEX"}
+        if backend := buildreqs.backend_hook(reqs, job.source_dir, python, cell.recipe, hook_env,
+                                             hook_box, stash, log):
+            install(python, backend, job.constraints, indexes, log)
+        for line in reqs.describe():
+            print(f"kiln: {line}", file=log, flush=True)
+        reqs.write(job.work_dir / "build-requirements")
+        versions, freeze = installed(python)
+
+        print(f"kiln: the build step runs in a sandbox: {compile_box.describe()}", file=log, flush=True)
+        if target := index_host(job.index_url):
+            probe = job.work_dir / "netprobe.py"
+            probe.write_text(NET_PROBE)
+            cmd = [str(python), str(probe), target[0], str(target[1])]
+            run_logged(compile_box.wrap(cmd, stash), log, env=env, shown=cmd)
         dist = job.work_dir / "dist"
         shutil.rmtree(dist, ignore_errors=True)
-        run_logged(prefix + [str(python), "-m", "build", "--wheel", "--no-isolation",
-                             "--skip-dependency-check", "--outdir", str(dist), str(job.source_dir)],
-                   log, env=env, cwd=job.source_dir, timeout=job.timeout_s)
+        cmd = [str(python), "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(job.source_dir)]
+        run_logged(compile_box.wrap(cmd, stash), log, env=env, cwd=job.source_dir, timeout=job.timeout_s,
+                   shown=cmd)
         wheels = list(dist.glob("*.whl"))
         if len(wheels) != 1:
             raise BuildError(f"the build made {len(wheels)} wheels, expected 1")
         compiler = subprocess.run([env.get("CXX", "c++"), "--version"], capture_output=True,
                                   text=True).stdout.splitlines()[0]
-        ld_paths = []
-        if "torch" in versions:
-            site = subprocess.run([str(python), "-c", "import sysconfig;print(sysconfig.get_paths()['purelib'])"],
-                                  capture_output=True, text=True).stdout.strip()
-            ld_paths.append(Path(site) / "torch" / "lib")
+        ld_paths = [site_packages(python) / "torch" / "lib"] if "torch" in versions else []
         py_version = subprocess.run([str(python), "-c", "import platform;print(platform.python_version())"],
                                     capture_output=True, text=True).stdout.strip()
         return CompileResult(wheel=wheels[0], installed=versions, freeze=freeze, python=py_version,
-                             compiler=compiler, ld_paths=ld_paths)
+                             compiler=compiler, ld_paths=ld_paths, build_requires=reqs)

@@ -1,0 +1,76 @@
+"""Smoke-test a finished wheel as a user installs it: a fresh environment, the wheel, its own
+Requires-Dist resolved against the index the user will use (staging: this run's wheels plus the
+upstream index), nothing built, none of the build constraints; then its imports, each in its own
+interpreter so a failure names the module.
+
+uv installs the newest versions the wheel's requirements allow, so a missing run-export (a
+runtime bound the ABI needs) fails the cell here instead of in a user's import.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+from typing import TextIO
+
+from kiln.backends.local import index_args, make_env
+from kiln.errors import BuildError
+from kiln.matrix import Cell
+from kiln.toolchains import Toolchains
+
+
+def top_level_modules(wheel: Path) -> list[str]:
+    """The importable top-level modules of a wheel: its top_level.txt, else its RECORD's
+    packages (directories with __init__.py), modules and extension modules."""
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        top = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+        if top:
+            listed = zf.read(top[0]).decode().split()
+            found = [m for m in listed if m.isidentifier()]
+            if found:
+                return sorted(set(found))
+        record = next(n for n in names if n.endswith(".dist-info/RECORD"))
+        paths = [row[0] for row in csv.reader(io.StringIO(zf.read(record).decode())) if row]
+    modules: set[str] = set()
+    for path in paths:
+        first, _, rest = path.partition("/")
+        if first.endswith((".dist-info", ".data")):
+            continue
+        if rest == "__init__.py":
+            modules.add(first)
+        elif not rest and first.endswith((".py", ".so", ".pyd")):
+            modules.add(first.split(".")[0])
+    return sorted(m for m in modules if m.isidentifier())
+
+
+def smoke(wheel: Path, cell: Cell, toolchains: Toolchains, work: Path, log: TextIO, index_url: str,
+          find_links: list[Path]) -> list[str]:
+    """Install ``wheel`` with --no-build in a fresh env, resolving its requirements against
+    ``find_links`` and ``index_url``, and import the recipe's modules (the wheel's top-level
+    modules when the recipe names none); returns the modules imported."""
+    modules = list(cell.recipe.test.imports) or top_level_modules(wheel)
+    print(f"kiln: smoke test of {wheel.name}: install as a user does (no build constraints, "
+          f"nothing built), then import {', '.join(modules) or '(nothing)'}", file=log, flush=True)
+    env_dir = work / "smoke-env"
+    links = [arg for d in find_links if d.is_dir() for arg in ("--find-links", str(d))]
+    python = make_env(cell.python, env_dir, ["--no-build", str(wheel)], None,
+                      [*index_args(cell, toolchains, index_url), *links], log)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "")
+    preload = "import torch; " if cell.variant.torch else ""
+    for module in modules:
+        code = f"{preload}import {module}; print('kiln: import {module}: ok', getattr({module}, '__file__', ''))"
+        res = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env, cwd=work)
+        log.write(res.stdout + res.stderr)
+        log.flush()
+        if res.returncode != 0:
+            last = (res.stderr.strip().splitlines() or ["?"])[-1]
+            raise BuildError(f"smoke test: import {module} failed: {last}")
+    shutil.rmtree(env_dir, ignore_errors=True)
+    return modules
