@@ -176,7 +176,8 @@ def environment(cell: Cell, toolchains: Toolchains, reqs: BuildRequirements, cca
         "CIBW_BUILD": build_identifier(cell, toolchains),
         "CIBW_ARCHS": arch,
         f"CIBW_MANYLINUX_{arch.upper()}_IMAGE": image_for(cell, toolchains),
-        "CIBW_BUILD_FRONTEND": FRONTEND,
+        # build.replace overrules upstream's list, which build would check.
+        "CIBW_BUILD_FRONTEND": FRONTEND + (" --skip-dependency-check" if reqs.replaced else ""),
         "CIBW_BUILD_VERBOSITY": "1",
         "CIBW_BEFORE_BUILD": before_build(cell, toolchains, reqs),
         "CIBW_ENVIRONMENT": " ".join(f"{k}={_quote(v)}"

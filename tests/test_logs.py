@@ -1,0 +1,63 @@
+"""The one line a failed cell reports: the log's decisive line."""
+
+from __future__ import annotations
+
+import pytest
+
+from kiln.logs import decisive_line
+
+SETUPTOOLS_MISSING = """\
+* Getting build dependencies for wheel...
+Traceback (most recent call last):
+  File "setup.py", line 1, in <module>
+    from setuptools import setup
+ModuleNotFoundError: No module named 'setuptools'
+
+ERROR Backend subprocess exited when trying to invoke get_requires_for_build_wheel
+"""
+
+GCC = """\
+gcc -c foo.c -o foo.o
+foo.c:3:10: fatal error: numpy/arrayobject.h: No such file or directory
+    3 | #include "numpy/arrayobject.h"
+compilation terminated.
+error: command '/usr/bin/gcc' failed with exit code 1
+ERROR Backend subprocess exited when trying to invoke build_wheel
+"""
+
+NVCC = """\
+[1/2] nvcc -c kernel.cu
+kernel.cu(12): error: identifier "foo" is undefined
+1 error detected in the compilation of "kernel.cu".
+Traceback (most recent call last):
+RuntimeError: Error compiling objects for extension
+"""
+
+UV = """\
+Using Python 3.11.7 environment at: env
+error: No solution found when resolving dependencies
+  cause: Because there is no version of kilnfix-helper==9.9.9 and you require
+         kilnfix-helper==9.9.9, we can conclude that your requirements are
+         unsatisfiable.
+"""
+
+UV_TTY = """\
+  × No solution found when resolving dependencies:
+  ╰─▶ Because foo was not found in the package registry and you require foo, we can conclude that
+      your requirements are unsatisfiable.
+"""
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    (SETUPTOOLS_MISSING, "ModuleNotFoundError: No module named 'setuptools'"),
+    (GCC, "foo.c:3:10: fatal error: numpy/arrayobject.h: No such file or directory"),
+    (NVCC, 'kernel.cu(12): error: identifier "foo" is undefined'),
+    (UV, "Because there is no version of kilnfix-helper==9.9.9 and you require kilnfix-helper==9.9.9, "
+         "we can conclude that your requirements are unsatisfiable."),
+    (UV_TTY, "Because foo was not found in the package registry and you require foo, we can conclude "
+             "that your requirements are unsatisfiable."),
+    ("building...\nsomething went wrong\n", "something went wrong"),
+    ("", None),
+])
+def test_decisive_line(text: str, line: str | None) -> None:
+    assert decisive_line(text) == line
