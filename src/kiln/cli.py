@@ -52,10 +52,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_json() for r in rows], indent=2))
         return 0
     table = Table("cell", "variant", "archs", "status", "detail")
-    colors = {"published": "green", "built": "cyan", "failed": "red", "not-buildable": "yellow"}
+    colors = {"published": "green", "built": "cyan", "stale": "magenta", "failed": "red", "not-buildable": "yellow"}
     for r in rows:
         color = colors.get(r.status, "white")
-        table.add_row(r.cell, r.variant, r.cuda_archs or "", f"[{color}]{r.status}", r.wheel or r.detail)
+        detail = r.detail if r.status == "stale" else (r.wheel or r.detail)
+        if r.closure_of:
+            detail = f"{detail} (closure of {r.closure_of})".lstrip()
+        table.add_row(r.cell, r.variant, r.cuda_archs or "", f"[{color}]{r.status}", detail)
     console.print(table)
     return 0
 
