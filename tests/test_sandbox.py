@@ -33,9 +33,12 @@ def toolkit(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def test_toolkits_and_nvcc_wrappers_are_found(tmp_path: Path) -> None:
     home, link, wrappers = toolkit(tmp_path)
+    (wrappers / "ptxas").write_text(f"#!/bin/sh\nexec {home}/bin/ptxas \"$@\"\n")
+    (wrappers / "ptxas").chmod(0o755)
     dirs, files = cuda_toolkit_paths({"CUDA_HOME": str(link), "PATH": f"{wrappers}:/usr/bin"})
     assert link in dirs and home in dirs
-    assert wrappers / "nvcc" in files
+    assert wrappers / "nvcc" in files and wrappers / "ptxas" in files
+    assert wrappers / "gcc-ok" not in files
 
 
 def test_cuda_variables_are_not_passed_on() -> None:
@@ -53,12 +56,13 @@ def test_inside_the_sandbox_the_toolkit_is_gone_and_the_rest_is_there(tmp_path: 
     home, link, wrappers = toolkit(tmp_path)
     opt = tmp_path / "opt"
     script = (f"test -e {link} && echo link-visible; test -e {home} && echo home-visible; "
-              f"cat {opt}/other/kept.txt; PATH={wrappers}:/usr/bin:/bin; command -v nvcc || echo no-nvcc; gcc-ok")
+              f"cat {opt}/other/kept.txt; PATH={wrappers}:/usr/bin:/bin; command -v nvcc || echo no-nvcc; gcc-ok; "
+              f"test -e {wrappers}/nvcc || echo nvcc-gone")
     cmd = [*prefix, sys.executable, "-m", "kiln.sandbox", "--stash", str(tmp_path / "stash"),
-           "--hide-dir", str(link), "--hide-dir", str(home), "--mask", str(wrappers / "nvcc"), "--", "sh", "-c", script]
+           "--hide", str(link), "--hide", str(home), "--hide", str(wrappers / "nvcc"), "--", "sh", "-c", script]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["kept", "no-nvcc", "ok"]
+    assert res.stdout.split() == ["kept", "no-nvcc", "ok", "nvcc-gone"]
     # Outside, nothing changed.
     assert home.is_dir() and link.exists() and os.access(wrappers / "nvcc", os.X_OK)
 

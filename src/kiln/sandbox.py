@@ -8,8 +8,9 @@ CUDA, no CUDA toolkit in sight.
 - every CUDA toolkit directory (``/usr/local/cuda``, ``/usr/local/cuda-13.0``, ``/opt/cuda``,
   ``$CUDA_HOME``...) disappears: its parent is covered by a tmpfs on which every other entry is
   bound back, so ``os.path.exists("/usr/local/cuda")`` is False, as on a machine without CUDA;
-- every ``nvcc`` left on PATH (a wrapper script in ``/usr/local/bin``, Debian's ``/usr/bin/nvcc``)
-  is covered by ``/dev/null``, which is not executable, so ``which nvcc`` finds nothing;
+- every ``nvcc`` left on PATH (a wrapper script in ``/usr/local/bin``, Debian's ``/usr/bin/nvcc``),
+  and every other program on PATH that links or points into a toolkit (``ptxas`` wrappers...),
+  disappears the same way, so ``which nvcc`` finds nothing and running it is FileNotFoundError;
 - CUDA_HOME, CUDA_PATH, CUDACXX, PYTORCH_NVCC, TORCH_CUDA_ARCH_LIST and FORCE_CUDA are not
   passed on from the caller.
 
@@ -20,6 +21,7 @@ toolkit is found" builds its CPU extension. Mounts made there vanish with the na
 from __future__ import annotations
 
 import argparse
+import ctypes
 import glob
 import os
 import shutil
@@ -37,21 +39,38 @@ CUDA_GLOBS = ("/usr/local/cuda", "/usr/local/cuda-*", "/opt/cuda", "/opt/cuda-*"
 
 
 def cuda_toolkit_paths(environ: dict[str, str] | None = None) -> tuple[list[Path], list[Path]]:
-    """(toolkit directories, nvcc executables outside them) visible on this host."""
+    """(toolkit directories, programs on PATH outside them that are or point into a toolkit)."""
     environ = dict(os.environ) if environ is None else environ
     dirs: set[Path] = set()
     candidates = [Path(p) for pattern in CUDA_GLOBS for p in glob.glob(pattern)]
     candidates += [Path(environ[k]) for k in ("CUDA_HOME", "CUDA_PATH") if environ.get(k)]
     for cand in candidates:
         if cand.is_dir() and (cand.resolve() / "bin" / "nvcc").exists():
-            dirs.add(cand)
+            dirs.add(cand.absolute())
             dirs.add(cand.resolve())
     files: set[Path] = set()
     for entry in environ.get("PATH", "").split(os.pathsep):
-        exe = Path(entry or ".") / "nvcc"
-        if exe.is_file() and os.access(exe, os.X_OK) and not any(_under(exe, d) for d in dirs):
-            files.add(exe.absolute())
+        folder = Path(entry or ".").absolute()
+        if not folder.is_dir() or any(_under(folder, d) for d in dirs):
+            continue
+        for exe in folder.iterdir():
+            if exe.name == "nvcc" or _points_into(exe, dirs):
+                if exe.is_file() and os.access(exe, os.X_OK):
+                    files.add(exe)
     return sorted(dirs), sorted(files)
+
+
+def _points_into(exe: Path, dirs: set[Path]) -> bool:
+    """Whether ``exe`` is a link into one of ``dirs`` or a small wrapper script naming one."""
+    if any(_under(exe, d) for d in dirs):
+        return True
+    try:
+        if exe.is_symlink() or not exe.is_file() or exe.stat().st_size > 4096:
+            return False
+        head = exe.read_bytes()
+    except OSError:
+        return False
+    return head.startswith(b"#!") and any(str(d).encode() in head for d in dirs)
 
 
 def _under(path: Path, top: Path) -> bool:
@@ -88,10 +107,8 @@ class Sandbox:
         hide: list[str] = []
         if self.hide_cuda:
             dirs, files = cuda_toolkit_paths()
-            for d in dirs:
-                hide += ["--hide-dir", str(d)]
-            for f in files:
-                hide += ["--mask", str(f)]
+            for path in [*dirs, *files]:
+                hide += ["--hide", str(path)]
             if hide:
                 flags.append("--mount")
         if not flags:
@@ -120,24 +137,31 @@ def unshare(flags: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- inside the namespace
 
 
-def _mount(*args: str) -> None:
-    res = subprocess.run(["mount", *args], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"kiln.sandbox: mount {' '.join(args)} failed: {res.stderr.strip()}")
+_MS_BIND, _MS_REC = 4096, 16384
 
 
-def hide(dirs: list[Path], masks: list[Path], stash: Path) -> None:
-    """Make ``dirs`` vanish and ``masks`` unexecutable, in the current mount namespace."""
+def _mount(source: str, target: Path, fstype: str | None = None, flags: int = 0, data: str | None = None) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    rc = libc.mount(source.encode(), str(target).encode(), fstype.encode() if fstype else None, flags,
+                    data.encode() if data else None)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise SystemExit(f"kiln.sandbox: mounting {source} on {target} failed: {os.strerror(err)}")
+
+
+def hide(paths: list[Path], stash: Path) -> None:
+    """Make ``paths`` (directories or files) vanish, in the current mount namespace: each parent
+    is covered by a tmpfs on which every other entry is bound back."""
     by_parent: dict[Path, set[str]] = {}
-    for d in dirs:
-        by_parent.setdefault(d.parent, set()).add(d.name)
+    for path in paths:
+        by_parent.setdefault(path.parent, set()).add(path.name)
     for i, (parent, names) in enumerate(sorted(by_parent.items())):
         if parent == parent.parent:
             raise SystemExit(f"kiln.sandbox: cannot hide {sorted(names)} at the root of the file system")
         keep = stash / str(i)
         keep.mkdir(parents=True, exist_ok=True)
-        _mount("--rbind", str(parent), str(keep))
-        _mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(parent))
+        _mount(str(parent), keep, flags=_MS_BIND | _MS_REC)
+        _mount("tmpfs", parent, "tmpfs", 0, "mode=0755")
         for entry in sorted(os.listdir(keep)):
             if entry in names:
                 continue
@@ -149,23 +173,19 @@ def hide(dirs: list[Path], masks: list[Path], stash: Path) -> None:
                 dst.mkdir()
             else:
                 dst.touch()
-            _mount("--rbind", str(src), str(dst))
-    for exe in masks:
-        if exe.exists():
-            _mount("--bind", "/dev/null", str(exe))
+            _mount(str(src), dst, flags=_MS_BIND | _MS_REC)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m kiln.sandbox")
     p.add_argument("--stash", required=True, type=Path)
-    p.add_argument("--hide-dir", action="append", default=[], type=Path)
-    p.add_argument("--mask", action="append", default=[], type=Path)
+    p.add_argument("--hide", action="append", default=[], type=Path)
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise SystemExit("kiln.sandbox: no command")
-    hide(args.hide_dir, args.mask, args.stash)
+    hide(args.hide, args.stash)
     os.execvp(cmd[0], cmd)
 
 
