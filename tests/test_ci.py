@@ -21,7 +21,7 @@ from cibuildwheel.frontend import BuildFrontendConfig
 
 from conftest import StaticIndex
 from helpers import FIXTURE_RECIPES, FIXTURES
-from kiln import buildreqs, ci
+from kiln import ci
 from kiln.buildreqs import BuildRequirements
 from kiln.backends.cibuildwheel import BuildRecord, CibuildwheelBackend, environment
 from kiln.build import build_cell

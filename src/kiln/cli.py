@@ -87,7 +87,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     results = build_cells(todo, toolchains, home, out, get_backend(args.backend), args.index_url, err_console)
     failed = [r for r in results if r.status == "failed"]
     for r in results:
-        if r.status == "built":
+        if r.status == "built" and r.wheel:
             console.print(f"built {out / r.wheel}  ({r.seconds:.0f}s)")
             for wheel in r.closure_built:
                 console.print(f"built {out / wheel}  (closure of {r.cell})")

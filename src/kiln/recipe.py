@@ -100,7 +100,8 @@ class BuildSpec(_Model):
             for item in (key, value):
                 if item is not None:
                     cls._pep508([item])
-            if value is not None and canonicalize_name(Requirement(value).name) != canonicalize_name(Requirement(key).name):
+            same = value is None or canonicalize_name(Requirement(value).name) == canonicalize_name(Requirement(key).name)
+            if not same:
                 raise ValueError(f"replace {key!r}: the replacement {value!r} names another project")
         return v
 
@@ -280,7 +281,7 @@ class Recipe(_Model):
     @property
     def run_exports(self) -> dict[str, str]:
         """The recipe's own run-exports: `runtime.pin` (minor) and `runtime.run_exports`."""
-        exports = {canonicalize_name(p): "minor" for p in self.runtime.pin or []}
+        exports: dict[str, str] = {canonicalize_name(p): "minor" for p in self.runtime.pin or []}
         exports.update({canonicalize_name(k): v for k, v in self.runtime.run_exports.items()})
         return exports
 

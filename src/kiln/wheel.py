@@ -191,7 +191,7 @@ def cuda_content(wheel: Path) -> list[str]:
                     continue
             try:
                 elf = ELFFile(io.BytesIO(zf.read(info)))
-                needed = [t.needed for s in elf.iter_sections() if isinstance(s, DynamicSection)
+                needed = [str(getattr(t, "needed", "")) for s in elf.iter_sections() if isinstance(s, DynamicSection)
                           for t in s.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
                 sections = {s.name for s in elf.iter_sections()}
             except ELFError as exc:
