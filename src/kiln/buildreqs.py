@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -147,7 +148,11 @@ def backend_hook(reqs: BuildRequirements, source_dir: Path, python: Path, recipe
     start = log.tell()
     try:
         builder = build.ProjectBuilder(source_dir, python_executable=str(python), runner=runner)
-        answer = sorted(str(Requirement(r)) for r in builder.get_requires_for_build("wheel"))
+        with warnings.catch_warnings(record=True) as caught:  # the backend's warnings, re-raised by build
+            warnings.simplefilter("always")
+            answer = sorted(str(Requirement(r)) for r in builder.get_requires_for_build("wheel"))
+        for w in caught:
+            print(f"kiln: the build backend warns: {w.message}", file=log, flush=True)
     except (build.BuildException, build.BuildBackendException) as exc:
         cause = decisive_line(read_from(log, start)) or str(exc)
         raise BuildError(f"{cause} (the build backend's get_requires_for_build_wheel failed)") from None
