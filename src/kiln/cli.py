@@ -196,6 +196,16 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_infer(args: argparse.Namespace) -> int:
+    from kiln.infer import infer
+
+    python = args.python or f"{sys.version_info.major}.{sys.version_info.minor}"
+    result = infer(args.project, Path(args.recipes), Home(Path(args.home)), python, args.index_url,
+                   args.max_tries, sys.stdout)
+    console.print(f"wrote {result.recipe} after {result.tries} tries")
+    return 0
+
+
 def _cell(args: argparse.Namespace) -> tuple[Toolchains, Cell]:
     from kiln.ci import find_cell, load_cells
 
@@ -311,6 +321,15 @@ def parser() -> argparse.ArgumentParser:
     mirror_args(sp)
     sp.add_argument("--index-url", help="index sdists come from (default: KILN_INDEX_URL, uv/pip settings)")
     sp.set_defaults(func=cmd_up)
+
+    sp = sub.add_parser("infer", help="draft a working recipe from failing builds")
+    sp.add_argument("project", help="PROJECT or PROJECT==VERSION (default: its newest sdist)")
+    sp.add_argument("--recipes", default="recipes", help="where the recipe is written (default: recipes)")
+    sp.add_argument("--home", default=str(default_home()), help="kiln home (default: $KILN_HOME or ./.kiln)")
+    sp.add_argument("--python", help="the Python to build for (default: kiln's own)")
+    sp.add_argument("--max-tries", type=int, default=8, help="builds to try before giving up (default: 8)")
+    sp.add_argument("--index-url", help="index sdists come from (default: KILN_INDEX_URL, uv/pip settings)")
+    sp.set_defaults(func=cmd_infer)
 
     sp = sub.add_parser("config", help="the lines that point uv, pip, Docker or pixi at the mirror")
     sp.add_argument("--variant", required=True, help="a variant, e.g. cu130-torch2.14 or main; "

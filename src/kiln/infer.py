@@ -1,0 +1,429 @@
+"""`kiln infer`: draft a working recipe from failing builds.
+
+A draft starts from what the sdist says statically (setup.py's unconditional imports that its
+build system does not declare, a torch import, CUDA knobs read from the environment), then the
+cell is built; while it fails, each rule below reads the failure and proposes one change to the
+draft, until the wheel builds and passes its smoke test, or no rule applies. Each rule is a small
+function from (failure, draft) to a change; each line of the written recipe says which failure
+led to it.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TextIO
+
+from packaging.requirements import Requirement
+from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
+from packaging.version import Version
+
+from kiln import buildreqs, source
+from kiln.backends.local import LocalBackend
+from kiln.build import build_cell
+from kiln.errors import ConfigError, KilnError
+from kiln.home import CellResult, Home
+from kiln.matrix import expand
+from kiln.recipe import TOOLCHAINS_FILE, Recipe, load_recipe
+from kiln.toolchains import Toolchains, load_toolchains
+
+
+class InferError(KilnError):
+    """No rule fixes the last failure: the draft is not written."""
+
+    exit_code = 6
+
+
+# Import names whose distribution has another name. Otherwise the index is asked for the name.
+MODULE_DISTS = {
+    "Cython": "cython", "sklearn": "scikit-learn", "yaml": "pyyaml", "cv2": "opencv-python-headless",
+    "PIL": "pillow", "skimage": "scikit-image", "pkg_resources": "setuptools<81", "distutils": "setuptools",
+    "Crypto": "pycryptodome", "dateutil": "python-dateutil", "bs4": "beautifulsoup4", "attr": "attrs",
+    "OpenSSL": "pyopenssl", "git": "gitpython", "jwt": "pyjwt", "serial": "pyserial", "usb": "pyusb",
+    "zmq": "pyzmq", "google": "protobuf", "Levenshtein": "levenshtein", "mpl_toolkits": "matplotlib",
+    "pybind11": "pybind11", "numpy": "numpy", "scipy": "scipy", "pyximport": "cython",
+}
+NOT_DEPENDENCIES = {"setuptools", "distutils", "__future__", "pkg_resources"}
+"""Modules a setup.py may import that its build system provides already."""
+
+Field = Literal["build.requires", "build.constraints", "build.env", "runtime.requires", "runtime.run_exports",
+                "matrix.torch"]
+Stage = Literal["build", "smoke"]
+
+
+@dataclass
+class Draft:
+    """The recipe being drafted, with the reason for each line."""
+
+    project: str
+    version: str
+    python: str
+    requires: list[str] = field(default_factory=list)
+    constraints: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    runtime_requires: list[str] = field(default_factory=list)
+    run_exports: dict[str, str] = field(default_factory=dict)
+    torch: str | None = None
+    why: dict[str, str] = field(default_factory=dict)
+
+    def yaml(self) -> str:
+        """The recipe, each line commented with the failure that led to it."""
+        def item(key: str, text: str) -> str:
+            reason = self.why.get(key)
+            return f"{text}    # {reason}" if reason else text
+
+        lines = ["# Drafted by `kiln infer` from failing builds; each line says which failure led to it.",
+                 f"project: {self.project}", f'versions: ["{self.version}"]']
+        build: list[str] = []
+        if self.requires:
+            build.append("  requires:")
+            build += [item(f"build.requires:{r}", f'    - "{r}"') for r in self.requires]
+        if self.constraints:
+            build.append("  constraints:")
+            build += [item(f"build.constraints:{r}", f'    - "{r}"') for r in self.constraints]
+        if self.env:
+            build.append("  env:")
+            build += [item(f"build.env:{k}", f'    {k}: "{v}"') for k, v in self.env.items()]
+        if build:
+            lines += ["build:", *build]
+        lines.append("matrix:")
+        if self.torch:
+            lines += [item("matrix.torch", f'  torch: ["{self.torch}"]'), '  cuda: ["cpu"]']
+        lines.append(f'  python: ["{self.python}"]')
+        runtime: list[str] = []
+        if self.runtime_requires:
+            runtime.append("  requires:")
+            runtime += [item(f"runtime.requires:{r}", f'    - "{r}"') for r in self.runtime_requires]
+        if self.run_exports:
+            runtime.append("  run_exports:")
+            runtime += [item(f"runtime.run_exports:{k}", f'    {k}: "{v}"') for k, v in self.run_exports.items()]
+        if runtime:
+            lines += ["runtime:", *runtime]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change to a draft, and why."""
+
+    field: Field
+    value: str
+    why: str
+    key: str = ""
+
+    def describe(self) -> str:
+        if self.field in ("build.env", "runtime.run_exports"):
+            return f"{self.field}.{self.key} = {self.value}"
+        if self.field == "matrix.torch":
+            return f"matrix.torch = [{self.value}], cuda = [cpu]"
+        return f"{self.field} += {self.value}"
+
+    def apply(self, draft: Draft) -> bool:
+        """Change the draft; False when it holds this already (the rule cannot help)."""
+        if self.field == "matrix.torch":
+            if draft.torch:
+                return False
+            draft.torch = self.value
+            draft.why["matrix.torch"] = self.why
+            return True
+        if self.field in ("build.env", "runtime.run_exports"):
+            target = draft.env if self.field == "build.env" else draft.run_exports
+            if target.get(self.key) == self.value:
+                return False
+            target[self.key] = self.value
+            draft.why[f"{self.field}:{self.key}"] = self.why
+            return True
+        lists = {"build.requires": draft.requires, "build.constraints": draft.constraints,
+                 "runtime.requires": draft.runtime_requires}
+        items = lists[self.field]
+        name = canonicalize_name(Requirement(self.value).name)
+        if any(str(Requirement(r)) == str(Requirement(self.value)) for r in items):
+            return False
+        items[:] = [r for r in items if canonicalize_name(Requirement(r).name) != name] + [self.value]
+        draft.why[f"{self.field}:{self.value}"] = self.why
+        return True
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed try: where it failed, its one line, and its log."""
+
+    stage: Stage
+    line: str
+    log: str
+
+    @classmethod
+    def of(cls, result: CellResult) -> Failure:
+        error = result.error or ""
+        stage: Stage = "smoke" if error.startswith("smoke test:") else "build"
+        try:
+            text = Path(result.log).read_text(errors="replace")
+        except OSError:
+            text = ""
+        return cls(stage, error, text)
+
+
+@dataclass
+class Context:
+    """What rules may consult besides the failure: the index and the toolchain table."""
+
+    index_url: str
+    toolchains: Toolchains
+    python: str
+
+    def distribution(self, module: str) -> str | None:
+        """The distribution that provides ``module``: the table, else a project of that name."""
+        top = module.split(".")[0]
+        if top in MODULE_DISTS:
+            return MODULE_DISTS[top]
+        for name in dict.fromkeys([top, top.replace("_", "-")]):
+            try:
+                if source.index_files(name, self.index_url):
+                    return canonicalize_name(name)
+            except KilnError:
+                return None
+        return None
+
+    def torch_minor(self) -> str | None:
+        """The newest torch minor with a cpu build for the draft's Python."""
+        minors = [m for m, spec in self.toolchains.torch.items() if "cpu" in spec.builds and self.python in spec.python]
+        return max(minors, key=Version) if minors else None
+
+
+Rule = Callable[[Failure, Draft, Context], Change | None]
+
+_NO_MODULE = re.compile(r"No module named '([\w.]+)'")
+
+
+def missing_module(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """`No module named 'X'`: a build requirement (while building) or a runtime one (smoke test)."""
+    m = _NO_MODULE.search(failure.line) or _NO_MODULE.search(failure.log[-20000:])
+    if not m:
+        return None
+    module = m.group(1)
+    if module.split(".")[0] == "torch":
+        minor = ctx.torch_minor()
+        return Change("matrix.torch", minor, f"No module named '{module}'") if minor else None
+    dist = ctx.distribution(module)
+    if dist is None:
+        return None
+    if canonicalize_name(Requirement(dist).name) == canonicalize_name(draft.project):
+        return None
+    target: Field = "runtime.requires" if failure.stage == "smoke" else "build.requires"
+    return Change(target, dist, f"No module named '{module}'" + (" at run time" if failure.stage == "smoke" else ""))
+
+
+_NUMPY_ALIAS = re.compile(r"module 'numpy' has no attribute '(int|float|bool|object|long|complex|str|unicode)'")
+
+
+def numpy_removed_api(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """A numpy API numpy 2 removed: in C (`NPY_`/`PyArray_` errors, `numpy/arrayobject.h`) or the
+    aliases (`np.int`); at run time, a module compiled against numpy 1.x."""
+    text = failure.log[-40000:]
+    if failure.stage == "smoke" and "compiled using NumPy 1.x cannot be run in" in text:
+        return Change("runtime.run_exports", "major", "compiled against numpy 1.x, fails on numpy 2", key="numpy")
+    if m := _NUMPY_ALIAS.search(text):
+        target: Field = "runtime.requires" if failure.stage == "smoke" else "build.constraints"
+        return Change(target, "numpy<1.24", f"np.{m.group(1)} was removed in numpy 1.24")
+    if failure.stage == "build" and re.search(r"error:.*\b(NPY_\w+|PyArray_\w+|arrayobject\.h)", text):
+        return Change("build.constraints", "numpy<2", "C code uses numpy 1.x API that numpy 2 removed")
+    return None
+
+
+_CYTHON3 = re.compile(r"Error compiling Cython file|Cython\.Compiler\.Errors|\.pyx:\d+:\d+: ")
+_OLD_GENERATED_C = re.compile(r"error: .*(curexc_type|exc_type|_PyLong_AsByteArray|tp_print|ob_shash|"
+                              r"_PyGen_Send|PyUnicode_AS_UNICODE|Py_UNICODE|'PyFrameObject'|f_lasti|"
+                              r"_PyErr_StackItem|ma_version_tag|_Py_IsFinalizing)")
+
+
+def cython(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """A Cython-generated C file too old for this Python (regenerate it with Cython), or Cython 3
+    rejecting code written for Cython 0.29."""
+    text = failure.log[-40000:]
+    if failure.stage != "build":
+        return None
+    if _CYTHON3.search(text) and not any(r.startswith("cython<3") for r in draft.constraints):
+        return Change("build.constraints", "cython<3", "Cython 3 rejects the .pyx (written for Cython 0.29)")
+    if _OLD_GENERATED_C.search(text) and not any(canonicalize_name(Requirement(r).name) == "cython"
+                                                 for r in draft.requires):
+        return Change("build.requires", "cython", "the shipped Cython-generated C does not compile on this Python")
+    return None
+
+
+def pkg_resources(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """`pkg_resources` is gone from setuptools 81 on."""
+    if "pkg_resources" not in failure.line and "No module named 'pkg_resources'" not in failure.log[-20000:]:
+        return None
+    target: Field = "runtime.requires" if failure.stage == "smoke" else "build.requires"
+    return Change(target, "setuptools<81", "pkg_resources (gone from setuptools 81 on)")
+
+
+RULES: list[Rule] = [pkg_resources, missing_module, numpy_removed_api, cython]
+
+
+# ----------------------------------------------------------------------------- what the sdist says
+
+
+_KNOB = re.compile(r"""(?:getenv|environ\.get|environ\[)\(?\s*['"]([A-Z0-9_]*(?:FORCE_BUILD|SKIP_CUDA_BUILD|"""
+                   r"""FORCE_ONLY_CPU|FORCE_CPU))['"]""")
+
+
+def knobs(setup_py: str) -> dict[str, str]:
+    """CUDA knobs a setup.py reads from the environment, set for a cpu cell: build from source,
+    skip the CUDA build, CPU only."""
+    out = {}
+    for name in dict.fromkeys(_KNOB.findall(setup_py)):
+        out[name] = "TRUE" if name.endswith(("FORCE_BUILD", "SKIP_CUDA_BUILD")) else "1"
+    return out
+
+
+def unconditional_imports(setup_py: str) -> list[str]:
+    """The top-level modules a setup.py imports at module level, outside try blocks."""
+    try:
+        tree = ast.parse(setup_py)
+    except SyntaxError:
+        return []
+    found: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            found += [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module.split(".")[0])
+    return list(dict.fromkeys(found))
+
+
+def static_draft(draft: Draft, srcdir: Path, ctx: Context, say: Callable[[str], None]) -> None:
+    """What the sdist says before anything is built."""
+    setup_py = srcdir / "setup.py"
+    text = setup_py.read_text(errors="replace") if setup_py.is_file() else ""
+    own = {p.name for p in srcdir.iterdir() if p.is_dir()} | {p.stem for p in srcdir.glob("*.py")}
+    declared = {canonicalize_name(Requirement(r).name) for r in buildreqs.static(srcdir, Recipe(
+        project=draft.project, versions=[draft.version])).build_system}
+    for module in unconditional_imports(text):
+        if module in sys.stdlib_module_names or module in NOT_DEPENDENCIES or module in own:
+            continue
+        if module == "torch":
+            change: Change | None = Change("matrix.torch", ctx.torch_minor() or "", "setup.py imports torch")
+            if not change.value:
+                continue
+        else:
+            dist = ctx.distribution(module)
+            if dist is None or canonicalize_name(Requirement(dist).name) in declared:
+                continue
+            change = Change("build.requires", dist, f"setup.py imports {module} before declaring it")
+        if change.apply(draft):
+            say(f"try 0 (setup.py): imports {module} -> {change.describe()}")
+    if draft.torch:
+        for name, value in knobs(text).items():
+            change = Change("build.env", value, "a knob setup.py reads: build from source, CPU only", key=name)
+            if change.apply(draft):
+                say(f"try 0 (setup.py): reads ${name} -> {change.describe()}")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class InferResult:
+    recipe: Path
+    tries: int
+    draft: Draft
+
+
+def newest_sdist_version(project: str, index_url: str) -> str:
+    versions = []
+    for f in source.index_files(project, index_url):
+        try:
+            name, version = parse_sdist_filename(f.filename)
+        except InvalidSdistFilename:
+            continue
+        if not version.is_prerelease:
+            versions.append(version)
+    if not versions:
+        raise InferError(f"{project}: no sdist on {index_url}")
+    return str(max(versions))
+
+
+def _unpack(sdist: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    if sdist.name.endswith(".zip"):
+        with zipfile.ZipFile(sdist) as zf:
+            zf.extractall(dest)
+    else:
+        with tarfile.open(sdist) as tf:
+            tf.extractall(dest, filter="data")
+    entries = list(dest.iterdir())
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
+
+
+def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str | None, max_tries: int,
+          out: TextIO) -> InferResult:
+    """Draft ``recipes_dir``/<project>.yaml for ``spec`` (``name`` or ``name==version``)."""
+    name, _, version = spec.partition("==")
+    index = index_url or source.default_index_url()
+    project = canonicalize_name(name)
+    target = recipes_dir / f"{project}.yaml"
+    if target.exists():
+        raise ConfigError(f"{target}: exists already; infer drafts recipes that do not exist yet")
+    toolchains = load_toolchains(recipes_dir)
+    version = version or newest_sdist_version(project, index)
+    draft = Draft(project=project, version=version, python=python)
+    ctx = Context(index, toolchains, python)
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    work = home.root / "infer" / f"{project}-{version}"
+    shutil.rmtree(work, ignore_errors=True)
+    drafts = work / "recipes"
+    drafts.mkdir(parents=True)
+    shutil.copy(recipes_dir / TOOLCHAINS_FILE, drafts / TOOLCHAINS_FILE)
+    probe = Recipe(project=project, versions=[version], path=drafts / f"{project}.yaml")
+    sdist = source.fetch(probe, version, home.sources, index)
+    with tempfile.TemporaryDirectory() as tmp:
+        static_draft(draft, _unpack(sdist.path, Path(tmp)), ctx, say)
+
+    trial_home = Home(work / "home")
+    trial_home.root.mkdir(parents=True, exist_ok=True)
+    (trial_home.root / "cache").mkdir(exist_ok=True)
+    # the sdist cache and the compiler cache are shared with the home
+    for cache in ("sources", "ccache"):
+        (home.root / "cache" / cache).mkdir(parents=True, exist_ok=True)
+        (trial_home.root / "cache" / cache).symlink_to(home.root / "cache" / cache)
+    last = ""
+    for attempt in range(1, max_tries + 1):
+        (drafts / f"{project}.yaml").write_text(draft.yaml())
+        recipe = load_recipe(drafts / f"{project}.yaml")
+        cells = expand([recipe], toolchains)
+        if not cells:
+            raise InferError(f"{project} {version}: the draft has no cell for Python {python}")
+        result = build_cell(cells[0], toolchains, trial_home, work / "wheelhouse", LocalBackend(), index)
+        if result.status == "built":
+            recipes_dir.mkdir(parents=True, exist_ok=True)
+            target.write_text(draft.yaml())
+            say(f"try {attempt}: built and smoke-tested {cells[0].id} -> wrote {target}")
+            return InferResult(target, attempt, draft)
+        failure = Failure.of(result)
+        last = f"{failure.line} (log: {result.log})"
+        for rule in RULES:
+            change = rule(failure, draft, ctx)
+            if change is not None and change.apply(draft):
+                say(f"try {attempt}: {_short(failure.line)} -> {change.describe()}")
+                break
+        else:
+            say(f"try {attempt}: {_short(failure.line)} -> no rule applies")
+            raise InferError(f"{project} {version}: no working recipe; last failure: {last}")
+    raise InferError(f"{project} {version}: no working recipe after {max_tries} tries; last failure: {last}")
+
+
+def _short(line: str, width: int = 160) -> str:
+    line = " ".join(line.split())
+    return line if len(line) <= width else line[: width - 1] + "…"

@@ -1,0 +1,233 @@
+"""`kiln infer`: the rules on stored log excerpts, the static read of setup.py, and the loop end
+to end on two fixture sdists from the local upstream."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import StaticIndex
+
+from helpers import FIXTURE_RECIPES
+from kiln.cli import main
+from kiln.infer import (
+    Change,
+    Context,
+    Draft,
+    Failure,
+    cython,
+    knobs,
+    missing_module,
+    numpy_removed_api,
+    pkg_resources,
+    unconditional_imports,
+)
+from kiln.recipe import load_recipe
+from kiln.toolchains import load_toolchains
+
+TC = load_toolchains(FIXTURE_RECIPES)
+
+
+class OfflineContext(Context):
+    """Rules' context whose index knows only the names given (no network in unit tests)."""
+
+    def __init__(self, known: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        super().__init__("http://127.0.0.1:9/simple/", TC, "3.12")
+        self.known = known
+
+    def distribution(self, module: str) -> str | None:
+        top = module.split(".")[0]
+        from kiln.infer import MODULE_DISTS
+
+        return MODULE_DISTS.get(top) or (top.replace("_", "-") if top in self.known else None)
+
+
+def draft() -> Draft:
+    return Draft(project="demo", version="1.0", python="3.12")
+
+
+def fail(line: str, log: str = "", stage: str = "build") -> Failure:
+    return Failure(stage, line, log or line)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- the rules
+
+
+@pytest.mark.parametrize(("failure", "expected"), [
+    (fail("ModuleNotFoundError: No module named 'Cython' (the build backend's get_requires_for_build_wheel "
+          "failed)"), "build.requires += cython"),
+    (fail("ModuleNotFoundError: No module named 'sklearn.utils'"), "build.requires += scikit-learn"),
+    (fail("ModuleNotFoundError: No module named 'yaml'"), "build.requires += pyyaml"),
+    (fail("ModuleNotFoundError: No module named 'cv2'"), "build.requires += opencv-python-headless"),
+    (fail("ModuleNotFoundError: No module named 'kilnfix_helper'"), "build.requires += kilnfix-helper"),
+    (fail("smoke test: import demo failed: ModuleNotFoundError: No module named 'numpy'", stage="smoke"),
+     "runtime.requires += numpy"),
+    (fail("ModuleNotFoundError: No module named 'torch'"), "matrix.torch = [2.14], cuda = [cpu]"),
+])
+def test_missing_module(failure: Failure, expected: str) -> None:
+    change = missing_module(failure, draft(), OfflineContext({"kilnfix_helper"}))
+    assert change is not None and change.describe() == expected
+
+
+def test_a_module_no_index_has_is_no_change() -> None:
+    assert missing_module(fail("ModuleNotFoundError: No module named 'nowhere_to_be_found'"), draft(),
+                          OfflineContext()) is None
+
+
+def test_pkg_resources_at_build_and_at_run_time() -> None:
+    line = "ModuleNotFoundError: No module named 'pkg_resources'"
+    assert pkg_resources(fail(line), draft(), OfflineContext()).describe() == "build.requires += setuptools<81"  # type: ignore[union-attr]
+    smoke = fail(f"smoke test: import demo failed: {line}", stage="smoke")
+    assert pkg_resources(smoke, draft(), OfflineContext()).describe() == "runtime.requires += setuptools<81"  # type: ignore[union-attr]
+
+
+NUMPY_C = """\
+gcc -c demo/_fast.c
+demo/_fast.c:120:5: error: 'NPY_CHAR' undeclared (first use in this function); did you mean 'NPY_BYTE'?
+error: command '/usr/bin/gcc' failed with exit code 1
+"""
+NUMPY_2_AT_IMPORT = """\
+A module that was compiled using NumPy 1.x cannot be run in
+NumPy 2.2.6 as it may crash. To support both 1.x and 2.x
+ImportError: numpy.core.multiarray failed to import
+"""
+
+
+def test_numpy_rules() -> None:
+    alias = fail("AttributeError: module 'numpy' has no attribute 'int'.")
+    assert numpy_removed_api(alias, draft(), OfflineContext()).describe() == "build.constraints += numpy<1.24"  # type: ignore[union-attr]
+    capi = fail(NUMPY_C.splitlines()[1], NUMPY_C)
+    assert numpy_removed_api(capi, draft(), OfflineContext()).describe() == "build.constraints += numpy<2"  # type: ignore[union-attr]
+    runtime = fail("smoke test: import demo failed: ImportError: numpy.core.multiarray failed to import",
+                   NUMPY_2_AT_IMPORT, stage="smoke")
+    assert numpy_removed_api(runtime, draft(), OfflineContext()).describe() == "runtime.run_exports.numpy = major"  # type: ignore[union-attr]
+    assert numpy_removed_api(fail("error: something else"), draft(), OfflineContext()) is None
+
+
+CYTHON3 = """\
+Error compiling Cython file:
+------------------------------------------------------------
+demo/_core.pyx:12:4: Cannot assign type 'void (int) except * nogil' to 'void (*)(int) noexcept nogil'
+"""
+OLD_C = """\
+demo/_core.c:2190:20: error: 'PyThreadState' {aka 'struct _ts'} has no member named 'curexc_type'
+"""
+
+
+def test_cython_rules() -> None:
+    assert cython(fail("Error compiling Cython file:", CYTHON3), draft(), OfflineContext()).describe() == \
+        "build.constraints += cython<3"  # type: ignore[union-attr]
+    assert cython(fail(OLD_C.strip(), OLD_C), draft(), OfflineContext()).describe() == \
+        "build.requires += cython"  # type: ignore[union-attr]
+    pinned = draft()
+    pinned.constraints.append("cython<3")
+    assert cython(fail("Error compiling Cython file:", CYTHON3), pinned, OfflineContext()) is None
+
+
+def test_a_change_already_made_does_not_apply_twice() -> None:
+    d = draft()
+    change = Change("build.requires", "cython", "No module named 'Cython'")
+    assert change.apply(d) and not change.apply(d)
+    assert Change("build.requires", "cython<3", "again").apply(d) and d.requires == ["cython<3"]
+
+
+# ----------------------------------------------------------------------------- the sdist read statically
+
+
+SETUP_PY = """\
+import os
+import sys
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import setup
+from demo import __version__
+try:
+    import torch
+except ImportError:
+    torch = None
+FORCE = os.getenv("DEMO_FORCE_BUILD", "FALSE") == "TRUE"
+SKIP = os.environ.get('DEMO_SKIP_CUDA_BUILD')
+"""
+
+
+def test_unconditional_imports_and_knobs() -> None:
+    assert unconditional_imports(SETUP_PY) == ["os", "sys", "numpy", "Cython", "setuptools", "demo"]
+    assert knobs(SETUP_PY) == {"DEMO_FORCE_BUILD": "TRUE", "DEMO_SKIP_CUDA_BUILD": "TRUE"}
+    assert unconditional_imports("def broken(:\n") == []
+
+
+def test_a_draft_is_a_valid_commented_recipe(tmp_path: Path) -> None:
+    d = draft()
+    for change in (Change("build.requires", "cython", "No module named 'Cython'"),
+                   Change("build.constraints", "numpy<2", "C code uses numpy 1.x API"),
+                   Change("runtime.requires", "setuptools<81", "pkg_resources"),
+                   Change("matrix.torch", "2.14", "setup.py imports torch"),
+                   Change("build.env", "TRUE", "a knob", key="DEMO_FORCE_BUILD"),
+                   Change("runtime.run_exports", "major", "numpy 1.x", key="numpy")):
+        change.apply(d)
+    path = tmp_path / "demo.yaml"
+    path.write_text(d.yaml())
+    shutil.copy(FIXTURE_RECIPES / "toolchains.yaml", tmp_path / "toolchains.yaml")
+    recipe = load_recipe(path)
+    assert recipe.build.requires == ["cython"] and recipe.build.constraints == ["numpy<2"]
+    assert recipe.build.env == {"DEMO_FORCE_BUILD": "TRUE"}
+    assert recipe.matrix.torch == ["2.14"] and recipe.matrix.cuda == ["cpu"]
+    assert recipe.runtime.requires == ["setuptools<81"] and recipe.runtime.run_exports == {"numpy": "major"}
+    assert '    - "cython"    # No module named \'Cython\'' in d.yaml()
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def recipes_with_toolchains(tmp_path: Path) -> Path:
+    d = tmp_path / "recipes"
+    d.mkdir()
+    shutil.copy(FIXTURE_RECIPES / "toolchains.yaml", d / "toolchains.yaml")
+    return d
+
+
+def test_infer_finds_a_build_and_a_runtime_requirement(tmp_path: Path, upstream: StaticIndex,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    recipes = recipes_with_toolchains(tmp_path)
+    args = ["infer", "kilnrt", "--recipes", str(recipes), "--home", str(tmp_path / "home"), "--python", "3.11",
+            "--index-url", upstream.simple]
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "try 0 (setup.py): imports kilnfix_helper -> build.requires += kilnfix-helper"
+    assert out[1] == ("try 1: smoke test: import kilnrt failed: ModuleNotFoundError: No module named "
+                      "'kilnfix_helper' -> runtime.requires += kilnfix-helper")
+    assert out[2] == f"try 2: built and smoke-tested kilnrt-1.0.0-cp311-main -> wrote {recipes / 'kilnrt.yaml'}"
+    recipe = load_recipe(recipes / "kilnrt.yaml")
+    assert recipe.build.requires == ["kilnfix-helper"] and recipe.runtime.requires == ["kilnfix-helper"]
+    assert recipe.versions == ["1.0.0"]
+    # The drafted recipe is a recipe like any other: kiln build builds it.
+    assert main(["build", "--recipes", str(recipes), "--home", str(tmp_path / "home2"),
+                 "--index-url", upstream.simple]) == 0
+
+
+def test_infer_gives_up_with_exit_6_and_writes_nothing(tmp_path: Path, upstream: StaticIndex,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    recipes = recipes_with_toolchains(tmp_path)
+    args = ["infer", "kilnbroken==1.0.0", "--recipes", str(recipes), "--home", str(tmp_path / "home"),
+            "--python", "3.11", "--index-url", upstream.simple]
+    assert main(args) == 6
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["try 1: RuntimeError: kilnbroken: this platform is not supported (the "
+                                         "build backend's get_requires_for_build_wheel failed) -> no rule applies"]
+    err = captured.err.strip()
+    assert "\n" not in err
+    assert err.startswith("kiln: kilnbroken 1.0.0: no working recipe; last failure: RuntimeError: kilnbroken: "
+                          "this platform is not supported")
+    assert sorted(p.name for p in recipes.iterdir()) == ["toolchains.yaml"]
+
+
+def test_infer_never_overwrites_a_recipe(tmp_path: Path, upstream: StaticIndex,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    recipes = recipes_with_toolchains(tmp_path)
+    (recipes / "kilnrt.yaml").write_text("# mine\n")
+    assert main(["infer", "kilnrt", "--recipes", str(recipes), "--home", str(tmp_path / "home"),
+                 "--index-url", upstream.simple]) == 2
+    assert capsys.readouterr().err.strip() == (f"kiln: {recipes / 'kilnrt.yaml'}: exists already; infer drafts "
+                                               "recipes that do not exist yet")
+    assert (recipes / "kilnrt.yaml").read_text() == "# mine\n"
