@@ -9,9 +9,10 @@ from pathlib import Path
 
 from packaging.utils import parse_wheel_filename
 
-from helpers import FIXTURE_RECIPES, make_helper_wheel
+from helpers import FIXTURE_RECIPES, make_helper_wheel, make_wheel
 from kiln.matrix import Cell, Variant
 from kiln.recipe import load_recipe
+from kiln.smoke import top_level_modules
 from kiln.toolchains import load_toolchains
 from kiln.wheel import Provenance, finish, pins_for, read_provenance, rewrite_metadata
 
@@ -57,3 +58,13 @@ def test_rewrite_metadata_replaces_pins_and_keeps_markers(tmp_path: Path) -> Non
     assert "Requires-Dist: einops" in text and "Requires-Dist: numpy" in text
     assert "torch>=2" not in text
     assert text.rstrip().endswith("long description")
+
+
+def test_top_level_modules_come_from_the_record_not_top_level_txt(tmp_path: Path) -> None:
+    """setuptools lists an extension inside a package (pesq.cypesq) as `cypesq` in top_level.txt:
+    importing that would fail. The RECORD says what is importable."""
+    wheel = make_wheel("demo", "1.0", {
+        "demo/__init__.py": "", "demo/cydemo.cpython-311-x86_64-linux-gnu.so": "", "helper.py": "",
+        "_speedups.cpython-311-x86_64-linux-gnu.so": "", "demo-1.0.data/scripts/tool": "",
+        "demo-1.0.dist-info/top_level.txt": "cydemo\ndemo\n", "not-a-module/x.txt": ""}, tmp_path)
+    assert top_level_modules(wheel) == ["_speedups", "demo", "helper"]

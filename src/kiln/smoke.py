@@ -25,17 +25,11 @@ from kiln.toolchains import Toolchains
 
 
 def top_level_modules(wheel: Path) -> list[str]:
-    """The importable top-level modules of a wheel: its top_level.txt, else its RECORD's
-    packages (directories with __init__.py), modules and extension modules."""
+    """The importable top-level modules of a wheel, from its RECORD: packages (directories with
+    an __init__.py), modules and extension modules. (top_level.txt is not trusted: setuptools
+    writes the names of extensions there even when they live inside a package.)"""
     with zipfile.ZipFile(wheel) as zf:
-        names = zf.namelist()
-        top = [n for n in names if n.endswith(".dist-info/top_level.txt")]
-        if top:
-            listed = zf.read(top[0]).decode().split()
-            found = [m for m in listed if m.isidentifier()]
-            if found:
-                return sorted(set(found))
-        record = next(n for n in names if n.endswith(".dist-info/RECORD"))
+        record = next(n for n in zf.namelist() if n.endswith(".dist-info/RECORD"))
         paths = [row[0] for row in csv.reader(io.StringIO(zf.read(record).decode())) if row]
     modules: set[str] = set()
     for path in paths:
