@@ -16,6 +16,7 @@ from kiln.infer import (
     Context,
     Draft,
     Failure,
+    cuda_knob,
     cython,
     knobs,
     missing_module,
@@ -123,6 +124,18 @@ def test_cython_rules() -> None:
     pinned = draft()
     pinned.constraints.append("cython<3")
     assert cython(fail("Error compiling Cython file:", CYTHON3), pinned, OfflineContext()) is None
+
+
+def test_cuda_knobs_only_for_a_failing_torch_draft() -> None:
+    ctx = OfflineContext()
+    ctx.setup_py = SETUP_PY
+    d = draft()
+    assert cuda_knob(fail("error: nvcc not found"), d, ctx) is None  # no torch: not a torch extension
+    d.torch = "2.14"
+    first = cuda_knob(fail("error: nvcc not found"), d, ctx)
+    assert first is not None and first.describe() == "build.env.DEMO_FORCE_BUILD = TRUE"
+    first.apply(d)
+    assert cuda_knob(fail("error: nvcc not found"), d, ctx).describe() == "build.env.DEMO_SKIP_CUDA_BUILD = TRUE"  # type: ignore[union-attr]
 
 
 def test_a_change_already_made_does_not_apply_twice() -> None:

@@ -1,7 +1,7 @@
 """`kiln infer`: draft a working recipe from failing builds.
 
 A draft starts from what the sdist says statically (setup.py's unconditional imports that its
-build system does not declare, a torch import, CUDA knobs read from the environment), then the
+build system does not declare, a torch import), then the
 cell is built; while it fails, each rule below reads the failure and proposes one change to the
 draft, until the wheel builds and passes its smoke test, or no rule applies. Each rule is a small
 function from (failure, draft) to a change; each line of the written recipe says which failure
@@ -178,6 +178,8 @@ class Context:
     index_url: str
     toolchains: Toolchains
     python: str
+    setup_py: str = ""
+    """The sdist's setup.py, for the knobs it reads."""
 
     def distribution(self, module: str) -> str | None:
         """The distribution that provides ``module``: the table, else a project of that name."""
@@ -266,7 +268,19 @@ def pkg_resources(failure: Failure, draft: Draft, ctx: Context) -> Change | None
     return Change(target, "setuptools<81", "pkg_resources (gone from setuptools 81 on)")
 
 
-RULES: list[Rule] = [pkg_resources, missing_module, numpy_removed_api, cython]
+def cuda_knob(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """A torch extension failing to build for a cpu cell, whose setup.py reads a knob such as
+    `*_FORCE_BUILD`, `*_SKIP_CUDA_BUILD` or `FORCE_ONLY_CPU`: set the next one not set yet. Tried
+    after every other rule (a knob kiln's sandbox makes redundant stays out of the recipe)."""
+    if failure.stage != "build" or not draft.torch:
+        return None
+    for name, value in knobs(ctx.setup_py).items():
+        if name not in draft.env:
+            return Change("build.env", value, "a knob setup.py reads (the build failed without it)", key=name)
+    return None
+
+
+RULES: list[Rule] = [pkg_resources, missing_module, numpy_removed_api, cython, cuda_knob]
 
 
 # ----------------------------------------------------------------------------- what the sdist says
@@ -321,11 +335,6 @@ def static_draft(draft: Draft, srcdir: Path, ctx: Context, say: Callable[[str], 
             change = Change("build.requires", dist, f"setup.py imports {module} before declaring it")
         if change.apply(draft):
             say(f"try 0 (setup.py): imports {module} -> {change.describe()}")
-    if draft.torch:
-        for name, value in knobs(text).items():
-            change = Change("build.env", value, "a knob setup.py reads: build from source, CPU only", key=name)
-            if change.apply(draft):
-                say(f"try 0 (setup.py): reads ${name} -> {change.describe()}")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -389,7 +398,10 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
     probe = Recipe(project=project, versions=[version], path=drafts / f"{project}.yaml")
     sdist = source.fetch(probe, version, home.sources, index)
     with tempfile.TemporaryDirectory() as tmp:
-        static_draft(draft, _unpack(sdist.path, Path(tmp)), ctx, say)
+        srcdir = _unpack(sdist.path, Path(tmp))
+        if (srcdir / "setup.py").is_file():
+            ctx.setup_py = (srcdir / "setup.py").read_text(errors="replace")
+        static_draft(draft, srcdir, ctx, say)
 
     trial_home = Home(work / "home")
     trial_home.root.mkdir(parents=True, exist_ok=True)
