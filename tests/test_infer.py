@@ -16,12 +16,14 @@ from kiln.infer import (
     Context,
     Draft,
     Failure,
+    cmake_policy,
     cuda_knob,
     cython,
     knobs,
     missing_module,
     numpy_removed_api,
     pkg_resources,
+    required_by_message,
     unconditional_imports,
 )
 from kiln.recipe import load_recipe
@@ -124,6 +126,15 @@ def test_cython_rules() -> None:
     pinned = draft()
     pinned.constraints.append("cython<3")
     assert cython(fail("Error compiling Cython file:", CYTHON3), pinned, OfflineContext()) is None
+
+
+def test_needs_said_in_words_and_old_cmake() -> None:
+    words = fail("Cython is required during installation (the build backend's get_requires_for_build_wheel failed)")
+    assert required_by_message(words, draft(), OfflineContext()).describe() == "build.requires += cython"  # type: ignore[union-attr]
+    cmake = fail("CMake Error at CMakeLists.txt:1 (cmake_minimum_required): Compatibility with CMake < 3.5 has "
+                 "been removed from CMake.")
+    assert cmake_policy(cmake, draft(), OfflineContext()).describe() == "build.env.CMAKE_POLICY_VERSION_MINIMUM = 3.5"  # type: ignore[union-attr]
+    assert required_by_message(fail("error: something else"), draft(), OfflineContext()) is None
 
 
 def test_cuda_knobs_only_for_a_failing_torch_draft() -> None:

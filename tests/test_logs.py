@@ -41,6 +41,16 @@ error: No solution found when resolving dependencies
          unsatisfiable.
 """
 
+CMAKE = """\
+running build_ext
+CMake Error at CMakeLists.txt:1 (cmake_minimum_required):
+  Compatibility with CMake < 3.5 has been removed from CMake.
+
+-- Configuring incomplete, errors occurred!
+subprocess.CalledProcessError: Command '['cmake', '.']' returned non-zero exit status 1.
+ERROR Backend subprocess exited when trying to invoke build_wheel
+"""
+
 UV_TTY = """\
   × No solution found when resolving dependencies:
   ╰─▶ Because foo was not found in the package registry and you require foo, we can conclude that
@@ -56,6 +66,8 @@ UV_TTY = """\
          "we can conclude that your requirements are unsatisfiable."),
     (UV_TTY, "Because foo was not found in the package registry and you require foo, we can conclude "
              "that your requirements are unsatisfiable."),
+    (CMAKE, "CMake Error at CMakeLists.txt:1 (cmake_minimum_required): Compatibility with CMake < 3.5 has been "
+            "removed from CMake."),
     ("building...\nsomething went wrong\n", "something went wrong"),
     ("", None),
 ])

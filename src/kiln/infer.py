@@ -241,7 +241,7 @@ def numpy_removed_api(failure: Failure, draft: Draft, ctx: Context) -> Change | 
 
 
 _CYTHON3 = re.compile(r"Error compiling Cython file|Cython\.Compiler\.Errors|\.pyx:\d+:\d+: ")
-_OLD_GENERATED_C = re.compile(r"error: .*(curexc_type|exc_type|_PyLong_AsByteArray|tp_print|ob_shash|"
+_OLD_GENERATED_C = re.compile(r"error: .*(longintrepr\.h|curexc_type|exc_type|_PyLong_AsByteArray|tp_print|ob_shash|"
                               r"_PyGen_Send|PyUnicode_AS_UNICODE|Py_UNICODE|'PyFrameObject'|f_lasti|"
                               r"_PyErr_StackItem|ma_version_tag|_Py_IsFinalizing)")
 
@@ -268,6 +268,27 @@ def pkg_resources(failure: Failure, draft: Draft, ctx: Context) -> Change | None
     return Change(target, "setuptools<81", "pkg_resources (gone from setuptools 81 on)")
 
 
+_REQUIRED = re.compile(r"\b(Cython|cython|NumPy|numpy|pybind11|Pybind11)\b[^.\n]{0,40}?\b(?:is |are )?"
+                       r"(?:required|needed|missing|not found|not installed)", re.IGNORECASE)
+
+
+def required_by_message(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """A setup.py that says in words what it needs: "Cython is required during installation"."""
+    m = _REQUIRED.search(failure.line) or _REQUIRED.search(failure.log[-20000:])
+    if failure.stage != "build" or not m:
+        return None
+    dist = MODULE_DISTS.get(m.group(1)) or canonicalize_name(m.group(1))
+    return Change("build.requires", dist, f"setup.py: {m.group(0)}")
+
+
+def cmake_policy(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """CMake 4 refuses a CMakeLists.txt written for CMake < 3.5 unless told the minimum policy."""
+    if failure.stage == "build" and "Compatibility with CMake < 3.5 has been removed" in failure.log[-40000:]:
+        return Change("build.env", "3.5", "CMake 4 refuses cmake_minimum_required below 3.5",
+                      key="CMAKE_POLICY_VERSION_MINIMUM")
+    return None
+
+
 def cuda_knob(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
     """A torch extension failing to build for a cpu cell, whose setup.py reads a knob such as
     `*_FORCE_BUILD`, `*_SKIP_CUDA_BUILD` or `FORCE_ONLY_CPU`: set the next one not set yet. Tried
@@ -280,7 +301,8 @@ def cuda_knob(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
     return None
 
 
-RULES: list[Rule] = [pkg_resources, missing_module, numpy_removed_api, cython, cuda_knob]
+RULES: list[Rule] = [pkg_resources, missing_module, numpy_removed_api, cython, required_by_message, cmake_policy,
+                     cuda_knob]
 
 
 # ----------------------------------------------------------------------------- what the sdist says

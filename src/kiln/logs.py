@@ -20,17 +20,23 @@ def read_from(log: TextIO, start: int) -> str:
 _COMPILER_ERROR = re.compile(r"^\S+?(:\d+(:\d+)?:|\(\d+\):) (fatal )?error\b.*", re.IGNORECASE)
 _PY_EXCEPTION = re.compile(r"^([\w.]+\.)?\w*(Error|Exception|Exit|Interrupt)(: .*)?$")
 _UV_CAUSE = re.compile(r"^(\s*)(?:╰─▶|cause:)\s*(.+)$")
+_CMAKE_ERROR = re.compile(r"^CMake Error\b.*")
 _ERROR_WORD = re.compile(r"(^|\s)(error|ERROR)\b:?")
 
 
 def decisive_line(text: str) -> str | None:
     """The line of a failed command's output that says why: the first compiler error, else the
-    last Python exception, else uv's reason, else the last line that says error."""
+    first CMake error, else uv's reason, else the last Python exception, else the last line that
+    says error."""
     raw = text.splitlines()
     lines = [ln.strip() for ln in raw if ln.strip()]
     for ln in lines:
         if _COMPILER_ERROR.match(ln):
             return ln
+    for i, ln in enumerate(raw):
+        if _CMAKE_ERROR.match(ln):  # the message is on the indented lines that follow
+            more = next((m.strip() for m in raw[i + 1:i + 4] if m.strip()), "")
+            return f"{ln.strip()} {more}".strip()
     for i, ln in enumerate(raw):
         if m := _UV_CAUSE.match(ln):  # uv's reason, wrapped onto indented lines
             parts = [m.group(2).strip()]
