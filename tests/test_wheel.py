@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -65,6 +66,29 @@ def test_top_level_modules_come_from_the_record_not_top_level_txt(tmp_path: Path
     importing that would fail. The RECORD says what is importable."""
     wheel = make_wheel("demo", "1.0", {
         "demo/__init__.py": "", "demo/cydemo.cpython-311-x86_64-linux-gnu.so": "", "helper.py": "",
-        "_speedups.cpython-311-x86_64-linux-gnu.so": "", "demo-1.0.data/scripts/tool": "",
-        "demo-1.0.dist-info/top_level.txt": "cydemo\ndemo\n", "not-a-module/x.txt": ""}, tmp_path)
-    assert top_level_modules(wheel) == ["_speedups", "demo", "helper"]
+        "demo-1.0.data/scripts/tool": "", "demo-1.0.dist-info/top_level.txt": "cydemo\ndemo\n",
+        "not-a-module/x.txt": ""}, tmp_path)
+    assert top_level_modules(wheel) == ["demo", "helper"]
+
+
+def test_a_top_level_shared_library_is_a_module_only_when_it_exports_pyinit(tmp_path: Path) -> None:
+    """libkenlm.so beside kenlm.cpython-*.so is a bundled library: importing it fails."""
+    src = tmp_path / "m.c"
+    src.write_text("void *PyInit__speedups(void) { return 0; }\nint helper(void) { return 1; }\n")
+    ext = tmp_path / "_speedups.so"
+    lib = tmp_path / "libhelper.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(ext), str(src)], check=True)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), "-x", "c", "-"], input="int helper(void){return 1;}\n",
+                   text=True, check=True)
+    root = tmp_path / "demo2-1.0"
+    (root / "demo2-1.0.dist-info").mkdir(parents=True)
+    shutil.copy(ext, root / "_speedups.cpython-311-x86_64-linux-gnu.so")
+    shutil.copy(lib, root / "libhelper.so")
+    (root / "demo2-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: demo2\nVersion: 1.0\n")
+    (root / "demo2-1.0.dist-info" / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: false\n"
+                                                        "Tag: cp311-cp311-linux_x86_64\n")
+    (tmp_path / "out").mkdir()
+    subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(tmp_path / "out"), str(root)], check=True,
+                   capture_output=True)
+    (wheel,) = (tmp_path / "out").glob("*.whl")
+    assert top_level_modules(wheel) == ["_speedups"]

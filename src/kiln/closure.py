@@ -12,6 +12,7 @@ the kiln home, so `kiln plan` lists those cells and `kiln up` publishes them.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +31,10 @@ from kiln.logs import decisive_line
 from kiln.matrix import Cell, Variant
 from kiln.recipe import Recipe
 from kiln.toolchains import Toolchains, find_python
+
+
+_FAILED_TO_BUILD = re.compile(r"Failed to build `([^`=@ ]+)(?:==|@)([^`]+)`")
+_PY_CAUSE = re.compile(r"^\s*((?:[\w.]+\.)?\w*Error: .+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,13 @@ def missing(wheel: Path, cell: Cell, indexes: list[str], find_links: list[Path],
     anything = _compile(wheel, cell, indexes, find_links, work, binaries_only=False)
     log.write(anything.stderr)
     if anything.returncode != 0:
+        if m := _FAILED_TO_BUILD.search(anything.stderr):
+            # A requirement with only an sdist whose metadata does not build in isolation.
+            name, version = canonicalize_name(m.group(1)), m.group(2)
+            why = _PY_CAUSE.findall(anything.stderr[m.end():]) or [decisive_line(anything.stderr[m.end():]) or "?"]
+            raise BuildError(f"{name} {version}, a runtime requirement with no wheel for {cell.python_tag}, does not "
+                             f"build as upstream declares it ({why[-1].strip()}); it needs a recipe: "
+                             f"recipes/{name}.yaml")
         why = decisive_line(anything.stderr) or f"uv exited {anything.returncode}"
         raise BuildError(f"the runtime requirements of {wheel.name} do not resolve: {why}")
     own = canonicalize_name(cell.project)

@@ -18,6 +18,9 @@ import zipfile
 from pathlib import Path
 from typing import TextIO
 
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
 from kiln.backends.local import index_args, make_env
 from kiln.errors import BuildError
 from kiln.matrix import Cell
@@ -28,19 +31,31 @@ def top_level_modules(wheel: Path) -> list[str]:
     """The importable top-level modules of a wheel, from its RECORD: packages (directories with
     an __init__.py), modules and extension modules. (top_level.txt is not trusted: setuptools
     writes the names of extensions there even when they live inside a package.)"""
+    modules: set[str] = set()
     with zipfile.ZipFile(wheel) as zf:
         record = next(n for n in zf.namelist() if n.endswith(".dist-info/RECORD"))
         paths = [row[0] for row in csv.reader(io.StringIO(zf.read(record).decode())) if row]
-    modules: set[str] = set()
-    for path in paths:
-        first, _, rest = path.partition("/")
-        if first.endswith((".dist-info", ".data")):
-            continue
-        if rest == "__init__.py":
-            modules.add(first)
-        elif not rest and first.endswith((".py", ".so", ".pyd")):
-            modules.add(first.split(".")[0])
+        for path in paths:
+            first, _, rest = path.partition("/")
+            if first.endswith((".dist-info", ".data")):
+                continue
+            name = first.split(".")[0]
+            if rest == "__init__.py" or (not rest and first.endswith(".py")):
+                modules.add(first if rest else name)
+            elif not rest and first.endswith(".so") and _exports_init(zf.read(path), name):
+                modules.add(name)
     return sorted(m for m in modules if m.isidentifier())
+
+
+def _exports_init(data: bytes, name: str) -> bool:
+    """Whether a shared object is a Python extension module: it exports PyInit_<name> (a bundled
+    library such as libkenlm.so does not)."""
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        symbols = elf.get_section_by_name(".dynsym")
+        return symbols is not None and bool(symbols.get_symbol_by_name(f"PyInit_{name}"))  # type: ignore[attr-defined]
+    except ELFError:
+        return False
 
 
 def smoke(wheel: Path, cell: Cell, toolchains: Toolchains, work: Path, log: TextIO, index_url: str,
