@@ -244,8 +244,9 @@ def cuda_linked(tmp_path_factory: pytest.TempPathFactory, upstream: StaticIndex)
     tmp = tmp_path_factory.mktemp("cuda-linked")
     py = venv(tmp / "env")
     assert install(py, upstream, "setuptools", "build").returncode == 0
+    src = shutil.copytree(FIXTURES / "src" / "kilncuda-1.0.0", tmp / "src")  # never build in the fixture's tree
     res = subprocess.run([str(py), "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp / "dist"),
-                          str(FIXTURES / "src" / "kilncuda-1.0.0")], capture_output=True, text=True,
+                          str(src)], capture_output=True, text=True,
                          env={**os.environ, "PATH": f"{py.parent}{os.pathsep}{os.environ['PATH']}"})
     assert res.returncode == 0, res.stdout + res.stderr
     assert "kilncuda: building the CUDA extension" in res.stdout
