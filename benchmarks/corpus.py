@@ -20,6 +20,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from rich.console import Console
@@ -83,7 +84,7 @@ def install_check(wheel: Path, wheelhouse: Path, work: Path) -> str | None:
     return None
 
 
-def run_one(entry: dict[str, str], args: argparse.Namespace, home: Path) -> Row:
+def run_one(entry: dict[str, Any], args: argparse.Namespace, home: Path) -> Row:
     name, version = entry["name"], entry["version"]
     row = Row(name, version, entry.get("kind", ""))
     project = canonicalize_name(name)
@@ -93,9 +94,12 @@ def run_one(entry: dict[str, str], args: argparse.Namespace, home: Path) -> Row:
     recipes.mkdir(parents=True)
     shutil.copy(TOOLCHAINS, recipes / "toolchains.yaml")
     started = time.monotonic()
+    for extra in entry.get("also", []):  # recipes of runtime dependencies that need one
+        shutil.copy(RECIPES / f"{extra}.yaml", recipes / f"{extra}.yaml")
     if args.infer:
+        python = entry.get("python", args.python)
         res = subprocess.run([*KILN, "infer", f"{name}=={version}", "--recipes", str(recipes), "--home", str(home),
-                              "--python", args.python], capture_output=True, text=True)
+                              "--python", python], capture_output=True, text=True)
         print(res.stdout, end="", flush=True)
         row.tries = sum(1 for ln in res.stdout.splitlines() if ln.startswith("try ") and not ln.startswith("try 0"))
         if res.returncode != 0:
@@ -141,7 +145,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--infer", action="store_true", help="draft each recipe with `kiln infer` instead")
     p.add_argument("--only", nargs="+", help="only these packages")
-    p.add_argument("--python", default="3.12", help="the Python --infer builds for (default: 3.12)")
+    p.add_argument("--python", default="3.12", help="the Python --infer builds for, unless the corpus names one "
+                   "(default: 3.12)")
     p.add_argument("--home", default=str(Path(".kiln-corpus").absolute()), help="kiln home (default: ./.kiln-corpus)")
     args = p.parse_args()
     entries = tomllib.loads(CORPUS.read_text())["package"]
