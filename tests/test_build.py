@@ -310,6 +310,18 @@ def test_without_kiln_no_build_install_fails(upstream: StaticIndex, tmp_path: Pa
     assert "kilnapp" in res.stderr or "kilnlib" in res.stderr
 
 
+def test_a_closure_dependency_that_does_not_build_names_the_recipe_it_needs(
+        tmp_path: Path, upstream: StaticIndex, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = 'project: kilnneeds\nversions: ["1.0.0"]\nmatrix:\n  python: ["3.11"]\n'
+    home = tmp_path / "home"
+    assert build(recipes_dir(tmp_path / "recipes", ("kilnneeds.yaml", recipe)), home, upstream) == 4
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("FAILED"))
+    assert line.startswith("FAILED kilnneeds-1.0.0-cp311-main: kilnbroken 1.0.0, a runtime requirement with no "
+                           "wheel for cp311, does not build as upstream declares it (RuntimeError: kilnbroken: this "
+                           "platform is not supported); it needs a recipe: recipes/kilnbroken.yaml")
+    assert not list(home.glob("wheelhouse/*.whl"))
+
+
 def test_plan_lists_closure_cells(closure_built: tuple[int, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     _, home, recipes = closure_built
     capsys.readouterr()
