@@ -322,6 +322,20 @@ def test_a_closure_dependency_that_does_not_build_names_the_recipe_it_needs(
     assert not list(home.glob("wheelhouse/*.whl"))
 
 
+def test_the_closure_uses_a_dependency_s_recipe_when_there_is_one(tmp_path: Path, upstream: StaticIndex) -> None:
+    """A recipe beside says what the dependency's upstream forgot: the closure builds with it
+    (here its build number shows it was used)."""
+    lib = 'project: kilnlib\nversions: ["1.0.0"]\nbuild:\n  number: 3\nmatrix:\n  python: ["3.11"]\n'
+    home = tmp_path / "home"
+    recipes = recipes_dir(tmp_path / "recipes", ("kilnapp.yaml", (MORE_RECIPES / "kilnapp.yaml").read_text()),
+                          ("kilnlib.yaml", lib))
+    assert main(["build", "--recipes", str(recipes), "--home", str(home), "--index-url", upstream.simple,
+                 "--only", "kilnapp"]) == 0
+    (wheel,) = (home / "wheelhouse").glob("kilnlib-*.whl")
+    assert wheel.name.startswith("kilnlib-1.0.0-3-cp311-")
+    assert read_provenance(wheel)["closure_of"] == "kilnapp-1.0.0-cp311-main"
+
+
 def test_plan_lists_closure_cells(closure_built: tuple[int, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     _, home, recipes = closure_built
     capsys.readouterr()

@@ -198,22 +198,41 @@ def build_closure(cell: Cell, wheel: Path, toolchains: Toolchains, home: Home, o
     for the cell upstream; a closure cell that fails fails this cell, saying it needs a recipe.
     Returns the wheels built (theirs and their own closures')."""
     indexes = closure.index_urls(cell, toolchains, index_url)
-    needs = closure.missing(wheel, cell, indexes, [out], work / "closure", log)
-    closure.save(home, cell, needs)
     built: list[str] = []
-    for need in needs:
-        dep = need.cell(cell)
-        if dep.id in building:
-            raise BuildError(f"closure: {dep.id} depends on itself through {cell.id}")
-        print(f"kiln: closure: building {dep.id} (log: {home.logs / (dep.id + '.log')})", file=log, flush=True)
-        result = build_cell(dep, toolchains, home, out, backend, index_url, building)
-        if result.status != "built":
-            raise BuildError(f"{need.project} {need.version}, a runtime requirement with no wheel for "
-                             f"{cell.python_tag}, failed to build ({result.error}); it needs a recipe: "
-                             f"recipes/{need.project}.yaml (log: {result.log})")
-        print(f"kiln: closure: built {result.wheel}", file=log, flush=True)
-        built += [result.wheel or dep.id, *result.closure_built]
+    recorded: list[closure.Need] = []
+    # Each round builds what the resolution found missing; a dependency built from a recipe can
+    # unblock a resolution that stopped at it, so resolve again until nothing is missing.
+    for _ in range(MAX_CLOSURE_ROUNDS):
+        needs = [n for n in closure.missing(wheel, cell, indexes, [out], work / "closure", log) if n not in recorded]
+        if not needs:
+            break
+        recorded += needs
+        closure.save(home, cell, recorded)
+        for need in needs:
+            built += _build_need(need, cell, toolchains, home, out, backend, index_url, log, building)
+    else:
+        raise BuildError(f"closure: runtime requirements of {wheel.name} still missing after {MAX_CLOSURE_ROUNDS} rounds")
+    closure.save(home, cell, recorded)
     return built
+
+
+MAX_CLOSURE_ROUNDS = 10
+
+
+def _build_need(need: closure.Need, cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: Backend,
+                index_url: str, log: TextIO, building: frozenset[str]) -> list[str]:
+    dep = need.cell(cell)
+    if dep.id in building:
+        raise BuildError(f"closure: {dep.id} depends on itself through {cell.id}")
+    print(f"kiln: closure: building {dep.id} (log: {home.logs / (dep.id + '.log')})", file=log, flush=True)
+    result = build_cell(dep, toolchains, home, out, backend, index_url, building)
+    if result.status != "built":
+        advice = "its recipe" if dep.recipe.sha256 else "it needs a recipe"
+        raise BuildError(f"{need.project} {need.version}, a runtime requirement with no wheel for "
+                         f"{cell.python_tag}, failed to build ({result.error}); {advice}: "
+                         f"recipes/{need.project}.yaml (log: {result.log})")
+    print(f"kiln: closure: built {result.wheel}", file=log, flush=True)
+    return [result.wheel or dep.id, *result.closure_built]
 
 
 def smoke_and_keep(finished: Path, cell: Cell, toolchains: Toolchains, home: Home, out: Path,

@@ -25,11 +25,11 @@ from packaging.version import Version
 
 from kiln import source
 from kiln.backends.local import uv
-from kiln.errors import BuildError
+from kiln.errors import BuildError, ConfigError
 from kiln.home import Home
 from kiln.logs import decisive_line
 from kiln.matrix import Cell, Variant
-from kiln.recipe import Recipe
+from kiln.recipe import Recipe, load_recipe
 from kiln.toolchains import Toolchains, find_python
 
 
@@ -45,9 +45,25 @@ class Need:
     version: str
 
     def cell(self, parent: Cell) -> Cell:
-        """The closure cell that builds it for ``parent``'s Python."""
-        recipe = Recipe.for_closure(self.project, self.version, parent.recipe.path)
-        return Cell(recipe, self.project, self.version, parent.python, Variant(), closure_of=parent.id)
+        """The closure cell that builds it for ``parent``'s Python: with the recipe beside the
+        parent's when there is one for this version (what upstream forgot, said once), else
+        with none (built as upstream declares it)."""
+        recipe = self.recipe_beside(parent)
+        variant = parent.variant if recipe.uses_torch else Variant()
+        release = parent.torch_release if recipe.uses_torch else None
+        return Cell(recipe, self.project, self.version, parent.python, variant, torch_release=release,
+                    closure_of=parent.id)
+
+    def recipe_beside(self, parent: Cell) -> Recipe:
+        path = parent.recipe.path.parent / f"{self.project}.yaml"
+        if path.is_file() and path != parent.recipe.path:
+            try:
+                recipe = load_recipe(path)
+            except ConfigError:
+                recipe = None
+            if recipe is not None and Version(self.version) in {Version(v) for v in recipe.versions}:
+                return recipe
+        return Recipe.for_closure(self.project, self.version, parent.recipe.path)
 
 
 def cell_tags(python: str) -> set[tags.Tag]:
@@ -105,8 +121,14 @@ def missing(wheel: Path, cell: Cell, indexes: list[str], find_links: list[Path],
     log.write(anything.stderr)
     if anything.returncode != 0:
         if m := _FAILED_TO_BUILD.search(anything.stderr):
-            # A requirement with only an sdist whose metadata does not build in isolation.
+            # A requirement with only an sdist whose metadata does not build in isolation: built
+            # from its recipe when there is one beside, else it needs one.
             name, version = canonicalize_name(m.group(1)), m.group(2)
+            need = Need(name, version)
+            if need.recipe_beside(cell).sha256:
+                print(f"kiln: closure: {name} {version} does not build in isolation; it has a recipe",
+                      file=log, flush=True)
+                return [need]
             why = _PY_CAUSE.findall(anything.stderr[m.end():]) or [decisive_line(anything.stderr[m.end():]) or "?"]
             raise BuildError(f"{name} {version}, a runtime requirement with no wheel for {cell.python_tag}, does not "
                              f"build as upstream declares it ({why[-1].strip()}); it needs a recipe: "
