@@ -255,3 +255,28 @@ def test_infer_never_overwrites_a_recipe(tmp_path: Path, upstream: StaticIndex,
     assert capsys.readouterr().err.strip() == (f"kiln: {recipes / 'kilnrt.yaml'}: exists already; infer drafts "
                                                "recipes that do not exist yet")
     assert (recipes / "kilnrt.yaml").read_text() == "# mine\n"
+
+
+def test_infer_drafts_a_runtime_dependency_s_recipe_on_the_way(tmp_path: Path, upstream: StaticIndex,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    recipes = recipes_with_toolchains(tmp_path)
+    assert main(["infer", "kilnuser", "--recipes", str(recipes), "--home", str(tmp_path / "home"), "--python",
+                 "3.11", "--index-url", upstream.simple]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("try 1: kilnrt 1.0.0, a runtime requirement with no wheel for cp311, does not build")
+    assert out[0].endswith("-> kiln infer kilnrt==1.0.0")
+    assert "  [kilnrt] try 0 (setup.py): imports kilnfix_helper -> build.requires += kilnfix-helper" in out
+    assert f"wrote {recipes / 'kilnrt.yaml'} (a runtime dependency's recipe)" in out
+    assert sorted(p.name for p in recipes.iterdir()) == ["kilnrt.yaml", "kilnuser.yaml", "toolchains.yaml"]
+    assert load_recipe(recipes / "kilnrt.yaml").runtime.requires == ["kilnfix-helper"]
+
+
+def test_infer_fails_when_a_dependency_cannot_be_fixed(tmp_path: Path, upstream: StaticIndex,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    recipes = recipes_with_toolchains(tmp_path)
+    assert main(["infer", "kilnneeds", "--recipes", str(recipes), "--home", str(tmp_path / "home"), "--python",
+                 "3.11", "--index-url", upstream.simple]) == 6
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kiln: kilnneeds 1.0.0: its runtime dependency kilnbroken==1.0.0 has no working recipe: "
+                          "kilnbroken 1.0.0: no working recipe; last failure: RuntimeError: kilnbroken")
+    assert sorted(p.name for p in recipes.iterdir()) == ["toolchains.yaml"]

@@ -395,9 +395,16 @@ def _unpack(sdist: Path, dest: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
 
 
+_CLOSURE_FAILURE = re.compile(r"^(\S+) (\S+), a runtime requirement with no wheel for cp\d+, "
+                              r"(?:failed to build|does not build as upstream declares it)")
+MAX_DEPTH = 2
+"""How deep infer follows runtime dependencies that need recipes of their own."""
+
+
 def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str | None, max_tries: int,
-          out: TextIO) -> InferResult:
-    """Draft ``recipes_dir``/<project>.yaml for ``spec`` (``name`` or ``name==version``)."""
+          out: TextIO, depth: int = 0) -> InferResult:
+    """Draft ``recipes_dir``/<project>.yaml for ``spec`` (``name`` or ``name==version``), and the
+    recipes of runtime dependencies that need one."""
     name, _, version = spec.partition("==")
     index = index_url or source.default_index_url()
     project = canonicalize_name(name)
@@ -410,7 +417,7 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
     ctx = Context(index, toolchains, python)
 
     def say(line: str) -> None:
-        print(line, file=out, flush=True)
+        print(("  " * depth + f"[{project}] " if depth else "") + line, file=out, flush=True)
 
     work = home.root / "infer" / f"{project}-{version}"
     shutil.rmtree(work, ignore_errors=True)
@@ -433,6 +440,7 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
         (home.root / "cache" / cache).mkdir(parents=True, exist_ok=True)
         (trial_home.root / "cache" / cache).symlink_to(home.root / "cache" / cache)
     last = ""
+    deps: list[Path] = []
     for attempt in range(1, max_tries + 1):
         (drafts / f"{project}.yaml").write_text(draft.yaml())
         recipe = load_recipe(drafts / f"{project}.yaml")
@@ -442,11 +450,26 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
         result = build_cell(cells[0], toolchains, trial_home, work / "wheelhouse", LocalBackend(), index)
         if result.status == "built":
             recipes_dir.mkdir(parents=True, exist_ok=True)
+            for dep in deps:  # the dependencies' recipes, drafted on the way
+                if not (recipes_dir / dep.name).exists():
+                    shutil.copy(dep, recipes_dir / dep.name)
+                    say(f"wrote {recipes_dir / dep.name} (a runtime dependency's recipe)")
             target.write_text(draft.yaml())
             say(f"try {attempt}: built and smoke-tested {cells[0].id} -> wrote {target}")
             return InferResult(target, attempt, draft)
         failure = Failure.of(result)
         last = f"{failure.line} (log: {result.log})"
+        if (m := _CLOSURE_FAILURE.match(failure.line)) and depth < MAX_DEPTH \
+                and not (drafts / f"{canonicalize_name(m.group(1))}.yaml").exists():
+            dep_spec = f"{m.group(1)}=={m.group(2)}"
+            say(f"try {attempt}: {_short(failure.line)} -> kiln infer {dep_spec}")
+            try:
+                sub = infer(dep_spec, drafts, home, python, index, max_tries, out, depth + 1)
+            except InferError as exc:
+                raise InferError(f"{project} {version}: its runtime dependency {dep_spec} has no working recipe: "
+                                 f"{exc.message}") from None
+            deps.append(sub.recipe)
+            continue
         for rule in RULES:
             change = rule(failure, draft, ctx)
             if change is not None and change.apply(draft):
