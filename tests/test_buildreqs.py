@@ -52,6 +52,13 @@ def test_replace_edits_what_upstream_declared(tmp_path: Path) -> None:
     assert "build.replace: cython<3 -> (dropped)" in reqs.describe()
 
 
+def test_a_project_can_be_replaced_by_another() -> None:
+    replaced: dict[str, str | None] = {}
+    assert replace(["oldest-supported-numpy", "setuptools"], {"oldest-supported-numpy": "numpy"}, replaced) == \
+        ["numpy", "setuptools"]
+    assert replaced == {"oldest-supported-numpy": "numpy"}
+
+
 def test_an_exact_rule_leaves_other_specifiers_alone() -> None:
     replaced: dict[str, str | None] = {}
     assert replace(["numpy>=1.21"], RULES, replaced) == ["numpy>=1.21"]

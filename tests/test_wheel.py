@@ -13,7 +13,7 @@ from packaging.utils import parse_wheel_filename
 from helpers import FIXTURE_RECIPES, make_helper_wheel, make_wheel
 from kiln.matrix import Cell, Variant
 from kiln.recipe import load_recipe
-from kiln.smoke import top_level_modules
+from kiln.smoke import extension_modules, top_level_modules
 from kiln.toolchains import load_toolchains
 from kiln.wheel import Provenance, finish, pins_for, read_provenance, rewrite_metadata
 
@@ -92,3 +92,4 @@ def test_a_top_level_shared_library_is_a_module_only_when_it_exports_pyinit(tmp_
                    capture_output=True)
     (wheel,) = (tmp_path / "out").glob("*.whl")
     assert top_level_modules(wheel) == ["_speedups"]
+    assert extension_modules(wheel) == ["_speedups"]

@@ -230,7 +230,7 @@ def _build_need(need: closure.Need, cell: Cell, toolchains: Toolchains, home: Ho
         advice = "its recipe" if dep.recipe.sha256 else "it needs a recipe"
         raise BuildError(f"{need.project} {need.version}, a runtime requirement with no wheel for "
                          f"{cell.python_tag}, failed to build ({result.error}); {advice}: "
-                         f"recipes/{need.project}.yaml (log: {result.log})")
+                         f"{cell.recipe.path.parent / (need.project + '.yaml')} (log: {result.log})")
     print(f"kiln: closure: built {result.wheel}", file=log, flush=True)
     return [result.wheel or dep.id, *result.closure_built]
 

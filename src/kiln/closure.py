@@ -132,7 +132,7 @@ def missing(wheel: Path, cell: Cell, indexes: list[str], find_links: list[Path],
             why = _PY_CAUSE.findall(anything.stderr[m.end():]) or [decisive_line(anything.stderr[m.end():]) or "?"]
             raise BuildError(f"{name} {version}, a runtime requirement with no wheel for {cell.python_tag}, does not "
                              f"build as upstream declares it ({why[-1].strip()}); it needs a recipe: "
-                             f"recipes/{name}.yaml")
+                             f"{cell.recipe.path.parent / (name + '.yaml')}")
         why = decisive_line(anything.stderr) or f"uv exited {anything.returncode}"
         raise BuildError(f"the runtime requirements of {wheel.name} do not resolve: {why}")
     own = canonicalize_name(cell.project)
@@ -186,8 +186,9 @@ def with_closure(cells: list[Cell], home: Home) -> list[Cell]:
     """``cells``, each followed by its recorded closure cells (each closure cell once)."""
     out: list[Cell] = []
     seen: set[str] = set()
+    own = {c.id for c in cells}  # a recipe's own cell is listed as such, never as another's closure
     for cell in cells:
-        for c in [cell, *cells_of(home, cell)]:
+        for c in [cell, *(d for d in cells_of(home, cell) if d.id not in own)]:
             if c.id not in seen:
                 seen.add(c.id)
                 out.append(c)

@@ -74,8 +74,9 @@ class BuildSpec(_Model):
     sdist's own `[build-system].requires` (PEP 508), beside torch."""
     replace: dict[str, str | None] = {}
     """Upstream build requirements that are wrong, replaced or dropped: `{"numpy==1.19.*": numpy}`
-    replaces that exact requirement, `{numpy: "numpy>=2"}` any numpy requirement, and a null
-    value drops it. Applies to `[build-system].requires` and to the backend hook's answer."""
+    replaces that exact requirement, `{oldest-supported-numpy: numpy}` any requirement of that
+    project (by another one, too), and a null value drops it. Applies to `[build-system].requires`
+    and to the backend hook's answer."""
     constraints: list[str] = []
     """Constraints on the whole build environment and on anything setup.py installs itself
     (setup_requires / fetch_build_eggs see them through PIP_CONSTRAINT)."""
@@ -100,9 +101,6 @@ class BuildSpec(_Model):
             for item in (key, value):
                 if item is not None:
                     cls._pep508([item])
-            same = value is None or canonicalize_name(Requirement(value).name) == canonicalize_name(Requirement(key).name)
-            if not same:
-                raise ValueError(f"replace {key!r}: the replacement {value!r} names another project")
         return v
 
     @field_validator("requires", "constraints")

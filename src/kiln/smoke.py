@@ -47,6 +47,23 @@ def top_level_modules(wheel: Path) -> list[str]:
     return sorted(m for m in modules if m.isidentifier())
 
 
+def extension_modules(wheel: Path) -> list[str]:
+    """The dotted names of every extension module in a wheel (``pycocotools._mask``): importing
+    them loads the compiled code against the installed dependencies, which importing the
+    top-level package alone may not."""
+    found = []
+    with zipfile.ZipFile(wheel) as zf:
+        for path in zf.namelist():
+            parts = path.split("/")
+            if not path.endswith(".so") or parts[0].endswith((".dist-info", ".data")):
+                continue
+            name = parts[-1].split(".")[0]
+            dotted = ".".join([*parts[:-1], name])
+            if all(p.isidentifier() for p in dotted.split(".")) and _exports_init(zf.read(path), name):
+                found.append(dotted)
+    return sorted(found)
+
+
 def _exports_init(data: bytes, name: str) -> bool:
     """Whether a shared object is a Python extension module: it exports PyInit_<name> (a bundled
     library such as libkenlm.so does not)."""
@@ -61,9 +78,10 @@ def _exports_init(data: bytes, name: str) -> bool:
 def smoke(wheel: Path, cell: Cell, toolchains: Toolchains, work: Path, log: TextIO, index_url: str,
           find_links: list[Path]) -> list[str]:
     """Install ``wheel`` with --no-build in a fresh env, resolving its requirements against
-    ``find_links`` and ``index_url``, and import the recipe's modules (the wheel's top-level
-    modules when the recipe names none); returns the modules imported."""
-    modules = list(cell.recipe.test.imports) or top_level_modules(wheel)
+    ``find_links`` and ``index_url``, and import the recipe's modules (when the recipe names none:
+    the wheel's top-level modules and every extension module in it); returns the modules imported."""
+    modules = list(cell.recipe.test.imports) or list(dict.fromkeys([*top_level_modules(wheel),
+                                                                     *extension_modules(wheel)]))
     print(f"kiln: smoke test of {wheel.name}: install as a user does (no build constraints, "
           f"nothing built), then import {', '.join(modules) or '(nothing)'}", file=log, flush=True)
     env_dir = work / "smoke-env"
