@@ -24,6 +24,7 @@ from kiln.infer import (
     numpy_removed_api,
     pkg_resources,
     required_by_message,
+    setup_requires_fetch,
     unconditional_imports,
 )
 from kiln.recipe import load_recipe
@@ -126,6 +127,28 @@ def test_cython_rules() -> None:
     pinned = draft()
     pinned.constraints.append("cython<3")
     assert cython(fail("Error compiling Cython file:", CYTHON3), pinned, OfflineContext()) is None
+
+
+FETCH = ("distutils.errors.DistutilsError: Command '['/env/bin/python', '-m', 'pip', '--disable-pip-version-check', "
+         "'wheel', '--no-deps', '-w', '/tmp/x', '--quiet', 'cython>=0.27.3']' returned non-zero exit status 1.")
+
+
+def test_setup_requires_fetched_with_pip_goes_into_build_requires() -> None:
+    assert setup_requires_fetch(fail(FETCH), draft(), OfflineContext()).describe() == \
+        "build.requires += cython>=0.27.3"  # type: ignore[union-attr]
+
+
+def test_an_old_cython_pin_is_replaced_and_numpy_distutils_means_numpy_below_2() -> None:
+    ctx = OfflineContext()
+    ctx.declared = ["Cython==0.29.33", "setuptools"]
+    old_c = "src/core.c:18022:34: error: 'PyThreadState' has no member named 'curexc_traceback'"
+    change = cython(fail(old_c), draft(), ctx)
+    assert change is not None and change.describe() == "build.replace: Cython==0.29.33 -> cython"
+    d = draft()
+    change.apply(d)
+    assert '  replace:\n    "Cython==0.29.33": "cython"' in d.yaml()
+    gone = fail("ModuleNotFoundError: No module named 'numpy.distutils'")
+    assert numpy_removed_api(gone, draft(), ctx).describe() == "build.constraints += numpy<2"  # type: ignore[union-attr]
 
 
 def test_needs_said_in_words_and_old_cmake() -> None:

@@ -33,6 +33,13 @@ Traceback (most recent call last):
 RuntimeError: Error compiling objects for extension
 """
 
+PROBE = """\
+/usr/lib/gcc/x86_64-linux-gnu/12/include/avx512erintrin.h:55:20: error: '__W' is used uninitialized
+INFO: CCompilerOpt.cache_flush[864] : write cache to path -> build/ccompiler_opt_cache_ext.py
+lap/_lapjv.cpp:181:12: fatal error: longintrepr.h: No such file or directory
+error: Command "c++ -c lap/_lapjv.cpp" failed with exit status 1
+"""
+
 UV = """\
 Using Python 3.11.7 environment at: env
 error: No solution found when resolving dependencies
@@ -62,6 +69,7 @@ UV_TTY = """\
     (SETUPTOOLS_MISSING, "ModuleNotFoundError: No module named 'setuptools'"),
     (GCC, "foo.c:3:10: fatal error: numpy/arrayobject.h: No such file or directory"),
     (NVCC, 'kernel.cu(12): error: identifier "foo" is undefined'),
+    (PROBE, "lap/_lapjv.cpp:181:12: fatal error: longintrepr.h: No such file or directory"),
     (UV, "Because there is no version of kilnfix-helper==9.9.9 and you require kilnfix-helper==9.9.9, "
          "we can conclude that your requirements are unsatisfiable."),
     (UV_TTY, "Because foo was not found in the package registry and you require foo, we can conclude "

@@ -54,8 +54,8 @@ MODULE_DISTS = {
 NOT_DEPENDENCIES = {"setuptools", "distutils", "__future__", "pkg_resources"}
 """Modules a setup.py may import that its build system provides already."""
 
-Field = Literal["build.requires", "build.constraints", "build.env", "runtime.requires", "runtime.run_exports",
-                "matrix.torch"]
+Field = Literal["build.requires", "build.constraints", "build.replace", "build.env", "runtime.requires",
+                "runtime.run_exports", "matrix.torch"]
 Stage = Literal["build", "smoke"]
 
 
@@ -68,6 +68,7 @@ class Draft:
     python: str
     requires: list[str] = field(default_factory=list)
     constraints: list[str] = field(default_factory=list)
+    replace: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     runtime_requires: list[str] = field(default_factory=list)
     run_exports: dict[str, str] = field(default_factory=dict)
@@ -89,6 +90,9 @@ class Draft:
         if self.constraints:
             build.append("  constraints:")
             build += [item(f"build.constraints:{r}", f'    - "{r}"') for r in self.constraints]
+        if self.replace:
+            build.append("  replace:")
+            build += [item(f"build.replace:{k}", f'    "{k}": "{v}"') for k, v in self.replace.items()]
         if self.env:
             build.append("  env:")
             build += [item(f"build.env:{k}", f'    {k}: "{v}"') for k, v in self.env.items()]
@@ -122,6 +126,8 @@ class Change:
     def describe(self) -> str:
         if self.field in ("build.env", "runtime.run_exports"):
             return f"{self.field}.{self.key} = {self.value}"
+        if self.field == "build.replace":
+            return f"build.replace: {self.key} -> {self.value}"
         if self.field == "matrix.torch":
             return f"matrix.torch = [{self.value}], cuda = [cpu]"
         return f"{self.field} += {self.value}"
@@ -134,8 +140,9 @@ class Change:
             draft.torch = self.value
             draft.why["matrix.torch"] = self.why
             return True
-        if self.field in ("build.env", "runtime.run_exports"):
-            target = draft.env if self.field == "build.env" else draft.run_exports
+        if self.field in ("build.env", "runtime.run_exports", "build.replace"):
+            target = {"build.env": draft.env, "runtime.run_exports": draft.run_exports,
+                      "build.replace": draft.replace}[self.field]
             if target.get(self.key) == self.value:
                 return False
             target[self.key] = self.value
@@ -180,6 +187,8 @@ class Context:
     python: str
     setup_py: str = ""
     """The sdist's setup.py, for the knobs it reads."""
+    declared: list[str] = field(default_factory=list)
+    """The sdist's [build-system].requires."""
 
     def distribution(self, module: str) -> str | None:
         """The distribution that provides ``module``: the table, else a project of that name."""
@@ -230,6 +239,8 @@ def numpy_removed_api(failure: Failure, draft: Draft, ctx: Context) -> Change | 
     """A numpy API numpy 2 removed: in C (`NPY_`/`PyArray_` errors, `numpy/arrayobject.h`) or the
     aliases (`np.int`); at run time, a module compiled against numpy 1.x."""
     text = failure.log[-40000:]
+    if failure.stage == "build" and "No module named 'numpy.distutils'" in text:
+        return Change("build.constraints", "numpy<2", "numpy.distutils is gone from numpy 2")
     if failure.stage == "smoke" and "compiled using NumPy 1.x cannot be run in" in text:
         return Change("runtime.run_exports", "major", "compiled against numpy 1.x, fails on numpy 2", key="numpy")
     if m := _NUMPY_ALIAS.search(text):
@@ -241,7 +252,7 @@ def numpy_removed_api(failure: Failure, draft: Draft, ctx: Context) -> Change | 
 
 
 _CYTHON3 = re.compile(r"Error compiling Cython file|Cython\.Compiler\.Errors|\.pyx:\d+:\d+: ")
-_OLD_GENERATED_C = re.compile(r"error: .*(longintrepr\.h|curexc_type|exc_type|_PyLong_AsByteArray|tp_print|ob_shash|"
+_OLD_GENERATED_C = re.compile(r"error: .*(longintrepr\.h|curexc_\w+|exc_type|_PyLong_AsByteArray|tp_print|ob_shash|"
                               r"_PyGen_Send|PyUnicode_AS_UNICODE|Py_UNICODE|'PyFrameObject'|f_lasti|"
                               r"_PyErr_StackItem|ma_version_tag|_Py_IsFinalizing)")
 
@@ -254,9 +265,13 @@ def cython(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
         return None
     if _CYTHON3.search(text) and not any(r.startswith("cython<3") for r in draft.constraints):
         return Change("build.constraints", "cython<3", "Cython 3 rejects the .pyx (written for Cython 0.29)")
-    if _OLD_GENERATED_C.search(text) and not any(canonicalize_name(Requirement(r).name) == "cython"
-                                                 for r in draft.requires):
-        return Change("build.requires", "cython", "the shipped Cython-generated C does not compile on this Python")
+    if _OLD_GENERATED_C.search(text):
+        pins = [r for r in ctx.declared if canonicalize_name(Requirement(r).name) == "cython"
+                and any(sp.operator in ("==", "<", "<=", "~=") for sp in Requirement(r).specifier)]
+        if pins and pins[0] not in draft.replace:
+            return Change("build.replace", "cython", "upstream pins a Cython too old for this Python", key=pins[0])
+        if not any(canonicalize_name(Requirement(r).name) == "cython" for r in draft.requires):
+            return Change("build.requires", "cython", "the shipped Cython-generated C does not compile on this Python")
     return None
 
 
@@ -281,6 +296,27 @@ def required_by_message(failure: Failure, draft: Draft, ctx: Context) -> Change 
     return Change("build.requires", dist, f"setup.py: {m.group(0)}")
 
 
+_FETCH = re.compile(r"DistutilsError: Command '?\[.*'pip'.*\]")
+
+
+def setup_requires_fetch(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """setup.py fetching its own build requirements (`fetch_build_eggs`, `setup_requires`) with
+    pip, which a build environment does not have: install them up front instead."""
+    m = _FETCH.search(failure.line) or _FETCH.search(failure.log[-40000:])
+    if failure.stage != "build" or not m:
+        return None
+    listed = m.group(0)[m.group(0).index("[") + 1:m.group(0).rindex("]")]
+    for arg in reversed(re.findall(r"'([^']+)'", listed)):
+        if arg.startswith(("-", "/")) or arg in ("pip", "wheel"):
+            continue
+        try:
+            req = Requirement(arg)
+        except ValueError:
+            continue
+        return Change("build.requires", str(req), "setup.py fetches it itself (setup_requires), with pip")
+    return None
+
+
 def cmake_policy(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
     """CMake 4 refuses a CMakeLists.txt written for CMake < 3.5 unless told the minimum policy."""
     if failure.stage == "build" and "Compatibility with CMake < 3.5 has been removed" in failure.log[-40000:]:
@@ -301,8 +337,8 @@ def cuda_knob(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
     return None
 
 
-RULES: list[Rule] = [pkg_resources, missing_module, numpy_removed_api, cython, required_by_message, cmake_policy,
-                     cuda_knob]
+RULES: list[Rule] = [pkg_resources, missing_module, numpy_removed_api, cython, setup_requires_fetch,
+                     required_by_message, cmake_policy, cuda_knob]
 
 
 # ----------------------------------------------------------------------------- what the sdist says
@@ -341,8 +377,8 @@ def static_draft(draft: Draft, srcdir: Path, ctx: Context, say: Callable[[str], 
     setup_py = srcdir / "setup.py"
     text = setup_py.read_text(errors="replace") if setup_py.is_file() else ""
     own = {p.name for p in srcdir.iterdir() if p.is_dir()} | {p.stem for p in srcdir.glob("*.py")}
-    declared = {canonicalize_name(Requirement(r).name) for r in buildreqs.static(srcdir, Recipe(
-        project=draft.project, versions=[draft.version])).build_system}
+    ctx.declared = buildreqs.static(srcdir, Recipe(project=draft.project, versions=[draft.version])).declared
+    declared = {canonicalize_name(Requirement(r).name) for r in ctx.declared}
     for module in unconditional_imports(text):
         if module in sys.stdlib_module_names or module in NOT_DEPENDENCIES or module in own:
             continue

@@ -30,9 +30,11 @@ def decisive_line(text: str) -> str | None:
     says error."""
     raw = text.splitlines()
     lines = [ln.strip() for ln in raw if ln.strip()]
-    for ln in lines:
-        if _COMPILER_ERROR.match(ln):
-            return ln
+    compiler = [ln for ln in lines if _COMPILER_ERROR.match(ln)]
+    # A fatal error first, then the package's own sources before system headers (which fail in
+    # the feature probes numpy.distutils and CMake run on purpose).
+    for ln in sorted(compiler, key=lambda ln: (" fatal error" not in ln, ln.startswith("/usr/"))):
+        return ln
     for i, ln in enumerate(raw):
         if _CMAKE_ERROR.match(ln):  # the message is on the indented lines that follow
             more = next((m.strip() for m in raw[i + 1:i + 4] if m.strip()), "")
