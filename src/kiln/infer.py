@@ -76,42 +76,46 @@ class Draft:
     why: dict[str, str] = field(default_factory=dict)
 
     def yaml(self) -> str:
-        """The recipe, each line commented with the failure that led to it."""
-        def item(key: str, text: str) -> str:
-            reason = self.why.get(key)
-            return f"{text}    # {reason}" if reason else text
+        """The recipe, as short as a person would write it, each line commented with the
+        failures that led to it."""
+        def line(indent: str, key: str, text: str, whys: list[str]) -> str:
+            reasons = "; ".join(dict.fromkeys(w for w in whys if w))
+            return f"{indent}{key}: {text}" + (f"    # {reasons}" if reasons else "")
 
-        lines = ["# Drafted by `kiln infer` from failing builds; each line says which failure led to it.",
+        def listed(indent: str, key: str, field: str, items: list[str]) -> str:
+            return line(indent, key, "[" + ", ".join(_quoted(i) for i in items) + "]",
+                        [self.why.get(f"{field}:{i}", "") for i in items])
+
+        def mapping(indent: str, key: str, field: str, items: dict[str, str]) -> str:
+            return line(indent, key, "{" + ", ".join(f"{_quoted(k)}: {_quoted(v)}" for k, v in items.items()) + "}",
+                        [self.why.get(f"{field}:{k}", "") for k in items])
+
+        lines = ["# Drafted by `kiln infer`: each line says which failure led to it.",
                  f"project: {self.project}", f'versions: ["{self.version}"]']
-        build: list[str] = []
-        if self.requires:
-            build.append("  requires:")
-            build += [item(f"build.requires:{r}", f'    - "{r}"') for r in self.requires]
-        if self.constraints:
-            build.append("  constraints:")
-            build += [item(f"build.constraints:{r}", f'    - "{r}"') for r in self.constraints]
-        if self.replace:
-            build.append("  replace:")
-            build += [item(f"build.replace:{k}", f'    "{k}": "{v}"') for k, v in self.replace.items()]
-        if self.env:
-            build.append("  env:")
-            build += [item(f"build.env:{k}", f'    {k}: "{v}"') for k, v in self.env.items()]
-        if build:
-            lines += ["build:", *build]
+        build = [listed("  ", "requires", "build.requires", self.requires) if self.requires else "",
+                 listed("  ", "constraints", "build.constraints", self.constraints) if self.constraints else "",
+                 mapping("  ", "replace", "build.replace", self.replace) if self.replace else "",
+                 mapping("  ", "env", "build.env", self.env) if self.env else ""]
+        if any(build):
+            lines += ["build:", *(b for b in build if b)]
         lines.append("matrix:")
         if self.torch:
-            lines += [item("matrix.torch", f'  torch: ["{self.torch}"]'), '  cuda: ["cpu"]']
+            lines += [line("  ", "torch", f'["{self.torch}"]', [self.why.get("matrix.torch", "")]), '  cuda: ["cpu"]']
         lines.append(f'  python: ["{self.python}"]')
-        runtime: list[str] = []
-        if self.runtime_requires:
-            runtime.append("  requires:")
-            runtime += [item(f"runtime.requires:{r}", f'    - "{r}"') for r in self.runtime_requires]
-        if self.run_exports:
-            runtime.append("  run_exports:")
-            runtime += [item(f"runtime.run_exports:{k}", f'    {k}: "{v}"') for k, v in self.run_exports.items()]
-        if runtime:
-            lines += ["runtime:", *runtime]
+        runtime = [listed("  ", "requires", "runtime.requires", self.runtime_requires) if self.runtime_requires else "",
+                   mapping("  ", "run_exports", "runtime.run_exports", self.run_exports) if self.run_exports else ""]
+        if any(runtime):
+            lines += ["runtime:", *(r for r in runtime if r)]
         return "\n".join(lines) + "\n"
+
+
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
+
+
+def _quoted(text: str) -> str:
+    """A YAML scalar: bare when plain, quoted when YAML would read it otherwise."""
+    plain = re.fullmatch(r"[A-Za-z_][\w.-]*", text) and text.lower() not in _YAML_WORDS
+    return text if plain else f'"{text}"'
 
 
 @dataclass(frozen=True)
