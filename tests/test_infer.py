@@ -68,9 +68,11 @@ def fail(line: str, log: str = "", stage: str = "build") -> Failure:
     (fail("smoke test: import demo failed: ModuleNotFoundError: No module named 'numpy'", stage="smoke"),
      "runtime.requires += numpy"),
     (fail("ModuleNotFoundError: No module named 'torch'"), "matrix.torch = [2.14], cuda = [cpu]"),
+    (fail("smoke test: import demo failed: ModuleNotFoundError: No module named 'torch'", stage="smoke"),
+     "runtime.requires += torch"),
 ])
 def test_missing_module(failure: Failure, expected: str) -> None:
-    change = missing_module(failure, draft(), OfflineContext({"kilnfix_helper"}))
+    change = missing_module(failure, draft(), OfflineContext({"kilnfix_helper", "torch"}))
     assert change is not None and change.describe() == expected
 
 
@@ -170,6 +172,17 @@ def test_cuda_knobs_only_for_a_failing_torch_draft() -> None:
     assert first is not None and first.describe() == "build.env.DEMO_FORCE_BUILD = TRUE"
     first.apply(d)
     assert cuda_knob(fail("error: nvcc not found"), d, ctx).describe() == "build.env.DEMO_SKIP_CUDA_BUILD = TRUE"  # type: ignore[union-attr]
+
+
+def test_cython_3_output_that_does_not_compile_and_numpy_2_headers() -> None:
+    log = "Cythonizing pycocotools/_mask.pyx\ncc1: fatal error: ../common/maskApi.c: No such file or directory\n"
+    first = cython(fail("cc1: fatal error: ../common/maskApi.c: No such file or directory", log), draft(),
+                   OfflineContext())
+    assert first is not None and first.describe() == "build.constraints += cython<3"
+    d = draft()
+    first.apply(d)
+    headers = "pycocotools/_mask.pyx:1:0: the NumPy Cython headers require Cython 3.0.0 or newer"
+    assert cython(fail(headers, headers), d, OfflineContext()).describe() == "build.constraints += numpy<2"  # type: ignore[union-attr]
 
 
 def test_a_change_already_made_does_not_apply_twice() -> None:

@@ -224,7 +224,7 @@ def missing_module(failure: Failure, draft: Draft, ctx: Context) -> Change | Non
     if not m:
         return None
     module = m.group(1)
-    if module.split(".")[0] == "torch":
+    if module.split(".")[0] == "torch" and failure.stage == "build":
         minor = ctx.torch_minor()
         return Change("matrix.torch", minor, f"No module named '{module}'") if minor else None
     dist = ctx.distribution(module)
@@ -267,8 +267,14 @@ def cython(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
     text = failure.log[-40000:]
     if failure.stage != "build":
         return None
-    if _CYTHON3.search(text) and not any(r.startswith("cython<3") for r in draft.constraints):
+    if "the NumPy Cython headers require Cython 3" in text and not any(r.startswith("numpy") for r in draft.constraints):
+        return Change("build.constraints", "numpy<2", "numpy 2's Cython headers need Cython 3, which this code rejects")
+    pinned = any(r.startswith("cython<3") for r in draft.constraints)
+    if _CYTHON3.search(text) and not pinned:
         return Change("build.constraints", "cython<3", "Cython 3 rejects the .pyx (written for Cython 0.29)")
+    cythonized = re.search(r"^(Cythonizing|Compiling \S+\.pyx because)", text, re.MULTILINE)
+    if cythonized and not pinned and re.search(r"(fatal )?error:", failure.line) and not _OLD_GENERATED_C.search(text):
+        return Change("build.constraints", "cython<3", "the C that Cython 3 generated does not compile (0.29 did)")
     if _OLD_GENERATED_C.search(text):
         pins = [r for r in ctx.declared if canonicalize_name(Requirement(r).name) == "cython"
                 and any(sp.operator in ("==", "<", "<=", "~=") for sp in Requirement(r).specifier)]
