@@ -109,6 +109,9 @@ def test_numpy_rules() -> None:
                    NUMPY_2_AT_IMPORT, stage="smoke")
     assert numpy_removed_api(runtime, draft(), OfflineContext()).describe() == "runtime.run_exports.numpy = major"  # type: ignore[union-attr]
     assert numpy_removed_api(fail("error: something else"), draft(), OfflineContext()) is None
+    sctypes = fail("smoke test: import chainer failed: AttributeError: `np.sctypes` was removed in the NumPy 2.0 "
+                   "release. Access dtypes explicitly instead.", stage="smoke")
+    assert numpy_removed_api(sctypes, draft(), OfflineContext()).describe() == "runtime.requires += numpy<2"  # type: ignore[union-attr]
 
 
 CYTHON3 = """\

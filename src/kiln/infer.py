@@ -247,6 +247,9 @@ def numpy_removed_api(failure: Failure, draft: Draft, ctx: Context) -> Change | 
         return Change("build.constraints", "numpy<2", "numpy.distutils is gone from numpy 2")
     if failure.stage == "smoke" and "compiled using NumPy 1.x cannot be run in" in text:
         return Change("runtime.run_exports", "major", "compiled against numpy 1.x, fails on numpy 2", key="numpy")
+    if "was removed in the NumPy 2.0 release" in text or "removed from the main namespace in NumPy 2" in text:
+        target2: Field = "runtime.requires" if failure.stage == "smoke" else "build.constraints"
+        return Change(target2, "numpy<2", "an API numpy 2.0 removed")
     if m := _NUMPY_ALIAS.search(text):
         target: Field = "runtime.requires" if failure.stage == "smoke" else "build.constraints"
         return Change(target, "numpy<1.24", f"np.{m.group(1)} was removed in numpy 1.24")
