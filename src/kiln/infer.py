@@ -155,9 +155,12 @@ class Change:
         lists = {"build.requires": draft.requires, "build.constraints": draft.constraints,
                  "runtime.requires": draft.runtime_requires}
         items = lists[self.field]
-        name = canonicalize_name(Requirement(self.value).name)
-        if any(str(Requirement(r)) == str(Requirement(self.value)) for r in items):
+        new = Requirement(self.value)
+        name = canonicalize_name(new.name)
+        if any(str(Requirement(r)) == str(new) for r in items):
             return False
+        if not new.specifier and any(canonicalize_name(Requirement(r).name) == name for r in items):
+            return False  # a bare name never loosens a requirement the draft bounds already
         items[:] = [r for r in items if canonicalize_name(Requirement(r).name) != name] + [self.value]
         draft.why[f"{self.field}:{self.value}"] = self.why
         return True
@@ -243,9 +246,12 @@ def numpy_removed_api(failure: Failure, draft: Draft, ctx: Context) -> Change | 
     """A numpy API numpy 2 removed: in C (`NPY_`/`PyArray_` errors, `numpy/arrayobject.h`) or the
     aliases (`np.int`); at run time, a module compiled against numpy 1.x."""
     text = failure.log[-40000:]
-    if failure.stage == "build" and "No module named 'numpy.distutils'" in text:
-        return Change("build.constraints", "numpy<2", "numpy.distutils is gone from numpy 2")
-    if failure.stage == "smoke" and "compiled using NumPy 1.x cannot be run in" in text:
+    if "No module named 'numpy.distutils'" in failure.line or (failure.stage == "build" and
+                                                               "No module named 'numpy.distutils'" in text):
+        target0: Field = "runtime.requires" if failure.stage == "smoke" else "build.constraints"
+        return Change(target0, "numpy<2", "numpy.distutils is gone from numpy 2")
+    if failure.stage == "smoke" and ("compiled using NumPy 1.x cannot be run in" in text
+                                     or "numpy.dtype size changed, may indicate binary incompatibility" in text):
         return Change("runtime.run_exports", "major", "compiled against numpy 1.x, fails on numpy 2", key="numpy")
     if "was removed in the NumPy 2.0 release" in text or "removed from the main namespace in NumPy 2" in text:
         target2: Field = "runtime.requires" if failure.stage == "smoke" else "build.constraints"
@@ -490,7 +496,12 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
         (trial_home.root / "cache" / cache).symlink_to(home.root / "cache" / cache)
     last = ""
     deps: list[Path] = []
+    tried: set[str] = set()
     for attempt in range(1, max_tries + 1):
+        if draft.yaml() in tried:
+            raise InferError(f"{project} {version}: no working recipe (the rules go round in circles); "
+                             f"last failure: {last}")
+        tried.add(draft.yaml())
         (drafts / f"{project}.yaml").write_text(draft.yaml())
         recipe = load_recipe(drafts / f"{project}.yaml")
         cells = expand([recipe], toolchains)
