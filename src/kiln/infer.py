@@ -498,10 +498,11 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
     deps: list[Path] = []
     tried: set[str] = set()
     for attempt in range(1, max_tries + 1):
-        if draft.yaml() in tried:
+        state = draft.yaml() + "".join(f"\n{d.name}" for d in deps)  # the draft and the recipes beside it
+        if state in tried:
             raise InferError(f"{project} {version}: no working recipe (the rules go round in circles); "
                              f"last failure: {last}")
-        tried.add(draft.yaml())
+        tried.add(state)
         (drafts / f"{project}.yaml").write_text(draft.yaml())
         recipe = load_recipe(drafts / f"{project}.yaml")
         cells = expand([recipe], toolchains)
