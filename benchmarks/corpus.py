@@ -61,11 +61,12 @@ def lines_of(recipe: Path) -> int:
     return sum(1 for ln in recipe.read_text().splitlines() if ln.split("#")[0].strip())
 
 
-def install_check(wheel: Path, wheelhouse: Path, work: Path) -> str | None:
-    """None when ``wheel`` installs with --no-build in a fresh venv and its modules import."""
+def install_check(wheel: Path, wheelhouse: Path, work: Path, pythons: list[str]) -> str | None:
+    """None when ``wheel`` installs with --no-build in a fresh venv and its modules import; a
+    pure wheel is checked with the first of the Pythons its cells were built for."""
     name, version, _, tags = parse_wheel_filename(wheel.name)
     tag = next(iter(tags)).interpreter
-    python = find_python(f"{tag[2]}.{tag[3:]}") if tag.startswith("cp") else Path(sys.executable)
+    python = find_python(f"{tag[2]}.{tag[3:]}" if tag.startswith("cp") else pythons[0])
     if python is None:
         return f"no Python for {tag}"
     venv = work / f"venv-{wheel.stem}"
@@ -132,8 +133,10 @@ def run_one(entry: dict[str, Any], args: argparse.Namespace, home: Path) -> Row:
     row.seconds = time.monotonic() - started
     row.smoke = row.built == row.cells and row.cells > 0
     own = [w for w in wheelhouse.glob("*.whl") if parse_wheel_filename(w.name)[0] == project]
+    pythons = [entry.get("python", args.python)] if args.infer else \
+        [r["python"] for r in json.loads(plan.stdout or "[]")] or [args.python]
     for wheel in own:
-        problem = install_check(wheel, wheelhouse, work)
+        problem = install_check(wheel, wheelhouse, work, pythons)
         if problem is None:
             row.installed += 1
         elif not row.failure:
