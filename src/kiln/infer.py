@@ -14,9 +14,7 @@ import ast
 import re
 import shutil
 import sys
-import tarfile
 import tempfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -438,18 +436,6 @@ def newest_sdist_version(project: str, index_url: str) -> str:
     return str(max(versions))
 
 
-def _unpack(sdist: Path, dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    if sdist.name.endswith(".zip"):
-        with zipfile.ZipFile(sdist) as zf:
-            zf.extractall(dest)
-    else:
-        with tarfile.open(sdist) as tf:
-            tf.extractall(dest, filter="data")
-    entries = list(dest.iterdir())
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
-
-
 _CLOSURE_FAILURE = re.compile(r"^(\S+) (\S+), a runtime requirement with no wheel for cp\d+, "
                               r"(?:failed to build|does not build as upstream declares it)")
 MAX_DEPTH = 2
@@ -482,7 +468,7 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
     probe = Recipe(project=project, versions=[version], path=drafts / f"{project}.yaml")
     sdist = source.fetch(probe, version, home.sources, index)
     with tempfile.TemporaryDirectory() as tmp:
-        srcdir = _unpack(sdist.path, Path(tmp))
+        srcdir = source.unpack(sdist, Path(tmp) / "src")
         if (srcdir / "setup.py").is_file():
             ctx.setup_py = (srcdir / "setup.py").read_text(errors="replace")
         static_draft(draft, srcdir, ctx, say)
