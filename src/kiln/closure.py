@@ -129,9 +129,9 @@ def missing(wheel: Path, cell: Cell, indexes: list[str], find_links: list[Path],
                 print(f"kiln: closure: {name} {version} does not build in isolation; it has a recipe",
                       file=log, flush=True)
                 return [need]
-            why = _PY_CAUSE.findall(anything.stderr[m.end():]) or [decisive_line(anything.stderr[m.end():]) or "?"]
+            causes = _PY_CAUSE.findall(anything.stderr[m.end():]) or [decisive_line(anything.stderr[m.end():]) or "?"]
             raise BuildError(f"{name} {version}, a runtime requirement with no wheel for {cell.python_tag}, does not "
-                             f"build as upstream declares it ({why[-1].strip()}); it needs a recipe: "
+                             f"build as upstream declares it ({causes[-1].strip()}); it needs a recipe: "
                              f"{cell.recipe.path.parent / (name + '.yaml')}")
         why = decisive_line(anything.stderr) or f"uv exited {anything.returncode}"
         raise BuildError(f"the runtime requirements of {wheel.name} do not resolve: {why}")

@@ -400,9 +400,10 @@ def static_draft(draft: Draft, srcdir: Path, ctx: Context, say: Callable[[str], 
         if module in sys.stdlib_module_names or module in NOT_DEPENDENCIES or module in own:
             continue
         if module == "torch":
-            change: Change | None = Change("matrix.torch", ctx.torch_minor() or "", "setup.py imports torch")
-            if not change.value:
+            minor = ctx.torch_minor()
+            if minor is None:
                 continue
+            change = Change("matrix.torch", minor, "setup.py imports torch")
         else:
             dist = ctx.distribution(module)
             if dist is None or canonicalize_name(Requirement(dist).name) in declared:

@@ -234,7 +234,7 @@ class BuildRecord:
 
     @property
     def installed(self) -> dict[str, str]:
-        versions = {}
+        versions: dict[str, str] = {}
         for line in self.freeze:
             name, sep, version = line.partition("==")
             if sep:

@@ -99,7 +99,7 @@ def installed(python: Path) -> tuple[dict[str, str], list[str]]:
     res = subprocess.run([uv(), "pip", "freeze", "--python", str(python)], capture_output=True,
                          text=True, check=True)
     lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
-    versions = {}
+    versions: dict[str, str] = {}
     for ln in lines:
         if "==" in ln:
             name, _, ver = ln.partition("==")
