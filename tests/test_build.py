@@ -216,12 +216,15 @@ def test_an_exception_inside_a_cell_fails_only_that_cell(tmp_path: Path, upstrea
 # ----------------------------------------------------------------------------- honest cpu cells
 
 
+def build_more(tmp: Path, upstream: StaticIndex, name: str) -> tuple[int, Path, Path]:
+    """Build the fixture recipe ``more/<name>.yaml`` alone: (exit code, home, recipes)."""
+    recipes = recipes_dir(tmp / "recipes", (f"{name}.yaml", (MORE_RECIPES / f"{name}.yaml").read_text()))
+    return build(recipes, tmp / "home", upstream), tmp / "home", recipes
+
+
 @pytest.fixture(scope="module")
 def cpu_built(tmp_path_factory: pytest.TempPathFactory, upstream: StaticIndex) -> tuple[int, Path, Path]:
-    tmp = tmp_path_factory.mktemp("cpu")
-    recipes = recipes_dir(tmp / "recipes", ("kilncuda.yaml", (MORE_RECIPES / "kilncuda.yaml").read_text()))
-    home = tmp / "home"
-    return build(recipes, home, upstream), home, recipes
+    return build_more(tmp_path_factory.mktemp("cpu"), upstream, "kilncuda")
 
 
 def test_cpu_cell_builds_the_cpu_extension_with_nvcc_installed(cpu_built: tuple[int, Path, Path]) -> None:
@@ -277,10 +280,7 @@ def test_a_cpu_wheel_holding_cuda_is_refused(cuda_linked: Path, tmp_path: Path) 
 
 @pytest.fixture(scope="module")
 def closure_built(tmp_path_factory: pytest.TempPathFactory, upstream: StaticIndex) -> tuple[int, Path, Path]:
-    tmp = tmp_path_factory.mktemp("closure")
-    recipes = recipes_dir(tmp / "recipes", ("kilnapp.yaml", (MORE_RECIPES / "kilnapp.yaml").read_text()))
-    home = tmp / "home"
-    return build(recipes, home, upstream), home, recipes
+    return build_more(tmp_path_factory.mktemp("closure"), upstream, "kilnapp")
 
 
 def test_sdist_only_runtime_dependency_is_built_too(closure_built: tuple[int, Path, Path]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import StaticIndex
 
-from helpers import FIXTURE_RECIPES
+from helpers import FIXTURE_RECIPES, recipes_dir
 from kiln.cli import main
 from kiln.infer import (
     Change,
@@ -250,18 +250,19 @@ def test_a_draft_is_a_valid_commented_recipe(tmp_path: Path) -> None:
 
 
 def recipes_with_toolchains(tmp_path: Path) -> Path:
-    d = tmp_path / "recipes"
-    d.mkdir()
-    shutil.copy(FIXTURE_RECIPES / "toolchains.yaml", d / "toolchains.yaml")
-    return d
+    return recipes_dir(tmp_path / "recipes")
+
+
+def infer(spec: str, recipes: Path, tmp_path: Path, upstream: StaticIndex, *args: str) -> int:
+    """`kiln infer SPEC` for Python 3.11 against the local upstream."""
+    return main(["infer", spec, "--recipes", str(recipes), "--home", str(tmp_path / "home"), "--python", "3.11",
+                 "--index-url", upstream.simple, *args])
 
 
 def test_infer_finds_a_build_and_a_runtime_requirement(tmp_path: Path, upstream: StaticIndex,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     recipes = recipes_with_toolchains(tmp_path)
-    args = ["infer", "kilnrt", "--recipes", str(recipes), "--home", str(tmp_path / "home"), "--python", "3.11",
-            "--index-url", upstream.simple]
-    assert main(args) == 0
+    assert infer("kilnrt", recipes, tmp_path, upstream) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "try 0 (setup.py): imports kilnfix_helper -> build.requires += kilnfix-helper"
     assert out[1] == ("try 1: smoke test: import kilnrt failed: ModuleNotFoundError: No module named "
@@ -278,9 +279,7 @@ def test_infer_finds_a_build_and_a_runtime_requirement(tmp_path: Path, upstream:
 def test_infer_gives_up_with_exit_6_and_writes_nothing(tmp_path: Path, upstream: StaticIndex,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     recipes = recipes_with_toolchains(tmp_path)
-    args = ["infer", "kilnbroken==1.0.0", "--recipes", str(recipes), "--home", str(tmp_path / "home"),
-            "--python", "3.11", "--index-url", upstream.simple]
-    assert main(args) == 6
+    assert infer("kilnbroken==1.0.0", recipes, tmp_path, upstream) == 6
     captured = capsys.readouterr()
     assert captured.out.splitlines() == ["try 1: RuntimeError: kilnbroken: this platform is not supported (the "
                                          "build backend's get_requires_for_build_wheel failed) -> no rule applies"]
@@ -305,8 +304,7 @@ def test_infer_never_overwrites_a_recipe(tmp_path: Path, upstream: StaticIndex,
 def test_infer_drafts_a_runtime_dependency_s_recipe_on_the_way(tmp_path: Path, upstream: StaticIndex,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     recipes = recipes_with_toolchains(tmp_path)
-    assert main(["infer", "kilnuser", "--recipes", str(recipes), "--home", str(tmp_path / "home"), "--python",
-                 "3.11", "--index-url", upstream.simple]) == 0
+    assert infer("kilnuser", recipes, tmp_path, upstream) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("try 1: kilnrt 1.0.0, a runtime requirement with no wheel for cp311, does not build")
     assert out[0].endswith("-> kiln infer kilnrt==1.0.0")
@@ -319,8 +317,7 @@ def test_infer_drafts_a_runtime_dependency_s_recipe_on_the_way(tmp_path: Path, u
 def test_infer_fails_when_a_dependency_cannot_be_fixed(tmp_path: Path, upstream: StaticIndex,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     recipes = recipes_with_toolchains(tmp_path)
-    assert main(["infer", "kilnneeds", "--recipes", str(recipes), "--home", str(tmp_path / "home"), "--python",
-                 "3.11", "--index-url", upstream.simple]) == 6
+    assert infer("kilnneeds", recipes, tmp_path, upstream) == 6
     err = capsys.readouterr().err.strip()
     assert err.startswith("kiln: kilnneeds 1.0.0: its runtime dependency kilnbroken==1.0.0 has no working recipe: "
                           "kilnbroken 1.0.0: no working recipe; last failure: RuntimeError: kilnbroken")
