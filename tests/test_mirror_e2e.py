@@ -7,13 +7,16 @@ static upstream, so nothing here reads the public index.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from conftest import BIN, Deployment, StaticIndex
 from helpers import MORE_RECIPES, kilnfix_recipe, recipes_dir
 
 from kiln import mirror
+from kiln.source import sha256_of
 
 pytestmark = pytest.mark.e2e
 KILN = str(BIN / "kiln")
@@ -58,6 +62,7 @@ class Upped:
     up: subprocess.CompletedProcess[str]
     env: dict[str, str]
     recipes: Path
+    started: datetime
 
     @property
     def home(self) -> Path:
@@ -76,21 +81,21 @@ class Upped:
 
 
 def kiln_up(dep: Deployment, env: dict[str, str], recipes: Path) -> subprocess.CompletedProcess[str]:
-    port = dep.url.rsplit(":", 1)[1]
-    return run([KILN, "up", "--recipes", str(recipes), *dep.kiln_args(), "--port", port], env=env)
+    res = run([KILN, "up", "--recipes", str(recipes), *dep.kiln_args(), "--port", str(dep.port)], env=env)
+    dep.settle()
+    return res
 
 
 @pytest.fixture(scope="module")
 def upped(deployment: Deployment, upstream: StaticIndex, tmp_path_factory: pytest.TempPathFactory) -> Upped:
-    if deployment.name != "embedded":
-        pytest.skip("`kiln up` builds into a kiln home: embedded deployment only")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_")) and k != "VIRTUAL_ENV"}
     env["UV_DEFAULT_INDEX"] = upstream.simple  # where build and smoke-test environments come from
     recipes = recipes_dir(tmp_path_factory.mktemp("e2e") / "recipes", ("kilnfix.yaml", kilnfix_recipe()),
                           ("kilnapp.yaml", (MORE_RECIPES / "kilnapp.yaml").read_text()))
+    started = datetime.now(UTC)
     res = kiln_up(deployment, env, recipes)
     assert res.returncode == 0, res.stdout + res.stderr
-    return Upped(deployment, res, env, recipes)
+    return Upped(deployment, res, env, recipes, started)
 
 
 def test_sdist_alone_fails_with_no_module_named(deployment: Deployment, client_env: dict[str, str],
@@ -107,7 +112,8 @@ def test_up_builds_publishes_and_prints_the_install_line(upped: Upped) -> None:
     out = upped.up.stdout
     built = len(upped.wheels)
     assert f"built {built}, uploaded {built}, already published 0, failed 0" in out, out
-    assert f"uv pip install --index-url {upped.index()} kilnapp kilnfix" in out
+    home_mirror = mirror.url_for("127.0.0.1", upped.dep.port)  # a replica's primary
+    assert f"uv pip install --index-url {mirror.simple_url(home_mirror, 'main')} kilnapp kilnfix" in out
     files = simple_files(f"{upped.index()}kilnfix/")
     assert sorted(files) == [w for w in upped.wheels if w.startswith("kilnfix-")]
     assert any(f.startswith("kilnfix-1.0.0-cp311-cp311-") for f in files), files
@@ -182,6 +188,7 @@ def test_publish_routes_by_label_and_variant_indexes_hide_the_sdist(upped: Upped
     res = run([KILN, "publish", str(wheel), *upped.dep.kiln_args()])
     assert res.returncode == 0, res.stderr
     assert "uploaded: kiln/cpu-torch2.14" in res.stdout
+    upped.dep.settle()
     files = simple_files(f"{upped.index('cpu-torch2.14')}kilnfix/")
     assert wheel.name in files
     assert not any(f.endswith(".tar.gz") for f in files), files
@@ -193,7 +200,7 @@ def test_published_files_are_immutable(upped: Upped, tmp_path: Path) -> None:
     wheel = next((upped.home / "wheelhouse").glob("kilnfix-1.0.0-*.whl"))
     url = f"{upped.index()}kilnfix/"
     before = simple_files(url)[wheel.name]
-    assert before == mirror.sha256_of(wheel)
+    assert before == sha256_of(wheel)
     forged_dir = tmp_path / "forged"
     forged_dir.mkdir()
     forged = forged_dir / wheel.name
@@ -235,3 +242,83 @@ def test_restart_keeps_everything_and_up_builds_nothing(upped: Upped, client_env
     res = run([str(BIN / "uv"), "pip", "install", "--python", str(py), "--no-build", "--index-url",
                upped.index(), "kilnfix"], env=client_env)
     assert res.returncode == 0, res.stderr
+
+
+# ----------------------------------------------------------------------------- what resolvers read
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+
+
+def _wheel_metadata(wheel: Path) -> bytes:
+    with zipfile.ZipFile(wheel) as zf:
+        name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1)
+        return zf.read(name)
+
+
+def test_kiln_wheels_carry_core_metadata_and_upload_time(upped: Upped) -> None:
+    """PEP 658/714 and PEP 700 on kiln's own wheels: the JSON and HTML pages advertise the
+    METADATA's sha256, `<wheel>.metadata` serves exactly the wheel's METADATA, and upload-time is
+    the upload's time."""
+    wheel = next((upped.home / "wheelhouse").glob("kilnfix-1.0.0-*.whl"))
+    metadata = _wheel_metadata(wheel)
+    page = fetch_json(f"{upped.index()}kilnfix/")
+    entry = next(f for f in page["files"] if f["filename"] == wheel.name)  # type: ignore[union-attr,index]
+    assert entry["core-metadata"] == {"sha256": hashlib.sha256(metadata).hexdigest()}
+    assert entry["size"] == wheel.stat().st_size
+    assert page["meta"]["api-version"] == "1.1" and page["versions"] == ["1.0.0"]  # type: ignore[index]
+    uploaded = datetime.strptime(entry["upload-time"], "%Y-%m-%dT%H:%M:%S.%f%z")
+    assert upped.started - timedelta(seconds=1) <= uploaded <= datetime.now(UTC)
+    url = urllib.parse.urljoin(f"{upped.index()}kilnfix/", entry["url"])
+    status, _, body = _get(url + ".metadata")
+    assert status == 200 and body == metadata
+    _, _, page_html = _get(f"{upped.index()}kilnfix/")
+    assert f'data-core-metadata="sha256={hashlib.sha256(metadata).hexdigest()}"' in page_html.decode()
+
+
+def test_upstream_core_metadata_and_upload_time_pass_through(upped: Upped, upstream: StaticIndex) -> None:
+    """A wheel that comes through root/pypi keeps what the upstream says of it: its METADATA's
+    sha256, upload-time and size; `.metadata` serves the upstream's bytes before devpi has the file."""
+    theirs = {f["filename"]: f for f in fetch_json(f"{upstream.simple}setuptools/")["files"]}  # type: ignore[union-attr]
+    page = fetch_json(f"{upped.index()}setuptools/")
+    ours = {f["filename"]: f for f in page["files"]}  # type: ignore[union-attr]
+    assert ours.keys() == theirs.keys()
+    for name, f in ours.items():
+        assert f["core-metadata"] == theirs[name]["core-metadata"], name
+        assert f["upload-time"] == theirs[name]["upload-time"] and f["size"] == theirs[name]["size"]
+    name, f = next(iter(ours.items()))
+    _, _, body = _get(urllib.parse.urljoin(f"{upped.index()}setuptools/", f["url"]) + ".metadata")
+    assert hashlib.sha256(body).hexdigest() == f["core-metadata"]["sha256"]
+
+
+def test_release_files_answer_range_requests(upped: Upped) -> None:
+    """nginx serves release files from devpi's store (or, kept in PostgreSQL, from devpi through
+    nginx): a Range request gets 206 and those bytes, with a validator and a year's cache."""
+    wheel = next((upped.home / "wheelhouse").glob("kilnfix-1.0.0-*.whl"))
+    entry = next(f for f in fetch_json(f"{upped.index()}kilnfix/")["files"]  # type: ignore[union-attr]
+                 if f["filename"] == wheel.name)
+    url = urllib.parse.urljoin(f"{upped.index()}kilnfix/", entry["url"])
+    status, headers, body = _get(url, {"Range": "bytes=0-99"})
+    assert status == 206 and body == wheel.read_bytes()[:100]
+    assert headers["content-range"] == f"bytes 0-99/{wheel.stat().st_size}"
+    assert headers.get("etag") or headers.get("last-modified")  # a validator for resuming
+    assert "immutable" in headers.get("cache-control", "")
+    status, _, tail = _get(url, {"Range": "bytes=-22"})  # the zip's end record, as lazy readers ask
+    assert status == 206 and tail == wheel.read_bytes()[-22:]
+
+
+def test_uv_exclude_newer_sees_the_upload_time(upped: Upped, client_env: dict[str, str]) -> None:
+    """A cooldown works against the mirror: kilnfix was published after `before`, so
+    `--exclude-newer before` cannot resolve it and a later date can."""
+    reqs = [str(BIN / "uv"), "pip", "compile", "--no-build", "--index-url", upped.index(), "-"]
+    before = (upped.started - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = subprocess.run([*reqs, "--exclude-newer", before], input="kilnfix\n", capture_output=True, text=True,
+                         env=client_env, timeout=120)
+    assert old.returncode != 0 and "kilnfix" in old.stderr, old.stderr
+    new = subprocess.run([*reqs, "--exclude-newer", later], input="kilnfix\n", capture_output=True, text=True,
+                         env=client_env, timeout=120)
+    assert new.returncode == 0 and "kilnfix==1.0.0" in new.stdout, new.stderr

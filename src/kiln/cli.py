@@ -111,20 +111,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     home = Home(Path(args.home))
     toolchains, variants = _variants_of(args)
-    served, proc = mirror.serve(home, args.host, args.port, variants, toolchains, args.upstream,
-                                background=args.background)
+    served, procs = mirror.serve(home, args.host, args.port, variants, toolchains, args.upstream,
+                                 background=args.background, storage=args.storage, replica_of=args.replica_of)
     for note in served.notes:
         err_console.print(f"[yellow]note:[/] {note}")
     state = "started" if served.started else "already running"
-    console.print(f"devpi mirror {state} at {served.url} (pid {served.pid}, home {home.root})")
-    console.print(f"indexes: {', '.join(served.indexes)}"
-                  + (f" (created or updated: {', '.join(served.changed)})" if served.changed else ""))
-    if proc is None or args.background:
+    console.print(f"mirror {state} at {served.url} (nginx in front of devpi-server pid {served.pid}, "
+                  f"home {home.root})")
+    if args.replica_of:
+        console.print(f"a replica of {args.replica_of}: its indexes follow the primary's")
+    else:
+        console.print(f"indexes: {', '.join(served.indexes)}"
+                      + (f" (created or updated: {', '.join(served.changed)})" if served.changed else ""))
+    if not procs or args.background:
         if args.background and served.started:
             console.print(f"stop it with: kiln stop --home {home.root}")
         return 0
     console.print("serving in the foreground; Ctrl-C stops it")
-    return mirror.wait(home, proc)
+    return mirror.wait(home, procs)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -303,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--home", default=str(default_home()), help="kiln home (default: $KILN_HOME or ./.kiln)")
     mirror_args(sp)
     sp.add_argument("--background", action="store_true", help="detach; `kiln stop` stops it")
+    sp.add_argument("--storage", metavar="URL", help="keep devpi's database in PostgreSQL "
+                    "(postgresql://USER:PASSWORD@HOST:PORT/DB; default: SQLite in the home)")
+    sp.add_argument("--replica-of", metavar="URL", help="run a read-only replica of the mirror at URL")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("stop", help="stop the mirror started for a kiln home")

@@ -1,0 +1,128 @@
+"""A devpi-server's HTTP API (JSON), as kiln uses it: users, indexes, the files on an index."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+from packaging.utils import canonicalize_name
+
+from kiln.errors import MirrorError
+from kiln.mirror.layout import IndexConfig
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str
+
+    def header(self) -> str:
+        return "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    filename: str
+    sha256: str
+    url: str
+
+
+class Devpi:
+    """A devpi-server's JSON API."""
+
+    def __init__(self, url: str, auth: Credentials | None = None, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.auth = auth
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, data: object | None = None) -> dict[str, object] | None:
+        """The decoded JSON answer; None for 404."""
+        headers = {"Accept": "application/json"}
+        body = None
+        if data is not None:
+            body = json.dumps(data).encode()
+            headers["Content-Type"] = "application/json"
+        if self.auth:
+            headers["Authorization"] = self.auth.header()
+        req = urllib.request.Request(f"{self.url}/{path.lstrip('/')}", data=body, headers=headers,
+                                     method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            detail = _error_message(exc.read())
+            raise MirrorError(f"{method} {self.url}/{path.lstrip('/')}: HTTP {exc.code} {detail}".rstrip()) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise MirrorError(f"{self.url}: unreachable ({getattr(exc, 'reason', exc)})") from None
+        return json.loads(raw) if raw else {}
+
+    def ping(self) -> bool:
+        try:
+            return self.request("GET", "+api") is not None
+        except MirrorError:
+            return False
+
+    def serial(self) -> int:
+        """The serial of the last change this server has (a replica's lags its primary's)."""
+        res = self.request("GET", "+status")
+        result = (res or {}).get("result") or {}
+        return int(result.get("serial", -1))  # type: ignore[union-attr]
+
+    def index(self, name: str) -> dict[str, object] | None:
+        """An index's config, without the project list (a mirror's list is huge)."""
+        res = self.request("GET", f"{name}?no_projects=")
+        return res["result"] if res else None  # type: ignore[return-value]
+
+    def ensure_user(self, user: str, password: str) -> None:
+        if self.request("GET", user) is None:
+            self.request("PUT", user, {"password": password})
+
+    def ensure_index(self, config: IndexConfig) -> bool:
+        """Create the index or bring its settings to ``config``; True when anything changed."""
+        want = config.to_json()
+        have = self.index(config.name)
+        if have is None:
+            self.request("PUT", config.name, want)
+            return True
+        if have.get("type") != config.type:
+            raise MirrorError(f"{self.url}/{config.name} is a {have.get('type')} index, kiln expects a {config.type}")
+        if all(have.get(k) == v for k, v in want.items()):
+            return False
+        self.request("PATCH", config.name, {**have, **want})
+        return True
+
+    def files(self, index: str) -> dict[str, ReleaseFile]:
+        """The release files uploaded to ``index`` itself (not its bases), by filename."""
+        res = self.request("GET", index)
+        if res is None:
+            return {}
+        result: dict[str, object] = res["result"]  # type: ignore[assignment]
+        if result.get("type") != "stage":
+            return {}
+        out: dict[str, ReleaseFile] = {}
+        for project in result.get("projects", []):  # type: ignore[attr-defined]
+            proj = self.request("GET", f"{index}/{canonicalize_name(project)}?ignore_bases")
+            for verdata in ((proj or {}).get("result") or {}).values():  # type: ignore[attr-defined]
+                for link in verdata.get("+links", []):
+                    if link.get("rel") != "releasefile":
+                        continue
+                    href = link["href"]
+                    if f"/{index}/+f/" not in urllib.parse.urlparse(href).path:
+                        continue
+                    name = urllib.parse.unquote(href.rsplit("/", 1)[-1])
+                    sha = (link.get("hashes") or {}).get("sha256") or link.get("hash_spec", "").partition("=")[2]
+                    out[name] = ReleaseFile(name, sha, href)
+        return out
+
+
+def _error_message(raw: bytes) -> str:
+    try:
+        return str(json.loads(raw).get("message", ""))
+    except (ValueError, AttributeError):
+        return raw.decode(errors="replace").strip().splitlines()[0] if raw.strip() else ""

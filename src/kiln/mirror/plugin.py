@@ -1,0 +1,253 @@
+"""kiln's devpi-server plugin: what installers need from a simple page that devpi leaves out.
+
+devpi-server (with ``--enable-core-metadata``) serves ``<file>.metadata`` but advertises it
+only as ``core-metadata: true``, for every wheel of a mirror whether the upstream has it or
+not, and sends no PEP 700 ``upload-time`` or ``size``. So ``uv lock`` and ``uv pip compile``
+download whole wheels to read their METADATA, and ``--exclude-newer`` cannot work.
+
+This plugin is a pyramid tween under devpi's transaction tween: it rewrites every simple
+project page (PEP 503 HTML and PEP 691 JSON) so that each wheel carries
+
+- PEP 658/714 ``core-metadata`` with the sha256 of the METADATA devpi would serve: read from
+  the wheel when devpi holds the file (kiln's own uploads, fetched mirror files), else the
+  upstream's own advertised hash (passed through from its PEP 691 page); a wheel with neither
+  is advertised without metadata, so no client asks for a ``.metadata`` that cannot come;
+- PEP 700 ``upload-time`` and ``size`` (JSON only, as the PEP says): the upload's time for a
+  file uploaded to devpi, else the upstream's; ``api-version`` 1.1 when every file has a size.
+
+It is a tween, not a change to devpi's views, so that devpi stays unmodified; it is loaded by
+every devpi-server in an environment where kiln is installed (entry point ``devpi_server``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from pluggy import HookimplMarker
+
+hookimpl = HookimplMarker("devpiserver")
+
+SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+PROJECT_PAGE = re.compile(r"^/(?P<user>[^/+][^/]*)/(?P<index>[^/+][^/]*)/\+simple/(?P<project>[^/]+)/?$")
+ANCHOR = re.compile(r"<a\s+(?P<attrs>[^>]*)>(?P<text>[^<]*)</a>")
+ATTR = re.compile(r'([\w:-]+)="([^"]*)"')
+METADATA_ATTRS = ("data-dist-info-metadata", "data-core-metadata")
+UPSTREAM_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a simple page should say about one file beyond devpi's own fields."""
+
+    metadata_sha256: str | None = None
+    upload_time: str | None = None
+    size: int | None = None
+
+    def merged(self, other: Facts) -> Facts:
+        """These facts, gaps filled from ``other``."""
+        return Facts(self.metadata_sha256 or other.metadata_sha256, self.upload_time or other.upload_time,
+                     self.size if self.size is not None else other.size)
+
+
+def iso_time(http_date: str | None) -> str | None:
+    """An HTTP date (devpi's ``last_modified``) as PEP 700's ISO 8601 UTC time."""
+    if not http_date:
+        return None
+    try:
+        when = parsedate_to_datetime(http_date)
+    except (TypeError, ValueError):
+        return None
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class FactsSource:
+    """Facts about files: from devpi's own store, else from the upstream's PEP 691 pages."""
+
+    def __init__(self, xom: Any) -> None:
+        self.xom = xom
+        self._metadata: dict[str, str | None] = {}  # a file's content hash -> its METADATA's sha256
+        self._upstream: dict[tuple[str, str], tuple[float, dict[str, Facts]]] = {}
+        self._lock = threading.Lock()
+
+    def local(self, relpath: str) -> tuple[Facts, bool]:
+        """Facts from devpi's store, and whether the file's index is a mirror."""
+        entry = self.xom.filestore.get_file_entry(relpath)
+        if entry is None or not entry.meta:
+            return Facts(), False
+        user, index = relpath.split("/", 2)[:2]
+        stage = self.xom.model.getstage(user, index)
+        is_mirror = stage is not None and stage.ixconfig.get("type") == "mirror"
+        if not entry.file_exists():
+            return Facts(), is_mirror
+        key = entry.best_available_hash_spec or relpath
+        if key not in self._metadata:
+            from devpi_server.filestore import get_core_metadata
+
+            with entry.file_open_read() as f:
+                data = get_core_metadata(f, entry.project, entry.version, basename=entry.basename)
+            self._metadata[key] = hashlib.sha256(data).hexdigest() if data is not None else None
+        return Facts(self._metadata[key], None if is_mirror else iso_time(entry.last_modified),
+                     entry.file_size()), is_mirror
+
+    def upstream(self, stage_name: str, project: str) -> dict[str, Facts]:
+        """filename -> facts from the PEP 691 page of the mirror index ``stage_name``'s upstream,
+        kept as long as devpi keeps its own copy of that page."""
+        user, index = stage_name.split("/")
+        stage = self.xom.model.getstage(user, index)
+        if stage is None or not stage.ixconfig.get("mirror_url"):
+            return {}
+        expiry = float(stage.ixconfig.get("mirror_cache_expiry") or 1800)
+        with self._lock:
+            cached = self._upstream.get((stage_name, project))
+        if cached and time.monotonic() - cached[0] < expiry:
+            return cached[1]
+        url = urllib.parse.urljoin(stage.ixconfig["mirror_url"].rstrip("/") + "/", f"{project}/")
+        facts = self._fetch(url)
+        if facts is not None:
+            with self._lock:
+                self._upstream[(stage_name, project)] = (time.monotonic(), facts)
+            return facts
+        return cached[1] if cached else {}
+
+    def _fetch(self, url: str) -> dict[str, Facts] | None:
+        try:
+            resp = self.xom.http.get(url, allow_redirects=True, timeout=UPSTREAM_TIMEOUT_S,
+                                     extra_headers={"Accept": SIMPLE_JSON})
+            if getattr(resp, "status_code", None) != 200:
+                return None
+            if SIMPLE_JSON not in resp.headers.get("content-type", ""):
+                return {}  # an HTML-only upstream: no upload-time, no metadata hashes to pass on
+            files = resp.json().get("files", [])
+        except (ValueError, AttributeError, OSError):
+            return None
+        out: dict[str, Facts] = {}
+        for f in files:
+            meta = f.get("core-metadata", f.get("dist-info-metadata"))
+            sha = meta.get("sha256") if isinstance(meta, dict) else None
+            size = f.get("size")
+            out[f["filename"]] = Facts(sha, f.get("upload-time"), size if isinstance(size, int) else None)
+        return out
+
+
+def _relpath(page_url: str, href: str) -> str | None:
+    path = urllib.parse.urlsplit(urllib.parse.urljoin(page_url, href)).path
+    path = urllib.parse.unquote(path).lstrip("/")
+    parts = path.split("/")
+    if len(parts) < 4 or parts[2] != "+f":
+        return None
+    return path
+
+
+def facts_for_page(source: FactsSource, page_url: str, project: str, hrefs: list[str]) -> list[Facts]:
+    """The facts of each file linked from a project page, in order."""
+    out = []
+    for href in hrefs:
+        relpath = _relpath(page_url, href)
+        if relpath is None:
+            out.append(Facts())
+            continue
+        facts, is_mirror = source.local(relpath)
+        if is_mirror:
+            stage = "/".join(relpath.split("/", 2)[:2])
+            filename = relpath.rsplit("/", 1)[-1]
+            facts = facts.merged(source.upstream(stage, project).get(filename, Facts()))
+        out.append(facts)
+    return out
+
+
+def _is_wheel(filename: str) -> bool:
+    return filename.endswith(".whl")
+
+
+def rewrite_json(body: bytes, facts_of: Callable[[list[str]], list[Facts]]) -> bytes:
+    page = json.loads(body)
+    files = page.get("files", [])
+    facts = facts_of([f["url"] for f in files])
+    versions: set[str] = set()
+    for f, fact in zip(files, facts, strict=True):
+        f.pop("core-metadata", None)
+        f.pop("dist-info-metadata", None)
+        if _is_wheel(f["filename"]) and fact.metadata_sha256:
+            f["core-metadata"] = {"sha256": fact.metadata_sha256}
+        if fact.upload_time:
+            f["upload-time"] = fact.upload_time
+        if fact.size is not None:
+            f["size"] = fact.size
+        version = _version_of(f["filename"])
+        if version:
+            versions.add(version)
+    if files and all("size" in f for f in files):
+        page["meta"] = {**page.get("meta", {}), "api-version": "1.1"}
+        page["versions"] = sorted(versions)
+    return json.dumps(page).encode()
+
+
+def _version_of(filename: str) -> str | None:
+    try:
+        if filename.endswith(".whl"):
+            return str(parse_wheel_filename(filename)[1])
+        return str(parse_sdist_filename(filename)[1])
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        return None
+
+
+def rewrite_html(body: bytes, facts_of: Callable[[list[str]], list[Facts]]) -> bytes:
+    text = body.decode()
+    anchors = list(ANCHOR.finditer(text))
+    hrefs = [dict(ATTR.findall(m.group("attrs"))).get("href", "") for m in anchors]
+    facts = facts_of(hrefs)
+    out, last = [], 0
+    for m, fact in zip(anchors, facts, strict=True):
+        attrs = [(k, v) for k, v in ATTR.findall(m.group("attrs")) if k not in METADATA_ATTRS]
+        if _is_wheel(m.group("text")) and fact.metadata_sha256:
+            attrs += [(k, f"sha256={fact.metadata_sha256}") for k in METADATA_ATTRS]
+        out += [text[last:m.start()], "<a ", " ".join(f'{k}="{v}"' for k, v in attrs), ">", m.group("text"), "</a>"]
+        last = m.end()
+    out.append(text[last:])
+    return "".join(out).encode()
+
+
+def simple_page_tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any], Any]:
+    source = FactsSource(registry["xom"])
+
+    def tween(request: Any) -> Any:
+        response = handler(request)
+        match = PROJECT_PAGE.match(request.path_info)
+        if match is None or request.method != "GET" or response.status_code != 200:
+            return response
+        content_type = response.content_type or ""
+        if content_type not in (SIMPLE_JSON, "text/html"):
+            return response
+        page_url = request.url
+        project = match.group("project")
+
+        def facts_of(hrefs: list[str]) -> list[Facts]:
+            return facts_for_page(source, page_url, project, hrefs)
+
+        rewrite = rewrite_json if content_type == SIMPLE_JSON else rewrite_html
+        response.body = rewrite(response.body, facts_of)
+        return response
+
+    return tween
+
+
+@hookimpl
+def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
+    pyramid_config.add_tween("kiln.mirror.plugin.simple_page_tween_factory",
+                             under="devpi_server.views.tween_keyfs_transaction")
