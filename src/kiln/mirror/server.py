@@ -264,6 +264,53 @@ def init_server(home: Home, site: Site) -> None:
          env={**os.environ, "DEVPISERVER_ROOT_PASSWD": password})
 
 
+EXPORT_DEVPI = "devpi"   # devpi-export's dump, inside an export directory
+EXPORT_SECRETS = "kiln"  # the home's passwords: root's and kiln's, as the dump's users have them
+
+
+def export(home: Home, dest: Path) -> int:
+    """Write the whole mirror to ``dest``: users, indexes, every published wheel and the upstream
+    files devpi has fetched (devpi-export), plus the home's passwords. Works while it runs.
+    Returns the number of release files exported."""
+    files = ServerFiles(home)
+    if not files.initialized or not files.devpi_config.exists():
+        raise MirrorError(f"{home.root} holds no mirror to export")
+    if dest.exists() and any(dest.iterdir()):
+        raise MirrorError(f"{dest}: not empty; export into a new directory")
+    dest.mkdir(parents=True, exist_ok=True)
+    os.chmod(dest, 0o700)
+    _run([devpi_exe("devpi-export"), "--configfile", str(files.devpi_config), "--include-mirrored-files",
+          str(dest / EXPORT_DEVPI)], "devpi-export")
+    for secret in (files.root_password, files.kiln_password):
+        if secret.exists():
+            _write_private(dest / EXPORT_SECRETS / secret.name, secret.read_text())
+    return sum(1 for p in (dest / EXPORT_DEVPI).rglob("*") if p.is_file() and p.suffix in (".whl", ".gz", ".zip"))
+
+
+def import_(home: Home, src: Path, storage: str | None = None) -> None:
+    """Make ``home``'s mirror the one exported to ``src`` (devpi-import into a new serverdir)."""
+    files = ServerFiles(home)
+    if not (src / EXPORT_DEVPI / "dataindex.json").is_file():
+        raise MirrorError(f"{src}: not a `kiln export` directory (no {EXPORT_DEVPI}/dataindex.json)")
+    if files.initialized:
+        raise MirrorError(f"{home.root} already holds a mirror; import into a new --home")
+    dep = deployment_of(home, storage)
+    site = Site(listen="127.0.0.1:0", devpi_port=_free_loopback_port(), serverdir=files.serverdir,
+                secretfile=files.secretfile, storage=dep.storage)
+    files.root.mkdir(parents=True, exist_ok=True)
+    os.chmod(files.root, 0o700)
+    _write_private(files.devpi_config, devpi_config(site))
+    if not files.secretfile.exists():
+        _run([devpi_exe("devpi-gen-secret"), "--secretfile", str(files.secretfile)], "devpi-gen-secret")
+    _run([devpi_exe("devpi-import"), "--configfile", str(files.devpi_config), str(src / EXPORT_DEVPI)],
+         "devpi-import")
+    _record(home, dep)
+    for secret in (files.root_password, files.kiln_password):
+        kept = src / EXPORT_SECRETS / secret.name
+        if kept.exists():
+            _write_private(secret, kept.read_text())
+
+
 def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
