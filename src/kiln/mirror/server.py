@@ -250,7 +250,7 @@ def init_server(home: Home, site: Site) -> None:
     _write_private(files.devpi_config, devpi_config(site))
     if site.primary_url and not files.secretfile.exists():
         raise MirrorError(f"a replica signs in to its primary with the primary's secret: copy the primary "
-                          f"home's server/secret to {files.secretfile} (mode 0600)")
+                          f"home's {files.secretfile.relative_to(home.root)} to {files.secretfile} (mode 0600)")
     if not files.secretfile.exists():
         _run([devpi_exe("devpi-gen-secret"), "--secretfile", str(files.secretfile)], "devpi-gen-secret")
     if files.initialized:
