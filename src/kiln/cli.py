@@ -344,8 +344,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--home", default=str(default_home()), help="kiln home (default: $KILN_HOME or ./.kiln)")
     mirror_args(sp)
     sp.add_argument("--background", action="store_true", help="detach; `kiln stop` stops it")
-    sp.add_argument("--storage", metavar="URL", help="keep devpi's database in PostgreSQL "
-                    "(postgresql://USER:PASSWORD@HOST:PORT/DB; default: SQLite in the home)")
+    sp.add_argument("--storage", metavar="URL", default=os.environ.get("KILN_MIRROR_STORAGE"),
+                    help="keep devpi's database in PostgreSQL (postgresql://USER:PASSWORD@HOST:PORT/DB; "
+                    "default: $KILN_MIRROR_STORAGE, else SQLite in the home)")
     sp.add_argument("--replica-of", metavar="URL", help="run a read-only replica of the mirror at URL")
     sp.set_defaults(func=cmd_serve)
 
