@@ -43,7 +43,6 @@ import email.parser
 import importlib.metadata
 import json
 import os
-import pwd
 import re
 import secrets
 import shutil
@@ -84,8 +83,8 @@ from kiln.mirror.deploy import (
     Site,
     nginx_conf,
     nginx_exe,
-    nginx_server,
 )
+from kiln.mirror.server import nginx_user, wait_ready
 from kiln.mirror.layout import (
     MAIN_INDEX,
     PYPI_INDEX,
@@ -97,7 +96,6 @@ from kiln.mirror.layout import (
 from kiln.mirror.server import root_credentials
 
 GOAL = 0.01  # after: at most 1% of the wheel bytes
-READY_TIMEOUT_S = 120.0
 LOG_LINE = re.compile(r'^\S+ \[[^\]]*\] "(?P<request>[^"]*)" (?P<status>\d{3}) (?P<sent>\d+) \S+ "[^"]*"$')
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 # Synthetic stand-ins for a CUDA stack: (project, version, MB of payload, Requires-Dist).
@@ -335,59 +333,11 @@ class Setup:
     plugins: str
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
-    api = Devpi(url, timeout=5)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not api.ping():
-        if proc.poll() is not None:
-            raise BenchError(f"{what} exited {proc.returncode}; see {log}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what} did not answer on {url} within {READY_TIMEOUT_S:.0f}s; see {log}")
-        time.sleep(0.2)
-
-
 def _plugins(python: str) -> list[str]:
     """The distributions that register devpi-server plugins in ``python``'s environment."""
     code = ("import importlib.metadata as m, json; "
             "print(json.dumps(sorted({e.dist.name for e in m.entry_points(group='devpi_server') if e.dist})))")
     return list(json.loads(run([python, "-c", code], "listing devpi-server plugins")))
-
-
-def proxy_only_server(site: Site) -> str:
-    """kiln's nginx ``server {}`` block without what kiln adds for files: everything proxied to
-    devpi as it answers (no try_files from its store, no proxy_force_ranges); same gzip."""
-    return f"""\
-server {{
-    listen {site.listen};
-    server_name _;
-    access_log access.log kiln;
-
-    gzip on;
-    gzip_min_length 2000;
-    gzip_proxied any;
-    gzip_types text/plain text/css text/xml application/json application/vnd.pypi.simple.v1+json
-               application/javascript text/javascript;
-
-    proxy_read_timeout 600s;
-    client_max_body_size 0;
-
-    location / {{
-        proxy_pass http://127.0.0.1:{site.devpi_port};
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_set_header X-outside-url $scheme://$http_host;
-        proxy_set_header X-Real-IP $remote_addr;
-        proxy_set_header Host $http_host;
-    }}
-}}
-"""
-
-
-def _indent(text: str) -> str:
-    return "".join(f"    {line}" if line.strip() else line for line in text.splitlines(keepends=True))
-
-
-def _nginx_user() -> str | None:
-    return pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
 
 
 class BareMirror:
@@ -434,11 +384,7 @@ class BareMirror:
             env={**os.environ, "DEVPISERVER_ROOT_PASSWD": self.password})
         nginx_dir = self.root / "nginx"
         (nginx_dir / "tmp").mkdir(parents=True, exist_ok=True)
-        conf = nginx_conf(self.site, user=_nginx_user())
-        kiln_server = _indent(nginx_server(self.site, "access.log"))
-        if kiln_server not in conf:
-            raise BenchError("kiln.mirror.deploy.nginx_conf changed shape: update proxy_only_server")
-        (nginx_dir / "nginx.conf").write_text(conf.replace(kiln_server, _indent(proxy_only_server(self.site))))
+        (nginx_dir / "nginx.conf").write_text(nginx_conf(self.site, user=nginx_user(), static_files=False))
         with (self.root / "server.log").open("ab") as log:
             self.procs.append(subprocess.Popen([str(self.bin / "devpi-server"), "--configfile", str(config)],
                                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -451,9 +397,9 @@ class BareMirror:
     def wait(self, plugins: str) -> Setup:
         log = self.root / "server.log"
         devpi_url = f"http://127.0.0.1:{self.site.devpi_port}"
-        _wait_ready(devpi_url, self.procs[0], "bare devpi-server", log)
+        wait_ready(self.procs[0], devpi_url, "bare devpi-server", log)
         url = f"http://127.0.0.1:{self.port}"
-        _wait_ready(url, self.procs[1], "bare nginx", self.root / "nginx" / "error.log")
+        wait_ready(self.procs[1], url, "bare nginx", self.root / "nginx" / "error.log")
         return Setup("before", url, devpi_url, self.root / "nginx" / "access.log", plugins)
 
     def configure(self, setup: Setup, content: Content, upstream: str | None) -> None:

@@ -108,8 +108,30 @@ ACCESS_LOG_FORMAT = ('$remote_addr [$time_iso8601] "$request" $status $body_byte
                      '$request_time "$http_user_agent"')
 
 
-def nginx_server(site: Site, access_log: str) -> str:
-    """The ``server {}`` block: release files from devpi's store, the rest proxied."""
+def nginx_server(site: Site, access_log: str, static_files: bool = True) -> str:
+    """The ``server {}`` block: release files from devpi's store, the rest proxied. Without
+    ``static_files``, everything is proxied as devpi answers it (no store, no forced byte ranges):
+    bare devpi behind nginx, which benchmarks/metadata_bytes.py compares against."""
+    files = f"""
+    # devpi's state; release files live under +files/ with the same path as their URL
+    root {site.serverdir};
+
+    # release files: straight from the store (Range, ETag, a year's cache); files not there
+    # yet (a mirror's, fetched on first use; `<file>.metadata`) and uploads go to devpi
+    location ~ /\\+f/ {{
+        error_page 418 = @devpi;
+        if ($request_method !~ ^(GET|HEAD)$) {{
+            return 418;
+        }}
+        expires max;
+        add_header Cache-Control "public, immutable";
+        try_files /+files$uri @devpi;
+    }}
+""" if static_files else ""
+    ranges = """
+        # byte ranges of what devpi streams too: files kept in PostgreSQL, mirror files on first use
+        proxy_force_ranges on;
+        add_header Cache-Control $kiln_file_cache;""" if static_files else ""
     return f"""\
 server {{
     listen {site.listen};
@@ -125,22 +147,7 @@ server {{
     proxy_read_timeout 600s;
     # wheels with CUDA kernels run to hundreds of MB; uploads need kiln's credentials anyway
     client_max_body_size 0;
-
-    # devpi's state; release files live under +files/ with the same path as their URL
-    root {site.serverdir};
-
-    # release files: straight from the store (Range, ETag, a year's cache); files not there
-    # yet (a mirror's, fetched on first use; `<file>.metadata`) and uploads go to devpi
-    location ~ /\\+f/ {{
-        error_page 418 = @devpi;
-        if ($request_method !~ ^(GET|HEAD)$) {{
-            return 418;
-        }}
-        expires max;
-        add_header Cache-Control "public, immutable";
-        try_files /+files$uri @devpi;
-    }}
-
+{files}
     location / {{
         error_page 418 = @devpi;
         return 418;
@@ -151,17 +158,15 @@ server {{
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_set_header X-outside-url $scheme://$http_host;
         proxy_set_header X-Real-IP $remote_addr;
-        proxy_set_header Host $http_host;
-        # byte ranges of what devpi streams too: files kept in PostgreSQL, mirror files on first use
-        proxy_force_ranges on;
-        add_header Cache-Control $kiln_file_cache;
+        proxy_set_header Host $http_host;{ranges}
     }}
 }}
 """
 
 
 def nginx_conf(site: Site, user: str | None = None, access_log: str = "access.log",
-               error_log: str = "error.log", pid: str = "nginx.pid", temp: str = "tmp") -> str:
+               error_log: str = "error.log", pid: str = "nginx.pid", temp: str = "tmp",
+               static_files: bool = True) -> str:
     """A whole nginx.conf for ``nginx -p PREFIX -c THIS``; relative paths are under PREFIX."""
     head = f"user {user};\n" if user else ""
     return f"""\
@@ -197,7 +202,7 @@ http {{
         default  "";
     }}
 
-{_indent(nginx_server(site, access_log))}}}
+{_indent(nginx_server(site, access_log, static_files))}}}
 """
 
 
@@ -341,7 +346,9 @@ USER kiln
 
 def team_files() -> dict[str, str]:
     """Every file of ``mirror/`` but its README, by path inside it."""
-    nginx = nginx_conf(_team_site(), **NGINX_TEAM_PATHS)
+    paths = NGINX_TEAM_PATHS
+    nginx = nginx_conf(_team_site(), access_log=paths["access_log"], error_log=paths["error_log"], pid=paths["pid"],
+                       temp=paths["temp"])
     return {
         "nginx/nginx.conf": nginx,
         "devpi/primary.yaml": devpi_config(_team_site()),

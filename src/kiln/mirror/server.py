@@ -332,7 +332,7 @@ def url_for(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def _nginx_user() -> str | None:
+def nginx_user() -> str | None:
     """nginx's workers drop to `nobody` when started by root; they must read the home."""
     if os.geteuid() != 0:
         return None
@@ -364,7 +364,7 @@ def start(home: Home, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, backgr
     _record(home, dep)
     nginx_dir = files.nginx
     (nginx_dir / "tmp").mkdir(parents=True, exist_ok=True)
-    (nginx_dir / "nginx.conf").write_text(nginx_conf(site, user=_nginx_user()))
+    (nginx_dir / "nginx.conf").write_text(nginx_conf(site, user=nginx_user()))
     devpi_url = f"http://127.0.0.1:{site.devpi_port}"
     procs: list[subprocess.Popen[bytes]] = []
     log = files.log.open("ab")
@@ -386,15 +386,16 @@ def start(home: Home, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, backgr
     _write_private(files.state, json.dumps({"pid": server.pid, "nginx_pid": server.nginx_pid, "url": url,
                                             "devpi_url": devpi_url}))
     try:
-        _wait_ready(files, procs[0], devpi_url, "devpi-server", files.log)
-        _wait_ready(files, procs[1], url, "nginx", nginx_dir / "error.log")
+        wait_ready(procs[0], devpi_url, "devpi-server", files.log)
+        wait_ready(procs[1], url, "nginx", nginx_dir / "error.log")
     except BaseException:  # not ready, or Ctrl-C while waiting: leave nothing running
         stop(home)
         raise
     return server, procs
 
 
-def _wait_ready(files: ServerFiles, proc: subprocess.Popen[bytes], url: str, what: str, log: Path) -> None:
+def wait_ready(proc: subprocess.Popen[bytes], url: str, what: str, log: Path) -> None:
+    """Wait until ``url`` answers devpi's API; one line naming ``log`` when ``proc`` dies or is too slow."""
     api = Devpi(url, timeout=5)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not api.ping():
