@@ -245,9 +245,21 @@ def smoke_and_keep(finished: Path, cell: Cell, toolchains: Toolchains, home: Hom
         home.failed.mkdir(parents=True, exist_ok=True)
         shutil.move(finished, home.failed / finished.name)
         raise
+    return place(finished, out)
+
+
+def place(wheel: Path, out: Path) -> Path:
+    """Move ``wheel`` into ``out`` so that ``out`` never holds a part of it, even when kiln is
+    killed on the way or ``out`` is on another file system: copied beside it under a name no
+    reader takes for a wheel, then renamed."""
     out.mkdir(parents=True, exist_ok=True)
-    dest = out / finished.name
-    shutil.move(finished, dest)
+    dest = out / wheel.name
+    part = out / f".{wheel.name}.part"
+    shutil.copyfile(wheel, part)
+    with part.open("rb") as f:
+        os.fsync(f.fileno())
+    os.replace(part, dest)
+    wheel.unlink()
     return dest
 
 

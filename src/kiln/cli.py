@@ -111,8 +111,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     home = Home(Path(args.home))
     toolchains, variants = _variants_of(args)
-    served, procs = mirror.serve(home, args.host, args.port, variants, toolchains, args.upstream,
-                                 background=args.background, storage=args.storage, replica_of=args.replica_of)
+    with home.lock("kiln serve", wait=not args.no_wait):
+        served, procs = mirror.serve(home, args.host, args.port, variants, toolchains, args.upstream,
+                                     background=args.background, storage=args.storage,
+                                     replica_of=args.replica_of)
     for note in served.notes:
         err_console.print(f"[yellow]note:[/] {note}")
     state = "started" if served.started else "already running"
@@ -303,6 +305,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiln", description=kiln.__doc__)
     p.add_argument("--version", action="version", version=f"kiln {kiln.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+
+    def writer(name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002 - argparse's own word
+        """A command that writes the home: it waits for the home's lock, or fails with --no-wait."""
+        sp = add_parser(name, help=help)
+        sp.add_argument("--no-wait", action="store_true",
+                        help="fail at once when another kiln process writes the home (default: wait for it)")
+        return sp
 
     def recipes_args(sp: argparse.ArgumentParser, only: bool = True) -> None:
         sp.add_argument("--recipes", default="recipes", help="directory of recipes (default: recipes)")
@@ -325,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--missing", action="store_true", help="only cells still missing")
     sp.set_defaults(func=cmd_plan)
 
-    sp = sub.add_parser("build", help="build, finish and smoke-test wheels")
+    sp = writer("build", help="build, finish and smoke-test wheels")
     recipes_args(sp)
     sp.add_argument("--out", help="where finished wheels go (default: <home>/wheelhouse)")
     sp.add_argument("--backend", default="local", help="local (default) or cibuildwheel")
@@ -339,7 +349,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--upstream", default=os.environ.get("KILN_UPSTREAM_URL"),
                         help="simple index root/pypi mirrors (default: $KILN_UPSTREAM_URL, else PyPI)")
 
-    sp = sub.add_parser("serve", help="run the devpi mirror with one index per variant")
+    sp = writer("serve", help="run the devpi mirror with one index per variant")
     sp.add_argument("--recipes", default="recipes", help="directory of recipes (default: recipes)")
     sp.add_argument("--home", default=str(default_home()), help="kiln home (default: $KILN_HOME or ./.kiln)")
     mirror_args(sp)
@@ -354,14 +364,14 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--home", default=str(default_home()), help="kiln home (default: $KILN_HOME or ./.kiln)")
     sp.set_defaults(func=cmd_stop)
 
-    sp = sub.add_parser("publish", help="upload finished wheels to the index of their variant")
+    sp = writer("publish", help="upload finished wheels to the index of their variant")
     sp.add_argument("wheelhouse", nargs="?", help="a wheel or a directory of wheels (default: <home>/wheelhouse)")
     sp.add_argument("--home", default=str(default_home()), help="kiln home (default: $KILN_HOME or ./.kiln)")
     sp.add_argument("--mirror", help="mirror URL (default: the home's running mirror); "
                     "credentials from KILN_MIRROR_USER/KILN_MIRROR_PASSWORD or the home")
     sp.set_defaults(func=cmd_publish)
 
-    sp = sub.add_parser("up", help="the main job: mirror up, build what is missing, publish")
+    sp = writer("up", help="the main job: mirror up, build what is missing, publish")
     recipes_args(sp)
     mirror_args(sp)
     sp.add_argument("--index-url", help="index sdists come from (default: KILN_INDEX_URL, uv/pip settings)")
@@ -407,7 +417,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--index-url", help="index sdists come from, without --source")
     sp.set_defaults(func=cmd_cibw_env)
 
-    sp = sub.add_parser("finish", help="finish and smoke-test a raw wheel of one cell")
+    sp = writer("finish", help="finish and smoke-test a raw wheel of one cell")
     sp.add_argument("wheel", help="the raw wheel (e.g. cibuildwheel's)")
     sp.add_argument("--cell", required=True, help="its cell id")
     cell_args(sp)
@@ -438,7 +448,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--home", default=str(default_home()), help=home_help)
     sp.set_defaults(func=cmd_export)
 
-    sp = sub.add_parser("import", help="make a new home's mirror the one `kiln export` wrote")
+    sp = writer("import", help="make a new home's mirror the one `kiln export` wrote")
     sp.add_argument("dir", help="what `kiln export` wrote")
     sp.add_argument("--home", default=str(default_home()), help=home_help)
     sp.add_argument("--storage", metavar="URL", help="keep devpi's database in PostgreSQL (postgresql://...)")
@@ -446,9 +456,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+WRITERS = ("build", "up", "publish", "finish", "import")
+"""The commands that write a home and hold its lock throughout (`serve` holds it while it starts)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command in WRITERS:
+            with Home(Path(args.home)).lock(f"kiln {args.command}", wait=not args.no_wait):
+                return int(args.func(args))
         return int(args.func(args))
     except KilnError as exc:
         err_console.print(f"kiln: {exc.message}", markup=False, highlight=False, soft_wrap=True)

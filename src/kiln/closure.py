@@ -26,7 +26,7 @@ from packaging.version import Version
 from kiln import source
 from kiln.backends.local import uv
 from kiln.errors import BuildError, ConfigError
-from kiln.home import Home
+from kiln.home import Home, read_json, set_aside, write_atomic
 from kiln.logs import decisive_line
 from kiln.matrix import Cell, Variant
 from kiln.recipe import Recipe, load_recipe
@@ -167,18 +167,19 @@ def _record(home: Home, parent: str) -> Path:
 
 def save(home: Home, parent: Cell, needs: list[Need]) -> None:
     """Record ``parent``'s closure for `kiln plan` and `kiln up`."""
-    path = _record(home, parent.id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([asdict(n) for n in needs], indent=2) + "\n")
+    write_atomic(_record(home, parent.id), json.dumps([asdict(n) for n in needs], indent=2) + "\n")
 
 
 def cells_of(home: Home, parent: Cell) -> list[Cell]:
     """The closure cells recorded for ``parent`` in the home."""
     path = _record(home, parent.id)
+    data = read_json(path)
+    if data is None:
+        return []
     try:
-        data = json.loads(path.read_text())
         return [Need(str(d["project"]), str(d["version"])).cell(parent) for d in data]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError) as exc:
+        set_aside(path, f"not a closure record ({type(exc).__name__}: {exc})")
         return []
 
 

@@ -44,3 +44,9 @@ class HostError(KilnError):
     """This host lacks something a command needs (uv, unshare, a Python, nvcc)."""
 
     exit_code = 6
+
+
+class HomeBusy(KilnError):
+    """Another kiln process holds the home's writer lock (and --no-wait was given)."""
+
+    exit_code = 7

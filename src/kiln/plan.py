@@ -7,6 +7,7 @@ stale: `kiln up` rebuilds it and never publishes it. The closure cells recorded 
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -15,7 +16,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 
 from kiln import closure
-from kiln.home import CellResult, Home
+from kiln.home import CellResult, Home, set_aside
 from kiln.matrix import Cell, not_buildable
 from kiln.toolchains import Toolchains
 from kiln.wheel import read_provenance
@@ -78,11 +79,27 @@ def stale(wheel: Path, cell: Cell) -> bool:
         return True
 
 
+def intact_wheels(wheelhouse: Path) -> list[Path]:
+    """The wheels in ``wheelhouse`` that open as zip archives; one that does not (truncated or
+    damaged outside kiln) is set aside as ``<name>.bad``, so its cell counts as missing and is
+    built again."""
+    found = []
+    for path in sorted(wheelhouse.glob("*.whl")) if wheelhouse.is_dir() else []:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                zf.getinfo(zf.namelist()[-1])
+        except (zipfile.BadZipFile, IndexError, OSError) as exc:
+            set_aside(path, f"not a readable wheel ({exc or 'empty'})")
+            continue
+        found.append(path)
+    return found
+
+
 def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhouse: Path,
                 published: dict[str, list[str]] | None = None) -> list[CellStatus]:
     """Status rows of ``cells`` and of their closure cells recorded in the home; ``published``
     maps variant name -> filenames on its mirror index."""
-    local = sorted(p.name for p in wheelhouse.glob("*.whl")) if wheelhouse.is_dir() else []
+    local = [p.name for p in intact_wheels(wheelhouse)]
     rows = []
     for cell in closure.with_closure(cells, home):
         v = cell.variant

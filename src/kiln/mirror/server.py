@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.errors import HostError, MirrorError
-from kiln.home import Home
+from kiln.home import Home, read_json, set_aside, write_atomic
 from kiln.mirror.api import Credentials, Devpi
 from kiln.mirror.deploy import Site, Storage, devpi_config, nginx_conf, nginx_exe
 from kiln.mirror.layout import USER
@@ -88,12 +88,7 @@ class ServerFiles:
 
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` readable by its owner only, atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text, mode=0o600)
 
 
 def _secret_file(path: Path, make: bool = True) -> str:
@@ -209,14 +204,14 @@ def _alive(pid: int, program: bytes) -> bool:
 def running(home: Home) -> Running | None:
     """The mirror this home started, when it is still running."""
     files = ServerFiles(home)
+    state = read_json(files.state)
+    if state is None:
+        return None
     try:
-        state = json.loads(files.state.read_text())
         current = Running(pid=int(state["pid"]), nginx_pid=int(state["nginx_pid"]), url=str(state["url"]),
                           devpi_url=str(state["devpi_url"]))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        _set_aside(files.state)
+    except (ValueError, KeyError, TypeError) as exc:
+        set_aside(files.state, f"not a mirror's state (missing or bad {exc})")
         return None
     if not _alive(current.pid, b"devpi-server"):
         if _alive(current.nginx_pid, b"nginx"):
@@ -224,13 +219,6 @@ def running(home: Home) -> Running | None:
         files.state.unlink(missing_ok=True)
         return None
     return current
-
-
-def _set_aside(path: Path) -> None:
-    """A state file kiln cannot read is kept for a look, under another name, and reported."""
-    aside = path.with_name(path.name + ".bad")
-    os.replace(path, aside)
-    print(f"kiln: {path}: unreadable; moved to {aside.name}", file=sys.stderr)
 
 
 def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
