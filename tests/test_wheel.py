@@ -93,3 +93,18 @@ def test_a_top_level_shared_library_is_a_module_only_when_it_exports_pyinit(tmp_
     (wheel,) = (tmp_path / "out").glob("*.whl")
     assert top_level_modules(wheel) == ["_speedups"]
     assert extension_modules(wheel) == ["_speedups"]
+
+
+def test_rewrite_metadata_keeps_the_description_and_unicode_as_written(tmp_path: Path) -> None:
+    """A README whose line starts with "From " stays as written (an mbox generator writes ">From "),
+    and non-ASCII headers and body survive."""
+    body = "From the start, this project\n\nFrom here on: ünïcode — body\n  indented\n"
+    path = tmp_path / "METADATA"
+    path.write_text("Metadata-Version: 2.1\nName: x\nVersion: 1\nSummary: Ünïcode — summary\nAuthor: José Ñ\n"
+                    "Requires-Dist: torch>=2\nDescription-Content-Type: text/markdown\n\n" + body, encoding="utf-8")
+    rewrite_metadata(path, ["torch==2.14.*"])
+    text = path.read_text(encoding="utf-8")
+    head, _, rest = text.partition("\n\n")
+    assert rest == body
+    assert "Summary: Ünïcode — summary\n" in head + "\n" and "Author: José Ñ" in head
+    assert "Requires-Dist: torch==2.14.*" in head and "torch>=2" not in head

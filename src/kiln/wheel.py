@@ -172,7 +172,7 @@ def rewrite_metadata(path: Path, pins: list[str]) -> None:
     for line in out:
         msg["Requires-Dist"] = line
     with path.open("wb") as f:
-        BytesGenerator(f, maxheaderlen=0).flatten(msg)
+        BytesGenerator(f, mangle_from_=False, maxheaderlen=0).flatten(msg)  # the body is a README, not mbox
 
 
 # What a wheel built without CUDA must not hold: a link to a CUDA library, or device code.
