@@ -110,3 +110,22 @@ def test_oom_killed_compilers_are_recognised(tmp_path: Path, tail: str, prog: st
     log = tmp_path / "cell.log"
     log.write_text("lots of output\n" * 1000 + tail)
     assert oom_killed(log) == prog
+
+
+@pytest.mark.parametrize("filename, python, matches", [
+    ("ext_pkg-1.0+cpu.torch2.14-cp311-cp311-linux_x86_64.whl", "3.11", True),
+    ("ext_pkg-1.0+cpu.torch2.14-cp312-cp312-linux_x86_64.whl", "3.11", False),
+    ("ext_pkg-1.0+cpu.torch2.14-cp39-abi3-linux_x86_64.whl", "3.11", True),   # the stable ABI: any newer CPython
+    ("ext_pkg-1.0+cpu.torch2.14-cp311-abi3-manylinux_2_28_x86_64.whl", "3.11", True),
+    ("ext_pkg-1.0+cpu.torch2.14-cp312-abi3-linux_x86_64.whl", "3.11", False),  # needs 3.12
+    ("ext_pkg-1.0+cpu.torch2.14-py3-none-any.whl", "3.11", True),
+    ("ext_pkg-1.0+cu130.torch2.14-cp39-abi3-linux_x86_64.whl", "3.11", False),  # another variant
+])
+def test_a_cells_wheel_is_recognised_abi3_included(recipes_dir: Path, filename: str, python: str,
+                                                    matches: bool) -> None:
+    from kiln.plan import wheel_matches
+
+    cells = expand(load_recipes(recipes_dir), load_toolchains(recipes_dir))
+    (cell,) = [c for c in cells if c.project == "Ext_Pkg" and c.version == "1.0" and c.python == python
+               and c.variant.name == "cpu-torch2.14"]
+    assert wheel_matches(filename, cell) is matches

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
@@ -66,7 +67,20 @@ def wheel_matches(filename: str, cell: Cell) -> bool:
     build = parse_wheel_filename(filename)[2]
     want_build = (cell.build_number, "") if cell.build_number else ()
     return (name == canonicalize_name(cell.project) and version == Version(cell.wheel_version)
-            and build == want_build and any(t.interpreter in (cell.python_tag, "py3") for t in tags))
+            and build == want_build and any(_serves(t, cell) for t in tags))
+
+
+def _serves(tag: Tag, cell: Cell) -> bool:
+    """Whether a wheel tag is one the cell's Python installs: its own interpreter, py3, or the
+    stable ABI (``cp39-abi3``) of an interpreter no newer than the cell's."""
+    if tag.interpreter in (cell.python_tag, "py3"):
+        return True
+    if tag.abi != "abi3" or not tag.interpreter.startswith("cp3"):
+        return False
+    try:
+        return int(tag.interpreter[3:]) <= int(cell.python.split(".")[1])
+    except ValueError:
+        return False
 
 
 def stale(wheel: Path, cell: Cell) -> bool:
