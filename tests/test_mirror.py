@@ -153,3 +153,17 @@ def test_config_auto_without_torch_is_main() -> None:
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "no torch" in res.stderr and "/kiln/main/+simple/" in res.stdout
+
+
+def test_config_auto_refuses_a_rocm_torch_in_one_line(tmp_path: Path) -> None:
+    """ROCm's torch has no torch.version.cuda: it must not be taken for a cpu torch."""
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("__version__ = '2.14.1+rocm6.4'\nclass version:\n    cuda = None\n"
+                                      "    hip = '6.4.43482'\n")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")}
+    res = subprocess.run([KILN, "config", "--variant", "auto", "--python", sys.executable],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 6 and res.stdout == ""
+    assert res.stderr == (f"kiln: torch 2.14.1+rocm6.4 in {sys.executable} is a ROCm build (HIP 6.4.43482); "
+                          "kiln builds CUDA and cpu variants only, and neither fits it\n")

@@ -26,7 +26,8 @@ TORCH_PROBE = (
     "except ImportError:\n"
     "    print(json.dumps(None))\n"
     "else:\n"
-    "    print(json.dumps({'version': torch.__version__, 'cuda': torch.version.cuda}))\n"
+    "    print(json.dumps({'version': torch.__version__, 'cuda': torch.version.cuda,\n"
+    "                      'hip': getattr(torch.version, 'hip', None)}))\n"
 )
 
 
@@ -84,6 +85,9 @@ def detect(python: str | None = None) -> Detected:
     found = json.loads(res.stdout.strip().splitlines()[-1])
     if found is None:
         return Detected(python, None, None, Variant())
+    if found.get("hip"):  # a ROCm build: torch.version.cuda is None there, yet it is no cpu torch
+        raise HostError(f"torch {found['version']} in {python} is a ROCm build (HIP {found['hip']}); kiln "
+                        "builds CUDA and cpu variants only, and neither fits it")
     return Detected(python, found["version"], found["cuda"],
                     variant_for_torch(found["version"], found["cuda"]))
 
