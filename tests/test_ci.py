@@ -358,3 +358,20 @@ def test_source_then_raw_build_then_finish(tmp_path: Path, upstream: StaticIndex
     with zipfile.ZipFile(finished) as zf:
         meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         assert "Requires-Dist: kilnfix-helper==1.4.*" in zf.read(meta).decode()
+
+
+def test_every_ci_script_the_docs_name_exists_and_parses() -> None:
+    """ci/README.md and README.md name scripts a CI job runs; each must be there and be valid bash."""
+    import re
+
+    repo = Path(__file__).parent.parent
+    named = {m for doc in ("ci/README.md", "README.md")
+             for m in re.findall(r"\b(ci/[\w./-]+\.sh)\b", (repo / doc).read_text())}
+    assert "ci/build-cell.sh" in named
+    for script in sorted(named):
+        path = repo / script
+        assert path.is_file() and os.access(path, os.X_OK), script
+        assert subprocess.run(["bash", "-n", str(path)]).returncode == 0, script
+    res = subprocess.run([str(repo / "ci/build-cell.sh")], capture_output=True, text=True)
+    assert res.returncode != 0
+    assert res.stderr.strip().endswith("usage: ci/build-cell.sh CELL (a cell id from kiln plan --json)")
