@@ -27,6 +27,7 @@ from kiln.backends import Backend, CompileJob, CompileResult
 from kiln.buildreqs import BuildRequirements
 from kiln.errors import BuildError, KilnError
 from kiln.home import CellResult, Home
+from kiln.host import available_memory_gb, usable_cores
 from kiln.matrix import Cell
 from kiln.toolchains import Toolchains, probe_host
 from kiln.wheel import Provenance, cuda_content, finish, pins_for
@@ -37,20 +38,11 @@ class Parallelism:
     nvcc_threads: int
 
 
-def available_memory_gb() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / (1024 * 1024)
-    except OSError:
-        pass
-    return 4.0
-
-
 def parallelism(memory_per_job_gb: float, cores: int | None = None,
                 free_gb: float | None = None) -> Parallelism:
-    """MAX_JOBS = min(cores, free memory / memory per job); nvcc threads share what is left."""
-    cores = cores or os.cpu_count() or 1
+    """MAX_JOBS = min(cores, free memory / memory per job), both as the cgroup limits them (a CI
+    runner's or container's memory.max, cpu.max); nvcc threads share what is left."""
+    cores = cores or usable_cores()
     free_gb = available_memory_gb() if free_gb is None else free_gb
     jobs = max(1, min(cores, int(free_gb // memory_per_job_gb)))
     return Parallelism(max_jobs=jobs, nvcc_threads=max(1, cores // jobs))
