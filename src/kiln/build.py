@@ -29,6 +29,7 @@ from kiln.errors import BuildError, KilnError
 from kiln.home import CellResult, Home
 from kiln.host import available_memory_gb, usable_cores
 from kiln.matrix import Cell
+from kiln.sandbox import is_secret_name, secret_paths
 from kiln.toolchains import Toolchains, probe_host
 from kiln.wheel import Provenance, cuda_content, finish, pins_for
 
@@ -49,7 +50,8 @@ def parallelism(memory_per_job_gb: float, cores: int | None = None,
 
 
 def build_env(cell: Cell, toolchains: Toolchains, home: Home) -> dict[str, str]:
-    """The environment of a cell's compile step, whoever runs it."""
+    """kiln's and the recipe's variables for a cell's compile step, whoever runs it (the local
+    backend adds only the caller's variables on kiln.sandbox's allow-list)."""
     recipe = cell.recipe
     par = parallelism(recipe.build.memory_per_job_gb)
     env = {
@@ -172,10 +174,10 @@ def _steps(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: B
     env["PIP_CONSTRAINT"] = str(constraints)
     env["UV_CONSTRAINT"] = str(constraints)
     for key in sorted(env):
-        print(f"kiln: env {key}={env[key]}", file=log, flush=True)
+        print(f"kiln: env {key}={'(not shown)' if is_secret_name(key) else env[key]}", file=log, flush=True)
     job = CompileJob(cell=cell, toolchains=toolchains, source_dir=srcdir, work_dir=work, env=env,
                      constraints=constraints, log=log, timeout_s=cell.recipe.build.timeout_minutes * 60,
-                     index_url=index_url)
+                     index_url=index_url, hidden=secret_paths(home.root))
     res = backend.compile(job)
     finished, archs = finish_cell(cell, toolchains, res, src, backend.name, work, log)
     closure_built += build_closure(cell, finished, toolchains, home, out, backend, index_url, work, log, building)
@@ -232,7 +234,8 @@ def smoke_and_keep(finished: Path, cell: Cell, toolchains: Toolchains, home: Hom
     """Smoke-test a finished wheel against this run's wheels and the index; it lands in ``out``,
     or in the home's failed/ when the smoke test fails."""
     try:
-        smoke.smoke(finished, cell, toolchains, work, log, index_url, [finished.parent, out])
+        smoke.smoke(finished, cell, toolchains, work, log, index_url, [finished.parent, out],
+                    hidden=secret_paths(home.root))
     except BuildError:
         home.failed.mkdir(parents=True, exist_ok=True)
         shutil.move(finished, home.failed / finished.name)

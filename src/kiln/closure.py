@@ -30,6 +30,7 @@ from kiln.home import Home, read_json, set_aside, write_atomic
 from kiln.logs import decisive_line
 from kiln.matrix import Cell, Variant
 from kiln.recipe import Recipe, load_recipe
+from kiln.sandbox import installer_env
 from kiln.toolchains import Toolchains, find_python
 
 
@@ -105,7 +106,8 @@ def _compile(wheel: Path, cell: Cell, indexes: list[str], find_links: list[Path]
             cmd += ["--find-links", str(d)]
     if binaries_only:
         cmd += ["--only-binary", ":all:"]
-    return subprocess.run([*cmd, str(spec)], capture_output=True, text=True)
+    # uv may build an sdist here to read its metadata: kiln's own credentials stay out of it.
+    return subprocess.run([*cmd, str(spec)], capture_output=True, text=True, env=installer_env())
 
 
 def missing(wheel: Path, cell: Cell, indexes: list[str], find_links: list[Path], work: Path,

@@ -5,6 +5,10 @@ interpreter so a failure names the module.
 
 uv installs the newest versions the wheel's requirements allow, so a missing run-export (a
 runtime bound the ABI needs) fails the cell here instead of in a user's import.
+
+Installing needs the index (uv, with nothing built); the imports run the package's own code, so
+they run in kiln's sandbox: no network, the allow-listed environment, the kiln home's secrets
+hidden (kiln.sandbox).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from elftools.elf.elffile import ELFFile
 from kiln.backends.local import index_args, make_env
 from kiln.errors import BuildError
 from kiln.matrix import Cell
+from kiln.sandbox import Sandbox
 from kiln.toolchains import Toolchains
 
 
@@ -76,10 +81,11 @@ def _exports_init(data: bytes, name: str) -> bool:
 
 
 def smoke(wheel: Path, cell: Cell, toolchains: Toolchains, work: Path, log: TextIO, index_url: str,
-          find_links: list[Path]) -> list[str]:
+          find_links: list[Path], hidden: tuple[Path, ...] = ()) -> list[str]:
     """Install ``wheel`` with --no-build in a fresh env, resolving its requirements against
     ``find_links`` and ``index_url``, and import the recipe's modules (when the recipe names none:
-    the wheel's top-level modules and every extension module in it); returns the modules imported."""
+    the wheel's top-level modules and every extension module in it) in the sandbox, ``hidden``
+    out of sight; returns the modules imported."""
     modules = list(cell.recipe.test.imports) or list(dict.fromkeys([*top_level_modules(wheel),
                                                                      *extension_modules(wheel)]))
     print(f"kiln: smoke test of {wheel.name}: install as a user does (no build constraints, "
@@ -88,12 +94,15 @@ def smoke(wheel: Path, cell: Cell, toolchains: Toolchains, work: Path, log: Text
     links = [arg for d in find_links if d.is_dir() for arg in ("--find-links", str(d))]
     python = make_env(cell.python, env_dir, ["--no-build", str(wheel)], None,
                       [*index_args(cell, toolchains, index_url), *links], log)
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-    env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "")
+    box = Sandbox(network=False, hide=hidden)
+    composed = box.compose({"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
+    print(f"kiln: the imports run in a sandbox: {box.describe()}", file=log, flush=True)
+    print(f"kiln: the imports' environment: {composed.describe()}", file=log, flush=True)
     preload = "import torch; " if cell.variant.torch else ""
     for module in modules:
         code = f"{preload}import {module}; print('kiln: import {module}: ok', getattr({module}, '__file__', ''))"
-        res = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env, cwd=work)
+        cmd = box.wrap([str(python), "-c", code], work / "smoke-sandbox")
+        res = subprocess.run(cmd, capture_output=True, text=True, env=composed.env, cwd=work)
         log.write(res.stdout + res.stderr)
         log.flush()
         if res.returncode != 0:

@@ -28,6 +28,8 @@ class CompileJob:
     timeout_s: float
     index_url: str
     """The index build requirements come from (sdists come from it too)."""
+    hidden: tuple[Path, ...] = ()
+    """What the package's own code must not see (kiln.sandbox.secret_paths of the kiln home)."""
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """The local backend: a fresh uv environment with the cell's exact Python, torch and build
 requirements (kiln.buildreqs), then `python -m build --wheel --no-isolation` in the sandbox
-(kiln.sandbox: no network; no CUDA toolkit for cells without CUDA)."""
+(kiln.sandbox: no network, an allow-listed environment, the kiln home's secrets hidden; no CUDA
+toolkit for cells without CUDA). The backend hook runs the package's code too: in the same
+sandbox, with network."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from kiln import buildreqs
 from kiln.backends import CompileJob, CompileResult
 from kiln.errors import BuildError, HostError
 from kiln.logs import decisive_line, read_from
-from kiln.sandbox import Sandbox
+from kiln.sandbox import Sandbox, installer_env
 from kiln.matrix import Cell
 from kiln.toolchains import Toolchains, find_python, probe_host
 
@@ -61,7 +63,7 @@ def make_env(python: str, dest: Path, reqs: list[str], constraints: Path | None,
         raise BuildError(f"Python {python} not found")
     if dest.exists():
         shutil.rmtree(dest)
-    run_logged([uv(), "venv", "--quiet", "--python", str(interp), str(dest)], log)
+    run_logged([uv(), "venv", "--quiet", "--python", str(interp), str(dest)], log, env=installer_env())
     python_exe = dest / "bin" / "python"
     if reqs:
         install(python_exe, reqs, constraints, extra, log, env)
@@ -70,8 +72,10 @@ def make_env(python: str, dest: Path, reqs: list[str], constraints: Path | None,
 
 def install(python: Path, reqs: list[str], constraints: Path | None, extra: list[str], log: TextIO,
             env: dict[str, str] | None = None) -> None:
+    """uv pip install, with ``env`` or the caller's environment less kiln's own credentials."""
     cons = ["--constraint", str(constraints)] if constraints else []
-    run_logged([uv(), "pip", "install", "--python", str(python), *cons, *extra, *reqs], log, env=env)
+    run_logged([uv(), "pip", "install", "--python", str(python), *cons, *extra, *reqs], log,
+               env=installer_env() if env is None else env)
 
 
 def run_logged(cmd: list[str], log: TextIO, env: dict[str, str] | None = None,
@@ -143,7 +147,8 @@ class LocalBackend:
         env_dir = job.work_dir / "env"
         stash = job.work_dir / "sandbox"
         hide_cuda = cell.variant.cuda_major is None
-        compile_box, hook_box = Sandbox(network=False, hide_cuda=hide_cuda), Sandbox(network=True, hide_cuda=hide_cuda)
+        compile_box = Sandbox(network=False, hide_cuda=hide_cuda, hide=job.hidden)
+        hook_box = Sandbox(network=True, hide_cuda=hide_cuda, hide=job.hidden)
         reqs = buildreqs.static(job.source_dir, cell.recipe)
         first = ["build", *reqs.installed_first]
         if cell.torch_release:
@@ -152,10 +157,11 @@ class LocalBackend:
         python = make_env(cell.python, env_dir, first, job.constraints, indexes, log)
         check_torch_cuda(cell, python, log)
 
-        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-        env.update(job.env)
-        env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
-        env = compile_box.env(env)
+        path = job.env.get("PATH", os.environ.get("PATH", ""))
+        own = {**job.env, "PATH": f"{env_dir / 'bin'}{os.pathsep}{path}"}
+        composed = compile_box.compose(own)
+        print(f"kiln: the build step's environment: {composed.describe()}", file=log, flush=True)
+        env = composed.env
         hook_env = {k: v for k, v in env.items() if k != "PIP_NO_INDEX"}
         if backend := buildreqs.backend_hook(reqs, job.source_dir, python, cell.recipe, hook_env,
                                              hook_box, stash, log):
