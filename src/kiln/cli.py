@@ -144,17 +144,52 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from kiln import mirror
-    from kiln.up import wheels_in
+    from kiln.mirror.publish import mirror_url, publish, wheels_at
 
     home = Home(Path(args.home))
     path = Path(args.wheelhouse) if args.wheelhouse else home.wheelhouse
-    wheels = wheels_in(path)
+    wheels = wheels_at(path)
     if not wheels:
         console.print(f"no wheels in {path}")
         return 0
-    for res in mirror.publish(wheels, mirror.mirror_url(home, args.mirror), home):
+    url = mirror_url(home, args.mirror)
+    _, cells = _load(args)
+    for res in publish(wheels, url, home, cells):
         console.print(f"{'uploaded' if res.uploaded else 'already there'}: {res.index} {res.wheel}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from kiln.mirror import tokens
+    from kiln.mirror.publish import mirror_url
+    from kiln.mirror.server import root_credentials
+
+    home = Home(Path(args.home))
+    url = mirror_url(home, args.mirror)
+    root = root_credentials(home)
+    if args.token_command == "list":
+        from datetime import UTC, datetime
+
+        table = Table("id", "expires", "may", "indexes")
+        now = datetime.now(UTC)
+        for t in tokens.tokens(url, root):
+            when = f"{t.expires:%Y-%m-%d %H:%M} UTC" + (" (expired)" if t.expires <= now else "") if t.expires else "never"
+            table.add_row(t.id, when, ",".join(t.allowed) or "anything its user may", ",".join(t.indexes) or "any")
+        console.print(table)
+        return 0
+    if args.token_command == "revoke":
+        if not args.id:
+            raise KilnError("kiln token revoke ID: name the token (`kiln token list` shows them)")
+        tokens.revoke(url, root, args.id)
+        console.print(f"revoked token {args.id}: {url} refuses it from now on")
+        return 0
+    issued = tokens.create(url, root, args.days, args.variant)
+    print(issued.token)  # the only place it is ever shown: stdout alone, for `> file` or a CI secret
+    err_console.print(f"token {issued.id} of user {issued.user}: may upload to "
+                      f"{', '.join(issued.indexes) or 'every kiln index'} on {url} until "
+                      f"{issued.expires:%Y-%m-%d %H:%M} UTC, nothing else; give it to CI as the secret "
+                      f"KILN_MIRROR_TOKEN (or `uv publish --token`); `kiln token revoke {issued.id}` ends it",
+                      markup=False, highlight=False)
     return 0
 
 
@@ -367,9 +402,24 @@ def parser() -> argparse.ArgumentParser:
     sp = writer("publish", help="upload finished wheels to the index of their variant")
     sp.add_argument("wheelhouse", nargs="?", help="a wheel or a directory of wheels (default: <home>/wheelhouse)")
     sp.add_argument("--home", default=str(default_home()), help="kiln home (default: $KILN_HOME or ./.kiln)")
-    sp.add_argument("--mirror", help="mirror URL (default: the home's running mirror); "
-                    "credentials from KILN_MIRROR_USER/KILN_MIRROR_PASSWORD or the home")
+    sp.add_argument("--mirror", help="mirror URL (default: the home's running mirror); credentials from "
+                    "KILN_MIRROR_TOKEN (`kiln token`), else KILN_MIRROR_USER/KILN_MIRROR_PASSWORD, else the home")
+    sp.add_argument("--recipes", default="recipes", help="directory of recipes: only their projects (and "
+                    "their closures) are published (default: recipes)")
     sp.set_defaults(func=cmd_publish)
+
+    sp = sub.add_parser("token", help="upload tokens for CI: may upload to kiln's indexes, nothing else")
+    sp.add_argument("token_command", nargs="?", choices=["create", "list", "revoke"], default="create",
+                    help="create (default): print a new token once; list: the tokens the mirror holds; "
+                    "revoke ID: refuse that token from now on")
+    sp.add_argument("id", nargs="?", help="with revoke: the token's id")
+    sp.add_argument("--home", default=str(default_home()), help="kiln home of the mirror, whose root issues "
+                    "tokens (default: $KILN_HOME or ./.kiln)")
+    sp.add_argument("--mirror", help="mirror URL (default: the home's running mirror)")
+    sp.add_argument("--days", type=int, default=90, help="with create: days until it expires (default: 90, at most 366)")
+    sp.add_argument("--variant", nargs="+", metavar="VARIANT", help="with create: only these variants' indexes, "
+                    "e.g. main cu130-torch2.14 (default: every kiln index)")
+    sp.set_defaults(func=cmd_token)
 
     sp = writer("up", help="the main job: mirror up, build what is missing, publish")
     recipes_args(sp)

@@ -73,7 +73,7 @@ def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: i
     rows = {r.cell: r for r in cell_status(cells, toolchains, home, wheelhouse, published)}
     wheels = [wheelhouse / r.wheel for r in rows.values() if r.status == BUILT and r.wheel]
     if wheels:
-        for res in mirror.publish(wheels, served.url, home):
+        for res in mirror.publish(wheels, served.url, home, [*all_variants, *cells]):
             (report.uploaded if res.uploaded else report.already).append(res.wheel)
     ok = {c.cell for c in rows.values() if c.status in (BUILT, PUBLISHED)}
     report.install = install_lines(served.url, [c for c in cells if c.id in ok])

@@ -24,6 +24,28 @@ class Credentials:
         return "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
 
 
+class HTTPRefused(MirrorError):
+    """The mirror answered a request with an HTTP error status (other than 404)."""
+
+    def __init__(self, message: str, status: int, detail: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the mirror takes a request's credentials for (devpi's ``authstatus``)."""
+
+    status: str
+    """``ok``: the credentials were accepted; ``noauth``: anonymous (none given, or rejected)."""
+    user: str
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "ok"
+
+
 @dataclass(frozen=True)
 class ReleaseFile:
     filename: str
@@ -57,7 +79,8 @@ class Devpi:
             if exc.code == 404:
                 return None
             detail = _error_message(exc.read())
-            raise MirrorError(f"{method} {self.url}/{path.lstrip('/')}: HTTP {exc.code} {detail}".rstrip()) from None
+            raise HTTPRefused(f"{method} {self.url}/{path.lstrip('/')}: HTTP {exc.code} {detail}".rstrip(),
+                              exc.code, detail) from None
         except (urllib.error.URLError, OSError) as exc:
             raise MirrorError(f"{self.url}: unreachable ({getattr(exc, 'reason', exc)})") from None
         return json.loads(raw) if raw else {}
@@ -67,6 +90,16 @@ class Devpi:
             return self.request("GET", "+api") is not None
         except MirrorError:
             return False
+
+    def identity(self) -> Identity:
+        """Who the mirror takes this client's credentials for. Credentials devpi rejects outright
+        (a revoked, expired or forged token) raise HTTPRefused with status 403."""
+        res = self.request("GET", "+api") or {}
+        result = res.get("result")
+        status = result.get("authstatus") if isinstance(result, dict) else None
+        if isinstance(status, list) and len(status) >= 2:
+            return Identity(str(status[0]), str(status[1]))
+        return Identity("noauth", "")
 
     def serial(self) -> int:
         """The serial of the last change this server has (a replica's lags its primary's)."""
@@ -123,7 +156,11 @@ class Devpi:
 
 
 def _error_message(raw: bytes) -> str:
+    """devpi's reason for an error, on one line: the JSON ``message`` (its last line: pyramid puts
+    "Access was denied to this resource." before the reason) or ``title``, else the body's first line."""
     try:
-        return str(json.loads(raw).get("message", ""))
+        data = json.loads(raw)
+        lines = [ln.strip() for ln in str(data.get("message", "")).splitlines() if ln.strip()]
+        return lines[-1] if lines else str(data.get("title", ""))
     except (ValueError, AttributeError):
         return raw.decode(errors="replace").strip().splitlines()[0] if raw.strip() else ""

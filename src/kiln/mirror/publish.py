@@ -1,20 +1,41 @@
-"""Publishing wheels to the mirror, and reading back what is published."""
+"""Publishing wheels to the mirror, and reading back what is published.
+
+Who may upload is the mirror's to enforce (devpi's ACLs: anonymous users read only, only root
+creates users and indexes, only user kiln uploads to kiln's indexes, with its password or a
+token from `kiln token`). What may be uploaded is checked here, for every wheel of a batch
+before any is sent: a wheel kiln built (its ``kiln.json`` provenance names this very wheel),
+whose label puts it on the index of the variant it was built for, of a project a recipe names
+or the recorded closure of a recipe's cell. A kiln index hides every upstream release of a
+project it serves (no ``mirror_whitelist``), so one stray upload of a project no recipe names
+would hide that project's upstream releases from every installer of the mirror.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
+import zipfile
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.errors import MirrorError
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+
+from kiln import closure
+from kiln.errors import ConfigError, MirrorError
 from kiln.home import Home
-from kiln.matrix import Variant
-from kiln.mirror.api import Credentials, Devpi
+from kiln.matrix import Cell, Variant
+from kiln.mirror import tokens
+from kiln.mirror.api import Credentials, Devpi, HTTPRefused
 from kiln.mirror.layout import index_name, layout, variant_of_wheel
 from kiln.mirror.server import ServerFiles, root_credentials, running, upload_credentials
 from kiln.source import sha256_of
+from kiln.wheel import PROVENANCE
+
+TOKEN_ENV = "KILN_MIRROR_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -36,35 +57,228 @@ def mirror_url(home: Home, mirror: str | None) -> str:
         raise MirrorError(f"no mirror running for home {home.root}: start one with `kiln serve` "
                           "or pass --mirror URL")
     return current.url
-def publish(wheels: list[Path], url: str, home: Home) -> list[Published]:
+def wheels_at(path: Path) -> list[Path]:
+    """The wheels to publish: a file, or every wheel in a directory; a path that does not exist
+    is an error (not an empty batch)."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(path.glob("*.whl"))
+    raise MirrorError(f"{path}: no such file or directory")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A wheel kiln may publish, and the index it goes to."""
+
+    path: Path
+    index: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """What a wheel's kiln.json says of where it comes from."""
+
+    cell: str
+    variant: str
+    closure_of: str | None
+
+
+def check(wheels: list[Path], cells: list[Cell], home: Home) -> list[Checked]:
+    """Every wheel of the batch with its index, or MirrorError naming each wheel refused and why
+    (one line). ``cells``: the recipes' cells; the closures recorded for them in ``home``, and
+    the closure cells the batch's own provenance names, are publishable too."""
+    projects = {canonicalize_name(c.project) for c in cells if c.closure_of is None}
+    known = _with_recorded_closures(cells, home)
+    refused: dict[Path, str] = {}
+    ok: dict[Path, tuple[str, _Origin]] = {}
+    for wheel in sorted(wheels):
+        try:
+            ok[wheel] = _origin(wheel)
+        except MirrorError as exc:
+            refused[wheel] = exc.message
+    # a closure cell is publishable when the cell that needed it is: a recipe's cell, a closure
+    # recorded in the home, or a wheel of this batch already found publishable
+    pending = {w: o for w, (_, o) in ok.items()
+               if canonicalize_name(parse_wheel_filename(w.name)[0]) not in projects and o.cell not in known}
+    while True:
+        found = {w for w, o in pending.items() if o.closure_of is not None and o.closure_of in known}
+        if not found:
+            break
+        known |= {pending.pop(w).cell for w in found}
+    for wheel in pending:
+        name = canonicalize_name(parse_wheel_filename(wheel.name)[0])
+        refused[wheel] = (f"{wheel.name}: no recipe names project {name}, nor is it the recorded closure of a "
+                          f"recipe's cell: publishing it would hide every upstream release of {name} on kiln's "
+                          "indexes")
+    if refused:
+        raise MirrorError("; ".join(refused[w] for w in sorted(refused)) + "; nothing was uploaded")
+    return [Checked(w, index, sha256_of(w)) for w, (index, _) in sorted(ok.items())]
+
+
+def _with_recorded_closures(cells: list[Cell], home: Home) -> set[str]:
+    """The ids of ``cells`` and of every closure cell recorded for them in the home, transitively."""
+    known: set[str] = set()
+    todo = list(cells)
+    while todo:
+        cell = todo.pop()
+        if cell.id not in known:
+            known.add(cell.id)
+            todo += closure.cells_of(home, cell)
+    return known
+
+
+def _origin(wheel: Path) -> tuple[str, _Origin]:
+    """The index a wheel goes to and its provenance; MirrorError (one line) when kiln did not
+    build it, or built it for another variant or as another wheel."""
+    variant = variant_of_wheel(wheel.name)
+    name, version, _, _ = parse_wheel_filename(wheel.name)
+    origin = _provenance(wheel)
+    if origin.variant != variant.name:
+        where = index_name(origin.variant) if _is_variant(origin.variant) else "no kiln index"
+        label = f"label +{version.local}" if version.local else "no label"
+        raise MirrorError(f"{wheel.name}: its {label} puts it on {index_name(variant.name)}, but its {PROVENANCE} "
+                          f"says kiln built it for variant {origin.variant} ({where})")
+    if not _names_wheel(origin.cell, origin.variant, name, version):
+        raise MirrorError(f"{wheel.name}: its {PROVENANCE} is of cell {origin.cell}, not of this wheel")
+    return index_name(variant.name), origin
+
+
+def _is_variant(name: str) -> bool:
+    try:
+        Variant.parse(name)
+    except ConfigError:
+        return False
+    return True
+
+
+def _provenance(wheel: Path) -> _Origin:
+    no = f"{wheel.name}: no kiln provenance (<name>.dist-info/{PROVENANCE}): kiln publishes only wheels it built"
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            found = [n for n in zf.namelist()
+                     if n.count("/") == 1 and n.endswith(f".dist-info/{PROVENANCE}")]
+            if len(found) != 1:
+                raise MirrorError(no)
+            data = json.loads(zf.read(found[0]))
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise MirrorError(f"{wheel.name}: not a readable wheel ({exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MirrorError(f"{wheel.name}: its {PROVENANCE} is not JSON ({exc})") from None
+    cell = data.get("cell") if isinstance(data, dict) else None
+    variant = data.get("variant") if isinstance(data, dict) else None
+    closure_of = data.get("closure_of") if isinstance(data, dict) else None
+    if not isinstance(cell, str) or not isinstance(variant, str) or not isinstance(closure_of, str | None):
+        raise MirrorError(f"{wheel.name}: its {PROVENANCE} names no cell and variant")
+    return _Origin(cell, variant, closure_of)
+
+
+def _names_wheel(cell_id: str, variant: str, name: str, version: Version) -> bool:
+    """Whether ``cell_id`` (``<project>-<version>-<python tag>-<variant>``) is this wheel's cell."""
+    head, sep, _ = cell_id.removesuffix(f"-{variant}").rpartition("-")
+    prefix = f"{canonicalize_name(name)}-"
+    if not sep or not cell_id.endswith(f"-{variant}") or not head.startswith(prefix):
+        return False
+    try:
+        return Version(head[len(prefix):]).public == version.public
+    except InvalidVersion:
+        return False
+
+
+@dataclass(frozen=True)
+class Uploader:
+    """Whose credentials kiln uploads with, and how a message names them."""
+
+    credentials: Credentials
+    what: str
+    indexes: tuple[str, ...] | None = None
+    """A token's only indexes; None: any the mirror lets this user upload to."""
+
+
+def uploader(home: Home) -> Uploader:
+    """$KILN_MIRROR_TOKEN (from `kiln token`), else KILN_MIRROR_USER/KILN_MIRROR_PASSWORD, else
+    user kiln's password from the home."""
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        parsed = tokens.parse(token)
+        return Uploader(Credentials(parsed.user, token), f"token {parsed.id} of user {parsed.user} (${TOKEN_ENV})",
+                        parsed.indexes)
+    creds = upload_credentials(home)
+    return Uploader(creds, f"user {creds.user}")
+
+
+def _may_upload(api: Devpi, url: str, who: Uploader, index: str) -> None:
+    """MirrorError (one line) unless ``who`` may upload to ``index``: a token scoped to other
+    indexes may not (devpi would refuse the upload: HTTP 403), nor a user the index's
+    ``acl_upload`` does not name; nothing is sent before every index of the batch passed."""
+    if who.indexes is not None and index not in who.indexes:
+        raise MirrorError(f"{who.what} may upload only to {', '.join(who.indexes)}, not to {index}")
+    try:
+        config = api.index(index)
+    except HTTPRefused as exc:
+        if exc.status not in (401, 403):
+            raise
+        raise MirrorError(f"{url} refused {who.what} on {index}: HTTP {exc.status} {_reason(exc.detail)}") from None
+    listed = (config or {}).get("acl_upload")
+    acl = [str(u) for u in listed] if isinstance(listed, list) else []
+    if who.credentials.user not in acl and ":ANONYMOUS:" not in acl:
+        raise MirrorError(f"{url}/{index} takes uploads from {', '.join(acl) or 'nobody'}, not from "
+                          f"{who.what}")
+
+
+def _reason(detail: str) -> str:
+    """devpi-tokens' reason without the exception's class: ``Token expired at ...``."""
+    return re.sub(r"^Exception during token verification: (?:[\w.]+: )?", "", detail)
+
+
+def _identify(api: Devpi, url: str, who: Uploader) -> None:
+    try:
+        identity = api.identity()
+    except HTTPRefused as exc:
+        if exc.status not in (401, 403):
+            raise
+        raise MirrorError(f"{url} refused {who.what}: HTTP {exc.status} {_reason(exc.detail)}"
+                          + ("; issue a new one with `kiln token`" if who.what.startswith("token") else "")) from None
+    if not identity.accepted or identity.user != who.credentials.user:
+        raise MirrorError(f"{url} refused {who.what}: wrong password (an upload would get HTTP 401)")
+
+
+def publish(wheels: list[Path], url: str, home: Home, cells: list[Cell]) -> list[Published]:
     """Upload wheels to the index of their variant; refuse to replace any published file.
 
-    Every wheel is checked before anything is uploaded: same filename and same sha256 is
-    skipped; same filename and other bytes is refused (MirrorError) and nothing changes.
+    ``cells``: the recipes' cells (every variant); only their projects and their closures are
+    published. Every wheel is checked before anything is uploaded (check()); then the mirror
+    must take the uploader's credentials for every index; then same filename and same sha256
+    is skipped, same filename and other bytes is refused (MirrorError) and nothing changes.
     """
-    creds = upload_credentials(home)
-    api = Devpi(url, creds)
-    by_index: dict[str, list[tuple[Path, str]]] = {}
-    for wheel in sorted(wheels):
-        by_index.setdefault(index_name(variant_of_wheel(wheel.name).name), []).append((wheel, sha256_of(wheel)))
+    checked = check(wheels, cells, home)
+    who = uploader(home)
+    api = Devpi(url, who.credentials)
+    _identify(api, url, who)
+    by_index: dict[str, list[Checked]] = {}
+    for item in checked:
+        by_index.setdefault(item.index, []).append(item)
     results: list[Published] = []
     todo: dict[str, list[Path]] = {}
-    for index, items in by_index.items():
-        if api.index(index) is None:
+    for index in by_index:
+        if Devpi(url).index(index) is None:
             _create_variant_index(home, url, index)
+        _may_upload(api, url, who, index)
+    for index, items in by_index.items():
         have = api.files(index)
-        for wheel, sha in items:
-            there = have.get(wheel.name)
+        for item in items:
+            there = have.get(item.path.name)
             if there is None:
-                todo.setdefault(index, []).append(wheel)
-            elif there.sha256 == sha:
-                results.append(Published(wheel.name, index, sha, uploaded=False))
+                todo.setdefault(index, []).append(item.path)
+            elif there.sha256 == item.sha256:
+                results.append(Published(item.path.name, index, item.sha256, uploaded=False))
             else:
-                raise MirrorError(f"{wheel.name} is already on {url}/{index} with sha256 {there.sha256[:16]}, "
-                                  f"this file has {sha[:16]}: published files are immutable; bump the "
+                raise MirrorError(f"{item.path.name} is already on {url}/{index} with sha256 {there.sha256[:16]}, "
+                                  f"this file has {item.sha256[:16]}: published files are immutable; bump the "
                                   "version or rebuild the same bytes")
     for index, paths in todo.items():
-        _upload(paths, f"{url}/{index}/", creds)
+        _upload(paths, f"{url}/{index}/", who.credentials)
         have = api.files(index)
         for wheel in paths:
             sha = sha256_of(wheel)
@@ -96,7 +310,7 @@ def _upload(wheels: list[Path], publish_url: str, creds: Credentials) -> None:
                           *[str(w) for w in wheels]], capture_output=True, text=True, env=env)
     if res.returncode != 0:
         lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
-        reason = lines[-1] if lines else f"exit {res.returncode}"
+        reason = lines[-1].removeprefix("cause: ") if lines else f"exit {res.returncode}"
         raise MirrorError(f"uv publish to {publish_url} failed: {reason}")
 
 
