@@ -37,7 +37,9 @@ MIRROR_PASSWORD = "kiln-test-mirror-password-5c1e0f"
 FILE_PASSWORD = "kiln-test-file-password-9a7b2d"
 GITHUB_TOKEN = "kiln-test-github-token-31f0aa"
 AWS_SECRET = "kiln-test-aws-secret-77d2c4"
-SECRETS = (MIRROR_PASSWORD, FILE_PASSWORD, GITHUB_TOKEN, AWS_SECRET)
+RECIPE_TOKEN = "kiln-test-recipe-token-4e8b19"
+"""A recipe's own value for a variable named like a credential: passed on, never logged."""
+SECRETS = (MIRROR_PASSWORD, FILE_PASSWORD, GITHUB_TOKEN, AWS_SECRET, RECIPE_TOKEN)
 CALLER_SECRETS = {"KILN_MIRROR_PASSWORD": MIRROR_PASSWORD, "GITHUB_TOKEN": GITHUB_TOKEN,
                   "AWS_SECRET_ACCESS_KEY": AWS_SECRET}
 
@@ -343,11 +345,12 @@ class Hostile:
     server: Listener
     cmdlines: dict[int, str]
     """Every process seen while the cell built: pid -> argv, as `ps` shows it."""
-    sandboxed: dict[int, bool]
-    """pid -> whether its environment held a secret, for the processes in kiln's sandbox."""
+    sandboxed: dict[int, tuple[bool, bool]]
+    """For the processes in kiln's sandbox, pid -> whether their environment held (a secret of
+    the caller's or the password file's, the recipe's own token)."""
 
 
-def scan(seen: dict[int, str], sandboxed: dict[int, bool]) -> None:
+def scan(seen: dict[int, str], sandboxed: dict[int, tuple[bool, bool]]) -> None:
     """One look at every process's argv, and at the environment of those in the sandbox."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -356,7 +359,8 @@ def scan(seen: dict[int, str], sandboxed: dict[int, bool]) -> None:
             argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
             if "kiln/sandbox.py" in argv or "_in_process.py" in argv:
                 environ = (proc / "environ").read_bytes()
-                sandboxed[int(proc.name)] = any(s.encode() in environ for s in SECRETS)
+                theirs = any(s.encode() in environ for s in (*CALLER_SECRETS.values(), FILE_PASSWORD))
+                sandboxed[int(proc.name)] = (theirs, RECIPE_TOKEN.encode() in environ)
         except OSError:
             continue
         if argv:
@@ -374,11 +378,12 @@ def hostile(tmp_path_factory: pytest.TempPathFactory, upstream: StaticIndex) -> 
     with Listener() as server:
         recipe = ("project: kilnhostile\nversions: [\"1.0.0\"]\nbuild:\n  env:\n"
                   f"    KILNHOSTILE_SECRET_FILE: \"{secret}\"\n    KILNHOSTILE_ADDRESS: \"{server.address}\"\n"
-                  "    KILNHOSTILE_LINGER: \"2\"\nmatrix:\n  python: [\"3.11\"]\n")
+                  f"    KILNHOSTILE_LINGER: \"2\"\n    KILNHOSTILE_TOKEN: \"{RECIPE_TOKEN}\"\n"
+                  "matrix:\n  python: [\"3.11\"]\n")
         recipes = recipes_dir(tmp / "recipes", ("kilnhostile.yaml", recipe))
         env = {**os.environ, **CALLER_SECRETS}
         cmdlines: dict[int, str] = {}
-        sandboxed: dict[int, bool] = {}
+        sandboxed: dict[int, tuple[bool, bool]] = {}
         with open(tmp / "output", "w") as out:
             proc = subprocess.Popen([str(BIN / "kiln"), "build", "--recipes", str(recipes), "--home", str(home),
                                      "--index-url", upstream.simple], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -455,13 +460,16 @@ def test_the_log_names_the_variables_left_out_and_holds_no_secret(hostile: Hosti
     assert len(lines) == 1
     never = lines[0].partition("; never passed on (credentials, cloud settings): ")[2].split(", ")
     assert set(CALLER_SECRETS) <= set(never)
+    assert "kiln: env KILNHOSTILE_TOKEN=(not shown)" in hostile.log.splitlines()
     assert not [s for s in SECRETS if s in hostile.log or s in hostile.output]
 
 
 def test_ps_shows_no_password_while_a_cell_builds(hostile: Hostile) -> None:
     """Every process's argv, looked at every few milliseconds during the build, holds none of
-    the secrets; the processes in the sandbox (seen: the scan covered the build) have none in
-    their environment either."""
+    the secrets; the processes in the sandbox (seen: the scan covered the build) have none of the
+    caller's in their environment, only the recipe's own."""
     assert any("kiln/sandbox.py" in argv for argv in hostile.cmdlines.values())
     assert not [argv for argv in hostile.cmdlines.values() if any(s in argv for s in SECRETS)]
-    assert hostile.sandboxed and not any(hostile.sandboxed.values())
+    assert hostile.sandboxed
+    assert not any(theirs for theirs, _ in hostile.sandboxed.values())
+    assert any(recipe for _, recipe in hostile.sandboxed.values())
