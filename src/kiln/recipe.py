@@ -8,17 +8,26 @@ from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from packaging.version import Version
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kiln.errors import ConfigError
-from kiln.yamlsrc import YamlDoc, load_yaml, pydantic_error
+from kiln.yamlsrc import ErrorAt, YamlDoc, load_yaml, pydantic_error, short
 
 TOOLCHAINS_FILE = "toolchains.yaml"
 PATCHES_DIR = "patches"
@@ -26,7 +35,16 @@ _ARCH_RE = re.compile(r"^\d+\.\d+a?(\+PTX)?$")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
+
+
+def check_pep508(item: str, at: str | int) -> None:
+    """Refuse ``item`` unless it is a PEP 508 requirement; the error names ``at`` (its index or key)."""
+    try:
+        Requirement(item)
+    except InvalidRequirement as exc:
+        reason = str(exc).splitlines()[0]
+        raise ErrorAt(at, f"not a PEP 508 requirement: {short(item)} ({reason})") from None
 
 
 def check_archs(value: str) -> str:
@@ -84,13 +102,13 @@ class BuildSpec(_Model):
     """Environment variables for the build, e.g. `MAMBA_FORCE_BUILD: "TRUE"`."""
     patches: list[str] = []
     """Unified diffs under `recipes/patches/`, applied in order with `patch -p1`."""
-    memory_per_job_gb: float = Field(default=2.0, gt=0)
+    memory_per_job_gb: float = Field(default=2.0, gt=0, le=1024)
     """Peak memory of one compile job; MAX_JOBS = min(cores, free memory / this)."""
     cuda_archs: Annotated[str, Field(default="")] = ""
     """GPU architectures for this project (overrides toolchains.yaml), e.g. `8.0;9.0`."""
-    timeout_minutes: int = Field(default=60, gt=0)
+    timeout_minutes: int = Field(default=60, gt=0, le=7 * 24 * 60)
     """How long one cell may take in CI before it is cancelled."""
-    number: int = Field(default=0, ge=0)
+    number: int = Field(default=0, ge=0, lt=2**31)
     """The wheel's build number (its build tag, `name-1.0-1-cp311-...whl`): raise it to publish a
     fixed wheel of a version already published; the old one stays, installers pick the new."""
 
@@ -100,18 +118,14 @@ class BuildSpec(_Model):
         for key, value in v.items():
             for item in (key, value):
                 if item is not None:
-                    cls._pep508([item])
+                    check_pep508(item, at=key)
         return v
 
     @field_validator("requires", "constraints")
     @classmethod
     def _pep508(cls, v: list[str]) -> list[str]:
-        for item in v:
-            try:
-                Requirement(item)
-            except InvalidRequirement as exc:
-                reason = str(exc).splitlines()[0]
-                raise ValueError(f"not a PEP 508 requirement: {item!r} ({reason})") from None
+        for i, item in enumerate(v):
+            check_pep508(item, at=i)
         return v
 
     @field_validator("cuda_archs")
@@ -125,7 +139,7 @@ class BuildSpec(_Model):
         if isinstance(v, dict):
             for key, val in v.items():
                 if not isinstance(val, str):
-                    raise ValueError(f"env {key}: expected a string, quote it (got {val!r})")
+                    raise ErrorAt(key, f"expected a string, quote it (got {short(val)})")
         return v
 
 
@@ -145,33 +159,33 @@ class MatrixSpec(_Model):
     @classmethod
     def _strings(cls, v: object) -> object:
         if isinstance(v, list):
-            for item in v:
+            for i, item in enumerate(v):
                 if not isinstance(item, str):
-                    raise ValueError(f"expected quoted strings like \"2.14\", got {item!r}")
+                    raise ErrorAt(i, f"expected quoted strings like \"2.14\", got {short(item)}")
         return v
 
     @field_validator("torch", "python")
     @classmethod
     def _minors(cls, v: list[str]) -> list[str]:
-        for item in v:
+        for i, item in enumerate(v):
             if not re.fullmatch(r"\d+\.\d+", item):
-                raise ValueError(f"expected a minor version like \"3.11\", got {item!r}")
+                raise ErrorAt(i, f"expected a minor version like \"3.11\", got {short(item)}")
         return v
 
     @field_validator("cuda")
     @classmethod
     def _cuda(cls, v: list[str]) -> list[str]:
-        for item in v:
+        for i, item in enumerate(v):
             if item != "cpu" and not re.fullmatch(r"\d+\.\d+", item):
-                raise ValueError(f"expected a CUDA version like \"13.0\" or \"cpu\", got {item!r}")
+                raise ErrorAt(i, f"expected a CUDA version like \"13.0\" or \"cpu\", got {short(item)}")
         return v
 
     @model_validator(mode="after")
     def _torch_needs_cuda(self) -> MatrixSpec:
         if self.torch and not self.cuda:
-            raise ValueError("torch is given but cuda is empty: list CUDA versions or \"cpu\"")
+            raise ErrorAt("torch", "torch is given but cuda is empty: list CUDA versions or \"cpu\"")
         if self.cuda and not self.torch:
-            raise ValueError("cuda is given but torch is empty")
+            raise ErrorAt("cuda", "cuda is given but torch is empty")
         return self
 
 
@@ -185,7 +199,7 @@ def check_run_export(value: str) -> str:
     try:
         SpecifierSet(value)
     except InvalidSpecifier:
-        raise ValueError(f"expected minor, major, exact or a specifier like \"<2\", got {value!r}") from None
+        raise ValueError(f"expected minor, major, exact or a specifier like \"<2\", got {short(value)}") from None
     return value
 
 
@@ -214,10 +228,11 @@ class RuntimeSpec(_Model):
     @classmethod
     def _run_exports(cls, v: dict[str, str]) -> dict[str, str]:
         for key, value in v.items():
-            BuildSpec._pep508([key])
-            if not isinstance(value, str):
-                raise ValueError(f"run_exports {key}: expected a string, got {value!r}")
-            check_run_export(value)
+            check_pep508(key, at=key)
+            try:
+                check_run_export(value)
+            except ValueError as exc:
+                raise ErrorAt(key, str(exc)) from None
         return v
 
 
@@ -228,6 +243,25 @@ class TestSpec(_Model):
     """Modules that must import, e.g. the compiled extension `causal_conv1d_cuda`."""
 
 
+def _source_kind(value: object) -> str | None:
+    """Which kind of source ``value`` is, so an error is about that kind alone."""
+    if value == "pypi":
+        return "pypi"
+    if isinstance(value, UrlSource) or (isinstance(value, dict) and "url" in value):
+        return "url-source"
+    if isinstance(value, GitSource) or (isinstance(value, dict) and "git" in value):
+        return "git-source"
+    return None
+
+
+Source = Annotated[
+    Annotated[Literal["pypi"], Tag("pypi")] | Annotated[UrlSource, Tag("url-source")]
+    | Annotated[GitSource, Tag("git-source")],
+    Discriminator(_source_kind, custom_error_type="source_kind",
+                  custom_error_message="expected 'pypi', {url: ..., sha256: ...} or {git: ..., tag: ...}"),
+]
+
+
 class Recipe(_Model):
     """What is needed to build one PyPI project."""
 
@@ -235,7 +269,7 @@ class Recipe(_Model):
     """The project's name on the package index."""
     versions: list[str]
     """Exact versions to build."""
-    source: Literal["pypi"] | UrlSource | GitSource = "pypi"
+    source: Source = "pypi"
     """`pypi` (the sdist from the index, checked against the index's sha256), `{url, sha256}`
     or `{git, tag}`."""
     build: BuildSpec = BuildSpec()
@@ -253,18 +287,20 @@ class Recipe(_Model):
     def _versions(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("list at least one version")
-        for item in v:
+        for i, item in enumerate(v):
             try:
-                Version(str(item))
-            except InvalidVersion:
-                raise ValueError(f"not a PEP 440 version: {item!r}") from None
-        return [str(i) for i in v]
+                Version(item)
+            except ValueError:  # InvalidVersion, or more digits than int() reads
+                raise ErrorAt(i, f"not a PEP 440 version: {short(item)}") from None
+        return v
 
     @field_validator("versions", mode="before")
     @classmethod
     def _versions_quoted(cls, v: object) -> object:
-        if isinstance(v, list) and any(not isinstance(i, str) for i in v):
-            raise ValueError("quote versions as strings, e.g. [\"1.0.6\"]")
+        if isinstance(v, list):
+            for i, item in enumerate(v):
+                if not isinstance(item, str):
+                    raise ErrorAt(i, f"quote versions as strings, e.g. [\"1.0.6\"] (got {short(item)})")
         return v
 
     @property
@@ -287,6 +323,14 @@ class Recipe(_Model):
     def patch_paths(self) -> list[Path]:
         return [self.path.parent / PATCHES_DIR / p for p in self.build.patches]
 
+    def line(self, *loc: str | int) -> int:
+        """The line of the recipe file that ``loc`` (e.g. `"matrix", "torch", 0`) is on, for errors
+        found after loading; 1 when the file cannot be read again."""
+        try:
+            return load_yaml(self.path).line_of(loc)
+        except ConfigError:
+            return 1
+
     @classmethod
     def for_closure(cls, project: str, version: str, beside: Path) -> Recipe:
         """The recipe kiln uses for a runtime dependency it builds without one: the sdist from
@@ -296,6 +340,10 @@ class Recipe(_Model):
 
 def load_recipe(path: Path) -> Recipe:
     """Load and validate one recipe; errors name file:line and what was expected."""
+    return _load_recipe(path)[0]
+
+
+def _load_recipe(path: Path) -> tuple[Recipe, YamlDoc]:
     doc = load_yaml(path)
     if not isinstance(doc.data, dict):
         raise doc.error((), "expected a mapping with at least 'project' and 'versions'")
@@ -303,17 +351,39 @@ def load_recipe(path: Path) -> Recipe:
         recipe = Recipe.model_validate(doc.data)
     except ValidationError as exc:
         raise pydantic_error(doc, exc) from None
-    _check_patches(doc, recipe)
-    digest = hashlib.sha256(path.read_bytes())
-    for name in recipe.build.patches:
-        digest.update((path.parent / PATCHES_DIR / name).read_bytes())
-    return recipe.model_copy(update={"path": path.absolute(), "sha256": digest.hexdigest()})
+    digest = hashlib.sha256(doc.raw)
+    for patch in _read_patches(doc, recipe):
+        digest.update(patch)
+    return recipe.model_copy(update={"path": path.absolute(), "sha256": digest.hexdigest()}), doc
 
 
-def _check_patches(doc: YamlDoc, recipe: Recipe) -> None:
+def _read_patches(doc: YamlDoc, recipe: Recipe) -> list[bytes]:
+    """Each patch's bytes; a patch must be a file under <recipes>/patches/, symlinks resolved."""
+    patches = doc.path.parent / PATCHES_DIR
+    inside = patches.resolve()
+    out = []
     for i, name in enumerate(recipe.build.patches):
-        if not (doc.path.parent / PATCHES_DIR / name).is_file():
-            raise doc.error(("build", "patches", i), f"no such patch: {PATCHES_DIR}/{name}")
+        loc = ("build", "patches", i)
+        if not name.strip() or not name.isprintable():
+            raise doc.error(loc, f"not a patch file name: {short(name)}")
+        parts = PurePosixPath(name)
+        if parts.is_absolute():
+            raise doc.error(loc, f"{name} is an absolute path; name a file under {PATCHES_DIR}/")
+        if ".." in parts.parts:
+            raise doc.error(loc, f"{name} leaves {PATCHES_DIR}/ ('..'); name a file under it")
+        try:
+            real = (patches / name).resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            raise doc.error(loc, f"{PATCHES_DIR}/{name}: cannot resolve: {exc}") from None
+        if not real.is_relative_to(inside):
+            raise doc.error(loc, f"{PATCHES_DIR}/{name} resolves to {real}, outside {PATCHES_DIR}/")
+        if not real.is_file():
+            raise doc.error(loc, f"no such patch: {PATCHES_DIR}/{name}")
+        try:
+            out.append(real.read_bytes())
+        except OSError as exc:
+            raise doc.error(loc, f"{PATCHES_DIR}/{name}: cannot read: {exc.strerror or exc}") from None
+    return out
 
 
 def recipe_files(recipes_dir: Path) -> list[Path]:
@@ -327,11 +397,12 @@ def recipe_files(recipes_dir: Path) -> list[Path]:
 
 def load_recipes(recipes_dir: Path, only: list[str] | None = None) -> list[Recipe]:
     """Every recipe in ``recipes_dir`` (or only those named), validated."""
-    recipes = [load_recipe(p) for p in recipe_files(recipes_dir)]
+    loaded = [_load_recipe(p) for p in recipe_files(recipes_dir)]
+    recipes = [r for r, _ in loaded]
     seen: dict[str, Path] = {}
-    for r in recipes:
+    for r, doc in loaded:
         if r.name in seen:
-            raise ConfigError(f"{r.path}:1: project {r.project!r} is also defined in {seen[r.name]}")
+            raise doc.error(("project",), f"{r.project!r} is also defined in {seen[r.name]}")
         seen[r.name] = r.path
     if only:
         wanted = {canonicalize_name(o) for o in only}

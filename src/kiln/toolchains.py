@@ -155,11 +155,14 @@ def load_toolchains(recipes_dir: Path) -> Toolchains:
     doc = load_yaml(path)
     if not isinstance(doc.data, dict):
         raise doc.error((), "expected a mapping with a 'torch' table")
-    data = dict(doc.data)
-    if isinstance(data.get("torch"), dict):
-        data["torch"] = {str(k): v for k, v in data["torch"].items()}
-    if isinstance(data.get("ci"), dict) and isinstance(data["ci"].get("images"), dict):
-        data["ci"] = {**data["ci"], "images": {str(k): v for k, v in data["ci"]["images"].items()}}
+    data = doc.data
+    tables: list[tuple[tuple[str, ...], object]] = [(("torch",), data.get("torch"))]
+    if isinstance(data.get("ci"), dict):
+        tables.append((("ci", "images"), data["ci"].get("images")))
+    for where, table in tables:
+        for key in table if isinstance(table, dict) else ():
+            if not isinstance(key, str):  # an unquoted 2.10 reads as the number 2.1
+                raise doc.error((*where, key), 'expected a quoted key like "2.14" (unquoted, 2.10 reads as 2.1)')
     try:
         tc = Toolchains.model_validate(data)
     except ValidationError as exc:
