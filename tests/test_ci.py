@@ -375,3 +375,16 @@ def test_every_ci_script_the_docs_name_exists_and_parses() -> None:
     res = subprocess.run([str(repo / "ci/build-cell.sh")], capture_output=True, text=True)
     assert res.returncode != 0
     assert res.stderr.strip().endswith("usage: ci/build-cell.sh CELL (a cell id from kiln plan --json)")
+
+
+def test_every_dev_command_kiln_names_exists() -> None:
+    """Messages and docs that tell a user to run `./dev WORD` name a command ./dev has."""
+    import re
+
+    repo = Path(__file__).parent.parent
+    dev = (repo / "dev").read_text()
+    handled = set(re.findall(r"^\s+(\w+)\)", dev, re.MULTILINE))
+    assert {"up", "test", "kiln"} <= handled
+    texts = [p.read_text() for p in [*(repo / "src").rglob("*.py"), repo / "README.md", *(repo / "ci").glob("*.md")]]
+    named = {m for t in texts for m in re.findall(r"\./dev (\w+)", t)}
+    assert named and named <= handled, named - handled
