@@ -386,5 +386,5 @@ def test_every_dev_command_kiln_names_exists() -> None:
     handled = set(re.findall(r"^\s+(\w+)\)", dev, re.MULTILINE))
     assert {"up", "test", "kiln"} <= handled
     texts = [p.read_text() for p in [*(repo / "src").rglob("*.py"), repo / "README.md", *(repo / "ci").glob("*.md")]]
-    named = {m for t in texts for m in re.findall(r"\./dev (\w+)", t)}
+    named = {m for t in texts for m in re.findall(r"`\./dev (\w+)", t)}
     assert named and named <= handled, named - handled

@@ -39,7 +39,7 @@ NET_PROBE = (
 def uv() -> str:
     exe = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
     if not Path(exe).exists():
-        raise HostError("uv not found: install kiln with its dependencies (./dev does, on first use)")
+        raise HostError("uv not found: install kiln with its dependencies (`./dev` does, on first use)")
     return exe
 
 
