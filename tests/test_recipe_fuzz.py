@@ -342,8 +342,10 @@ def check_input(recipes: Path, data: bytes) -> Recipe | None:
     path.write_bytes(data)
     TRIED["inputs"] += 1
     cli = TRIED["inputs"] % 10 == 0
+    recipe: Recipe | None = None
+    message = ""
     try:
-        [recipe] = load_recipes(recipes)
+        loaded = load_recipes(recipes)
     except ConfigError as exc:
         TRIED["refused"] += 1
         message = exc.message
@@ -351,9 +353,9 @@ def check_input(recipes: Path, data: bytes) -> Recipe | None:
         m = re.match(rf"{re.escape(str(path))}:(\d+): \S", message)
         assert m, message
         assert 1 <= int(m.group(1)) <= lines_in(data), (message, lines_in(data))
-        recipe = None
     else:
         TRIED["loaded"] += 1
+        [recipe] = loaded
         inside = (recipes / "patches").resolve()
         assert all(p.resolve().is_relative_to(inside) and p.resolve().is_file() for p in recipe.patch_paths)
     if cli:

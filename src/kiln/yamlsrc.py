@@ -2,11 +2,11 @@
 
 One pass: the text is composed once into a node tree (kept for line numbers) and the data is
 constructed from that tree. The loader refuses, as one-line ``file:line: ...`` ConfigErrors,
-what would otherwise end in a traceback, a hang or a silent surprise: bytes that are not UTF-8,
-characters YAML forbids (NUL and other controls), a key given twice in one mapping, nesting
-deeper than ``MAX_DEPTH``, anchors and aliases that expand to more than ``MAX_NODES`` values or
-refer to themselves, numbers that are not finite or do not fit in 64 bits, and scalars that a
-tag claims but that do not read as one (``!!int abc``, ``2001-13-45``).
+what would otherwise end in a traceback, a hang or a silent surprise: files over ``MAX_BYTES``,
+bytes that are not UTF-8, characters YAML forbids (NUL and other controls), a key given twice in
+one mapping, nesting deeper than ``MAX_DEPTH``, more than ``MAX_NODES`` values (aliases expanded),
+aliases that refer to themselves, numbers that are not finite or do not fit in 64 bits, and
+scalars that a tag claims but that do not read as one (``!!int abc``, ``2001-13-45``).
 
 Lines are counted as an editor does: after each ``\\n``. YAML also breaks lines at ``\\r``,
 U+0085, U+2028 and U+2029; those do not move the line a message names.
@@ -33,6 +33,8 @@ MAX_DEPTH = 32
 """Deepest nesting of collections accepted (aliases count as the nesting they stand for)."""
 MAX_NODES = 10_000
 """Most values a document may hold once its aliases are expanded (a recipe holds about 50)."""
+MAX_BYTES = 1 << 20
+"""Largest file read (a recipe is about 1 KiB; the toolchain table about 4 KiB)."""
 INT_RANGE = range(-(2**63), 2**63)
 """Integers a recipe may hold: 64-bit signed."""
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -90,6 +92,7 @@ class _Loader(yaml.SafeLoader):
         self.lines = lines  # (Reader's self.line is its own: the line it reads)
         self.depth = 0  # collections open around the node being composed
         self.expanded = 0  # values composed so far, aliases counted as what they stand for
+        self.aliased = False  # whether an alias was expanded so far
         self.sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) once composed
         self.keys: dict[int, object] = {}  # id(key node) -> the key it constructs to
 
@@ -99,7 +102,8 @@ class _Loader(yaml.SafeLoader):
     def _grow(self, values: int, mark: yaml.Mark) -> None:
         self.expanded += values
         if self.expanded > MAX_NODES:
-            raise _Refused(None, None, f"more than {MAX_NODES} values once aliases are expanded", mark)
+            how = "once aliases are expanded" if self.aliased else "in one file"
+            raise _Refused(None, None, f"more than {MAX_NODES} values {how}", mark)
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if self.check_event(yaml.AliasEvent):
@@ -113,6 +117,7 @@ class _Loader(yaml.SafeLoader):
                 if self.depth + depth > MAX_DEPTH:
                     raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels (through alias "
                                    f"*{event.anchor})", event.start_mark)
+                self.aliased = True
                 self._grow(values, event.start_mark)
             return super().compose_node(parent, index)  # an undefined alias is YAML's own error
         self.depth += 1
@@ -240,9 +245,12 @@ class YamlDoc:
 def load_yaml(path: Path) -> YamlDoc:
     """Parse ``path``; whatever it holds, a refusal is a one-line ConfigError naming file:line."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"{path}:1: larger than {MAX_BYTES >> 20} MiB; not a recipe or toolchain table")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
