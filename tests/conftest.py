@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,8 +60,14 @@ class _SimpleHandler(SimpleHTTPRequestHandler):
 
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".json": SIMPLE_JSON}
 
+    def __init__(self, *args: object, index: StaticIndex | None = None, **kwargs: object) -> None:
+        self.index = index  # set first: the base class answers the request in __init__
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
     def send_head(self):  # type: ignore[no-untyped-def]
         page = self.path.split("?")[0]
+        if self.index is not None and self.index.delay and page.startswith("/simple"):
+            time.sleep(self.index.delay)  # a slow upstream: its project list and pages answer late
         if (page.startswith("/simple/") and page.endswith("/") and page.count("/") == 3
                 and SIMPLE_JSON in self.headers.get("Accept", "")):
             self.path = page + "index.json"
@@ -76,6 +83,7 @@ class StaticIndex:
 
     root: Path
     url: str = ""
+    delay: float = 0.0  # seconds each simple page (the project list too) waits before answering
     _server: ThreadingHTTPServer | None = field(default=None, repr=False)
 
     @property
@@ -134,7 +142,7 @@ class StaticIndex:
         return entry
 
     def start(self) -> None:
-        handler = partial(_SimpleHandler, directory=str(self.root))
+        handler = partial(_SimpleHandler, directory=str(self.root), index=self)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

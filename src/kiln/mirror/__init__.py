@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from kiln.home import Home
 from kiln.matrix import Variant
 from kiln.mirror.api import Devpi
-from kiln.mirror.layout import PYPI_INDEX, USER, IndexConfig, index_name, layout, simple_url, variant_of_wheel
+from kiln.mirror.layout import (
+    PYPI_INDEX,
+    USER,
+    index_name,
+    layout,
+    pypi_mirror,
+    simple_url,
+    variant_of_wheel,
+)
 from kiln.mirror.publish import Published, mirror_url, publish, published, published_for
 from kiln.mirror.server import (
     DEFAULT_HOST,
@@ -64,7 +72,7 @@ def configure(home: Home, url: str, variants: list[Variant], toolchains: Toolcha
     """
     api = Devpi(url, root_credentials(home))
     changed = []
-    if api.ensure_index(IndexConfig(PYPI_INDEX, type="mirror", mirror_url=upstream)):
+    if api.ensure_index(pypi_mirror(upstream)):
         changed.append(PYPI_INDEX)
     api.ensure_user(USER, _secret_file(ServerFiles(home).kiln_password))
     plan = layout(variants, toolchains)

@@ -8,6 +8,12 @@
 Every kiln index is non-volatile with an empty ``mirror_whitelist``: once kiln serves a
 project, devpi hides the upstream releases of that project (its sdist above all), so an
 installer never silently falls back to a source build.
+
+``root/pypi`` does not load its upstream's list of every project (``mirror_no_project_list``):
+devpi asks for a project's own page and takes a 404 as "no such project". Otherwise a fresh
+mirror must first fetch the whole list (hundreds of thousands of names from the public index)
+within devpi's request timeout, and while it cannot, devpi drops ``root/pypi`` from a kiln
+index's page: an installer saw "no version of X" (kiln issue 11; plugin.py says the rest).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class IndexConfig:
     type: str = "stage"
     bases: tuple[str, ...] = ()
     mirror_url: str | None = None
+    project_list: bool = True  # a mirror loads its upstream's list of projects (devpi's default)
 
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = {"type": self.type, "volatile": False}
@@ -66,7 +73,14 @@ class IndexConfig:
             # devpi then serves `<file>.metadata` of files it has not fetched yet from the
             # upstream; kiln's plugin advertises it only where the upstream does (plugin.py)
             data["mirror_provides_core_metadata"] = True
+            data["mirror_no_project_list"] = not self.project_list
         return data
+
+
+def pypi_mirror(upstream: str | None) -> IndexConfig:
+    """``root/pypi``: devpi's mirror of ``upstream`` (None: devpi's default, the public index),
+    asking for each project's page rather than loading the list of all projects first."""
+    return IndexConfig(PYPI_INDEX, type="mirror", mirror_url=upstream, project_list=False)
 
 
 @dataclass

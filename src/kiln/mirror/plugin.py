@@ -17,6 +17,29 @@ project page (PEP 503 HTML and PEP 691 JSON) so that each wheel carries
 
 It is a tween, not a change to devpi's views, so that devpi stays unmodified; it is loaded by
 every devpi-server in an environment where kiln is installed (entry point ``devpi_server``).
+
+**A cold mirror never answers "no versions"** (kiln issue 11). devpi fetches a mirror's project
+page from the upstream when an installer first asks for it, and waits ``--request-timeout``
+(5 s) for it. When the upstream is slower, a page of a kiln index (a stage whose bases include
+``root/pypi``) is built without the mirror: devpi logs "Failed to check mirror whitelist. Assume
+it does not exist" and answers **200 with no files** (or 404 where it cannot tell whether the
+project exists; the same happens when the upstream's whole project list, which devpi wants before
+it asks for a project, did not arrive in time). uv takes an empty page as the truth ("there is
+no version of X==1.0", no retry); it retries only errors (3 times, 5xx included). And devpi's
+own fetch of that page gives up after the same 5 s (its HTTP client's read timeout), so a
+retry started again from nothing. The cure, where it arises:
+
+- the tween answers **503** (``Retry-After``, ``Cache-Control: no-store``) instead of a page of
+  a kiln index that lacks a mirror base which has no answer yet (or whose files, fetched since
+  the page was read, the page lacks): uv and pip retry it, and devpi's fetch finishes meanwhile;
+  a project the upstream does not have (404 there) keeps its plain 404;
+- devpi's HTTP client gets ``UPSTREAM_FETCH_TIMEOUT_S``, so a fetch that outlives the client's
+  wait goes on in the background (devpi does this after a timeout) and lands in the cache;
+- ``root/pypi`` is set ``mirror_no_project_list`` (layout.py): a fresh mirror asks for the
+  project's page at once instead of first loading the upstream's list of every project.
+
+Warming the mirror after publish was not chosen: it covers only what kiln published and its
+direct requirements, not the dependencies of upstream packages a user's resolve reaches.
 """
 
 from __future__ import annotations
@@ -31,11 +54,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
 
 from packaging.utils import (
     InvalidSdistFilename,
     InvalidWheelFilename,
+    canonicalize_name,
     parse_sdist_filename,
     parse_wheel_filename,
 )
@@ -49,6 +73,11 @@ ANCHOR = re.compile(r"<a\s+(?P<attrs>[^>]*)>(?P<text>[^<]*)</a>")
 ATTR = re.compile(r'([\w:-]+)="([^"]*)"')
 METADATA_ATTRS = ("data-dist-info-metadata", "data-core-metadata")
 UPSTREAM_TIMEOUT_S = 30.0
+# how long devpi's own fetches from an upstream may take; a client still waits only devpi's
+# --request-timeout, then gets 503 and retries while the fetch goes on in the background
+UPSTREAM_FETCH_TIMEOUT_S = 60.0
+RETRY_AFTER_S = 2
+MirrorAnswer = Literal["links", "absent", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -223,19 +252,132 @@ def rewrite_html(body: bytes, facts_of: Callable[[list[str]], list[Facts]]) -> b
     return "".join(out).encode()
 
 
+# ----------------------------------------------------------------------------- a cold mirror
+
+
+def consulted_mirrors(stage: Any, project: str) -> list[Any]:
+    """The mirror indexes devpi merges into ``stage``'s page of ``project``: every mirror base,
+    unless an index before it has the project and no ``mirror_whitelist`` lets the mirror in
+    (devpi's rule, ``op_sro_check_mirror_whitelist``)."""
+    if not stage.filter_projects([project]):
+        return []
+    inheritance = stage.get_whitelist_inheritance()
+    whitelist: set[str] | None = None
+    whitelisted = private = False
+    out = []
+    for base in stage.sro():
+        if base.ixconfig["type"] == "mirror":
+            if whitelisted or not private:
+                out.append(base)
+            continue
+        own = set(base.ixconfig.get("mirror_whitelist", ()))
+        if whitelist is None:
+            whitelist = own
+        else:
+            whitelist = whitelist | own if inheritance == "union" else whitelist & own
+        if whitelist & {"*", project}:
+            whitelisted = True
+        elif base.has_project_perstage(project):
+            private = True
+    return out
+
+
+def mirror_answer(mirror: Any, project: str) -> MirrorAnswer:
+    """What a mirror index knows of ``project`` in this transaction, without asking its upstream:
+    its links (fresh or stale), that the upstream has no such project (a 404 or the upstream's
+    project list, within the cache expiry), or nothing yet (a fetch timed out or failed)."""
+    if mirror.key_projsimplelinks(project).get():
+        return "links"
+    if mirror.offline or not mirror.cache_retrieve_times.is_expired(project, mirror.cache_expiry):
+        return "absent"
+    names = getattr(mirror, "cache_projectnames", None)
+    if (names is not None and not mirror.no_project_list and names.exists()
+            and not names.is_expired(mirror.cache_expiry) and project not in names.get()):
+        return "absent"
+    return "unknown"
+
+
+def _on_page(mirror: Any, project: str, paths: list[str]) -> bool:
+    """Whether the page (its link paths) carries the mirror's files of ``project``, if it has any."""
+    links = (mirror.key_projsimplelinks(project).get() or {}).get("links") or []
+    if not links or mirror.offline or mirror.use_external_url:
+        return True
+    return any(f"/{mirror.name}/+" in path for path in paths)
+
+
+def missing_mirror(stage: Any, project: str, paths: list[str]) -> str | None:
+    """The name of a mirror base whose answer ``stage``'s page of ``project`` lacks (the page's
+    link paths; none for a 404); None when the page is complete. A mirror with no answer, or
+    whose links are missing from the page, is looked at again at the newest serial first: a
+    fetch that finished in the background after this request's transaction began counts."""
+    mirrors = consulted_mirrors(stage, project)
+    if all(mirror_answer(m, project) == "links" and _on_page(m, project, paths) for m in mirrors):
+        return None
+    keyfs = stage.keyfs
+    if not keyfs.tx.write:
+        keyfs.restart_read_transaction()
+    for m in mirrors:
+        answer = mirror_answer(m, project)
+        if answer == "unknown" or (answer == "links" and not _on_page(m, project, paths)):
+            return str(m.name)
+    return None
+
+
+def page_paths(page_url: str, body: bytes, content_type: str) -> list[str]:
+    """The URL paths of the files a simple project page links."""
+    if content_type == SIMPLE_JSON:
+        hrefs = [str(f.get("url", "")) for f in json.loads(body).get("files", [])]
+    else:
+        hrefs = [dict(ATTR.findall(m.group("attrs"))).get("href", "")
+                 for m in ANCHOR.finditer(body.decode(errors="replace"))]
+    return [urllib.parse.unquote(urllib.parse.urlsplit(urllib.parse.urljoin(page_url, h)).path) for h in hrefs]
+
+
+def retry_later(mirror: str, project: str) -> Any:
+    """503 for a page that would lack ``mirror``'s answer: installers retry it, and never cache it."""
+    from pyramid.response import Response  # type: ignore[import-untyped]
+
+    text = (f"{mirror} has no answer for {project} yet: its upstream is slow or failing. "
+            f"Retry in {RETRY_AFTER_S} s.\n")
+    return Response(status=503, body=text.encode(), content_type="text/plain", charset="utf-8",
+                    headers={"Retry-After": str(RETRY_AFTER_S), "Cache-Control": "no-store"})
+
+
+def patient_upstream(xom: Any) -> None:
+    """Let devpi's fetches from upstreams run up to ``UPSTREAM_FETCH_TIMEOUT_S`` (its HTTP client
+    otherwise gives up after ``--request-timeout``, the time a client waits); how long a client
+    waits is unchanged."""
+    http = xom.http
+    timeout = getattr(http, "timeout", False)  # an offline devpi's client has none
+    if timeout is not False and (timeout is None or timeout < UPSTREAM_FETCH_TIMEOUT_S):
+        http.timeout = UPSTREAM_FETCH_TIMEOUT_S
+
+
 def simple_page_tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any], Any]:
-    source = FactsSource(registry["xom"])
+    xom = registry["xom"]
+    source = FactsSource(xom)
 
     def tween(request: Any) -> Any:
         response = handler(request)
         match = PROJECT_PAGE.match(request.path_info)
-        if match is None or request.method != "GET" or response.status_code != 200:
+        if match is None or request.method != "GET" or response.status_code not in (200, 404):
             return response
         content_type = response.content_type or ""
-        if content_type not in (SIMPLE_JSON, "text/html"):
+        if response.status_code == 200 and content_type not in (SIMPLE_JSON, "text/html"):
             return response
         page_url = request.url
-        project = match.group("project")
+        project = canonicalize_name(match.group("project"))
+        stage = xom.model.getstage(match.group("user"), match.group("index"))
+        if stage is not None and stage.ixconfig.get("type") == "stage":
+            paths = page_paths(page_url, response.body, content_type) if response.status_code == 200 else []
+            missing = missing_mirror(stage, project, paths)
+            if missing is not None:
+                from devpi_server.log import threadlog
+
+                threadlog.warn("kiln: 503 for %s: %s has no answer for it yet", request.path_info, missing)
+                return retry_later(missing, project)
+        if response.status_code != 200:
+            return response
 
         def facts_of(hrefs: list[str]) -> list[Facts]:
             return facts_for_page(source, page_url, project, hrefs)
@@ -249,5 +391,6 @@ def simple_page_tween_factory(handler: Callable[[Any], Any], registry: Any) -> C
 
 @hookimpl
 def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
+    patient_upstream(pyramid_config.registry["xom"])
     pyramid_config.add_tween("kiln.mirror.plugin.simple_page_tween_factory",
                              under="devpi_server.views.tween_keyfs_transaction")

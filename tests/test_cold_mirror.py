@@ -1,0 +1,131 @@
+"""End-to-end: the first install through a fresh mirror whose upstream answers slowly (kiln
+issue 11: "there is no version of tilelang==0.1.8" on a team's first install, fine a minute later).
+
+The upstream here holds only kilnfix-helper, and every simple page of it (the project list and
+each project's page) answers later than devpi-server waits for an upstream. A wheel published
+to a kiln variant index requires kilnfix-helper, so installing it needs root/pypi's page of a
+project devpi has never fetched. Before the fix devpi answered that page, on the kiln index,
+with no files (or 404), and uv failed at once; now the mirror answers 503 until devpi has the
+upstream's answer, and uv's own retries get it. See kiln/mirror/plugin.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BIN, Deployment, StaticIndex
+from devpi_server.config import DEFAULT_REQUEST_TIMEOUT
+from helpers import make_helper_wheel
+
+from kiln import mirror
+from kiln.home import Home
+from kiln.matrix import Variant
+from kiln.mirror.deploy import Site
+from kiln.mirror.server import upload_credentials
+
+pytestmark = pytest.mark.e2e
+
+VARIANT = "cpu-torch2.14"
+
+
+def devpi_wait_s() -> float:
+    """How long kiln's devpi-server waits for an upstream page before it answers a client."""
+    site = Site("127.0.0.1:1", 1, Path("serverdir"), Path("secret"))
+    return float(site.devpi_options().get("request-timeout", DEFAULT_REQUEST_TIMEOUT))
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticIndex]:
+    """This module's upstream (it overrides conftest's, so the ``deployment`` fixture mirrors it):
+    kilnfix-helper 1.4.0 alone, every simple page 2 s slower than devpi waits."""
+    root = tmp_path_factory.mktemp("slow-upstream")
+    wheels = tmp_path_factory.mktemp("slow-upstream-wheels")
+    index = StaticIndex(root, delay=devpi_wait_s() + 2)
+    index.add([make_helper_wheel("1.4.0", wheels)])
+    index.start()
+    yield index
+    index.stop()
+
+
+def wheel_requiring(name: str, version: str, requires: list[str], dest: Path) -> Path:
+    """A pure-Python wheel of ``name`` ``version`` whose metadata requires ``requires``."""
+    module = name.replace("-", "_")
+    root = dest / f"{module}-tree"
+    (root / module).mkdir(parents=True)
+    (root / module / "__init__.py").write_text("")
+    info = root / f"{module}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                                   + "".join(f"Requires-Dist: {r}\n" for r in requires))
+    (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(dest), str(root)],
+                   check=True, capture_output=True)
+    return dest / f"{module}-{version}-py3-none-any.whl"
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_")) and k != "VIRTUAL_ENV"}
+
+
+@pytest.fixture(scope="module")
+def published(deployment: Deployment, upstream: StaticIndex, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """kilncold 1.0+cpu.torch2.14, requiring kilnfix-helper==1.4.0, uploaded to kiln/cpu-torch2.14
+    as user kiln (straight with `uv publish`: it is not a wheel kiln built, which `kiln publish`
+    refuses); the index URL clients use."""
+    home = Home(deployment.home)
+    primary = mirror.url_for("127.0.0.1", deployment.port)
+    mirror.configure(home, primary, [Variant.parse(VARIANT)], None, upstream.simple)
+    wheel = wheel_requiring("kilncold", "1.0+cpu.torch2.14", ["kilnfix-helper==1.4.0"],
+                            tmp_path_factory.mktemp("kilncold"))
+    creds = upload_credentials(home)
+    res = subprocess.run([str(BIN / "uv"), "publish", "--no-progress", "--publish-url",
+                          f"{primary}/{mirror.index_name(VARIANT)}/", "--username", creds.user,
+                          "--password", creds.password, str(wheel)], capture_output=True, text=True,
+                         env=clean_env())
+    assert res.returncode == 0, res.stderr
+    deployment.settle()
+    return mirror.simple_url(deployment.url, VARIANT)
+
+
+def test_first_install_through_a_cold_mirror_succeeds(published: str, client_env: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    """The issue's command, first thing on a fresh mirror: nothing built, nothing cached."""
+    subprocess.run([str(BIN / "uv"), "venv", "--quiet", "--python", sys.executable, str(tmp_path / "venv")],
+                   check=True, env=client_env)
+    py = tmp_path / "venv" / "bin" / "python"
+    res = subprocess.run([str(BIN / "uv"), "pip", "install", "--python", str(py), "--no-build", "--no-cache",
+                          "--index-url", published, "kilncold"], capture_output=True, text=True, env=client_env,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    version = subprocess.run([str(py), "-c", "import kilnfix_helper; print(kilnfix_helper.__version__)"],
+                             capture_output=True, text=True)
+    assert version.stdout.strip() == "1.4.0", version.stderr
+
+
+def get(url: str) -> tuple[int, dict[str, str]]:
+    req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers)
+
+
+def test_a_project_the_upstream_lacks_is_503_until_known_then_404(published: str) -> None:
+    """The mirror says "try again" only while it does not know: once the slow upstream has
+    answered 404, the kiln index answers 404 too (an installer then says "not found")."""
+    page = f"{published}kilnnosuch/"
+    status, headers = get(page)
+    assert status == 503, status
+    assert headers.get("Retry-After") and headers.get("Cache-Control") == "no-store", headers
+    statuses = [status]
+    while statuses[-1] == 503 and len(statuses) < 20:  # each try waits for devpi's upstream fetch
+        statuses.append(get(page)[0])
+    assert statuses[-1] == 404, statuses
