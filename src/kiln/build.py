@@ -31,7 +31,17 @@ from kiln.host import available_memory_gb, usable_cores
 from kiln.matrix import Cell
 from kiln.sandbox import is_secret_name, secret_paths
 from kiln.toolchains import Toolchains, probe_host
-from kiln.wheel import Provenance, cuda_content, finish, pins_for
+from kiln.wheel import (
+    CudaArchs,
+    Provenance,
+    check_cuda_archs,
+    cuda_archs_found,
+    cuda_content,
+    find_cuobjdump,
+    finish,
+    pins_for,
+    read_provenance,
+)
 
 @dataclass(frozen=True)
 class Parallelism:
@@ -137,9 +147,19 @@ def build_cell(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backen
             print(f"kiln: built {wheel.name}", file=log, flush=True)
             result = CellResult(cell=cell.id, status="built", log=str(log_path), wheel=wheel.name,
                                 seconds=time.monotonic() - started, cuda_archs=archs, closure_of=cell.closure_of,
-                                closure_built=closure_built)
+                                closure_built=closure_built,
+                                cuda_archs_found=_archs_found(wheel))
     result.save(home)
     return result
+
+
+def _archs_found(wheel: Path) -> dict[str, list[str]] | None:
+    """The CUDA architectures the finished wheel's provenance records, as the cell result keeps them."""
+    try:
+        found = CudaArchs.from_json(read_provenance(wheel).get("cuda_archs_found"))
+    except (OSError, ValueError, KeyError):
+        return None
+    return found.to_json() if found else None
 
 
 def _failed(cell: Cell, log: TextIO, log_path: Path, started: float, message: str) -> CellResult:
@@ -292,7 +312,8 @@ def write_constraints(cell: Cell, path: Path) -> Path:
 def finish_cell(cell: Cell, toolchains: Toolchains, res: CompileResult, src: source.Source,
                 backend_name: str, work: Path, log: TextIO) -> tuple[Path, str | None]:
     """Finish a raw wheel (label, run-exports, provenance, tag) into ``work``/finished; a wheel
-    of a cell without CUDA that holds CUDA is refused."""
+    of a cell without CUDA that holds CUDA is refused, and so is one of a CUDA cell whose shared
+    objects hold no device code or miss an architecture the cell asked for (cuobjdump's lists)."""
     if cell.variant.cuda_major is None and (found := cuda_content(res.wheel)):
         for line in found:
             print(f"kiln: CUDA in a {cell.variant.name} wheel: {line}", file=log, flush=True)
@@ -300,6 +321,17 @@ def finish_cell(cell: Cell, toolchains: Toolchains, res: CompileResult, src: sou
                          + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
     host = probe_host()
     archs = cell.cuda_archs if cell.variant.cuda_major else None
+    device: CudaArchs | None = None
+    if cell.variant.cuda_major:
+        cuobjdump = find_cuobjdump(host.cuda_home)
+        if cuobjdump is None:
+            print("kiln: no cuobjdump (CUDA_HOME/bin, PATH, nvidia-cuda-cuobjdump): CUDA architectures not "
+                  "checked", file=log, flush=True)
+        else:
+            device = cuda_archs_found(res.wheel, cuobjdump)
+            print(f"kiln: CUDA architectures found by {cuobjdump}: {device}", file=log, flush=True)
+            if why := check_cuda_archs(device, cell.cuda_archs):
+                raise BuildError(f"{res.wheel.name}: {why}")
     prov = Provenance(
         kiln_version=kiln.__version__, cell=cell.id, variant=cell.variant.name,
         recipe=cell.recipe.path.name, recipe_sha256=cell.recipe.sha256, source_url=src.url,
@@ -308,7 +340,7 @@ def finish_cell(cell: Cell, toolchains: Toolchains, res: CompileResult, src: sou
             host.nvcc_version if cell.variant.cuda_major else None),
         compiler=res.compiler, build_env=res.freeze, backend=backend_name,
         build_requires=res.build_requires.to_json() if res.build_requires else None,
-        closure_of=cell.closure_of)
+        closure_of=cell.closure_of, cuda_archs_found=device.to_json() if device else None)
     pins = pins_for(cell, toolchains, res.installed)
     if pins:
         print(f"kiln: run-exports: {', '.join(pins)}", file=log, flush=True)

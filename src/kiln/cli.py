@@ -41,6 +41,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from kiln.plan import MISSING, cell_status
+    from kiln.wheel import CudaArchs
 
     toolchains, cells = _load(args)
     home = Home(Path(args.home))
@@ -51,14 +52,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=2))
         return 0
-    table = Table("cell", "variant", "archs", "status", "detail")
+    found = any(r.cuda_archs_found for r in rows)  # the archs cuobjdump found, for CUDA cells built
+    table = Table("cell", "variant", "archs", *(["archs found"] if found else []), "status", "detail")
     colors = {"published": "green", "built": "cyan", "stale": "magenta", "failed": "red", "not-buildable": "yellow"}
     for r in rows:
         color = colors.get(r.status, "white")
         detail = r.detail if r.status == "stale" else (r.wheel or r.detail)
         if r.closure_of:
             detail = f"{detail} (closure of {r.closure_of})".lstrip()
-        table.add_row(r.cell, r.variant, r.cuda_archs or "", f"[{color}]{r.status}", detail)
+        archs_found = [str(CudaArchs.from_json(r.cuda_archs_found) or "")] if found else []
+        table.add_row(r.cell, r.variant, r.cuda_archs or "", *archs_found, f"[{color}]{r.status}", detail)
     console.print(table)
     return 0
 
@@ -70,6 +73,31 @@ def _published(args: argparse.Namespace, toolchains: Toolchains, cells: list[Cel
     except ImportError:
         return None
     return mirror.published_for(args, sorted({c.variant.name for c in cells}))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from kiln import status
+    from kiln.mirror import running
+
+    toolchains, cells = _load(args)
+    home = Home(Path(args.home))
+    published = _published(args, toolchains, cells)
+    current = None if args.mirror else running(home)
+    url = args.mirror.rstrip("/") if args.mirror else (current.url if current else None)
+    page = status.collect(cells, toolchains, home, url, published, Path(args.out) if args.out else None)
+    if args.json:
+        print(status.render_json(page), end="")
+    if args.html:
+        out = Path(args.html)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(status.render_html(page), encoding="utf-8")
+        err_console.print(f"wrote {out}", markup=False, highlight=False)
+    if not args.json and not args.html:
+        counts = ", ".join(f"{n} {s}" for s, n in page.counts.items() if n)
+        console.print(f"{sum(page.counts.values())} cells: {counts or 'none'}; --html FILE writes the page, "
+                      "--json prints its data" + (f"; the mirror serves it at {url}{status.PATH}" if current else ""),
+                      markup=False, highlight=False)
+    return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -153,10 +181,24 @@ def cmd_publish(args: argparse.Namespace) -> int:
         console.print(f"no wheels in {path}")
         return 0
     url = mirror_url(home, args.mirror)
-    _, cells = _load(args)
+    toolchains, cells = _load(args)
     for res in publish(wheels, url, home, cells):
         console.print(f"{'uploaded' if res.uploaded else 'already there'}: {res.index} {res.wheel}")
+    _refresh_status(home, cells, toolchains)
     return 0
+
+
+def _refresh_status(home: Home, cells: list[Cell], toolchains: Toolchains) -> None:
+    """Rewrite the page the home's running mirror serves at /+kiln/; a failure is said, never fatal."""
+    from kiln import status
+
+    try:
+        page = status.refresh(home, cells, toolchains)
+    except (OSError, KilnError) as exc:
+        err_console.print(f"note: status page not updated: {exc}", markup=False, highlight=False)
+        return
+    if page:
+        err_console.print(f"status page: {page}", markup=False, highlight=False)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -219,6 +261,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         console.print(f"FAILED {line}")
     for line in report.install:
         console.print(line)
+    if report.status_page:
+        console.print(f"status page: {report.status_page}")
     return 4 if report.failed else 0
 
 
@@ -369,6 +413,14 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.add_argument("--missing", action="store_true", help="only cells still missing")
     sp.set_defaults(func=cmd_plan)
+
+    sp = sub.add_parser("status", help="the status page of every cell (HTML, or its JSON)")
+    recipes_args(sp)
+    sp.add_argument("--out", help="wheelhouse to look in (default: <home>/wheelhouse)")
+    sp.add_argument("--mirror", help="mirror URL to look for published wheels (default: the home's running mirror)")
+    sp.add_argument("--html", metavar="FILE", help="write the page (one self-contained HTML file) to FILE")
+    sp.add_argument("--json", action="store_true", help="print the page's data as JSON")
+    sp.set_defaults(func=cmd_status)
 
     sp = writer("build", help="build, finish and smoke-test wheels")
     recipes_args(sp)

@@ -161,6 +161,8 @@ class CellResult:
     wheel: str | None = None
     error: str | None = None
     cuda_archs: str | None = None
+    cuda_archs_found: dict[str, list[str]] | None = None
+    """For a CUDA cell: the SASS and PTX cuobjdump found in its wheel (kiln.wheel.CudaArchs.to_json)."""
     closure_of: str | None = None
     """For a closure cell: the cell whose runtime requirement it is."""
     closure_built: list[str] = field(default_factory=list)

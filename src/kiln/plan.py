@@ -20,7 +20,7 @@ from kiln import closure
 from kiln.home import CellResult, Home, set_aside
 from kiln.matrix import Cell, not_buildable
 from kiln.toolchains import Toolchains
-from kiln.wheel import read_provenance
+from kiln.wheel import CudaArchs, read_provenance
 
 
 class Status(StrEnum):
@@ -53,6 +53,9 @@ class CellStatus:
     wheel: str | None = None
     closure_of: str | None = None
     """For a closure cell: the cell whose runtime requirement it is."""
+    cuda_archs_found: dict[str, list[str]] | None = None
+    """For a CUDA cell: the SASS and PTX cuobjdump found in its wheel (kiln.wheel.CudaArchs.to_json),
+    from the wheel's provenance, else from the cell's last build here."""
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -109,6 +112,21 @@ def intact_wheels(wheelhouse: Path) -> list[Path]:
     return found
 
 
+def archs_found(wheel: Path | None, result: CellResult | None) -> dict[str, list[str]] | None:
+    """The CUDA architectures found in a cell's wheel: its provenance's record when the wheel is
+    here, else the cell result's."""
+    record: object = None
+    if wheel is not None:
+        try:
+            record = read_provenance(wheel).get("cuda_archs_found")
+        except (OSError, ValueError, KeyError):
+            record = None
+    if record is None and result is not None:
+        record = result.cuda_archs_found
+    found = CudaArchs.from_json(record)
+    return found.to_json() if found else None
+
+
 def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhouse: Path,
                 published: dict[str, list[str]] | None = None) -> list[CellStatus]:
     """Status rows of ``cells`` and of their closure cells recorded in the home; ``published``
@@ -126,6 +144,8 @@ def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhous
         built = [f for f in local if wheel_matches(f, cell)]
         if result and result.cuda_archs:
             row.cuda_archs = result.cuda_archs
+        if v.cuda_major:
+            row.cuda_archs_found = archs_found(wheelhouse / built[0] if built else None, result)
         if on_mirror:
             row.status, row.wheel = PUBLISHED, on_mirror[0]
         elif built and stale(wheelhouse / built[0], cell):

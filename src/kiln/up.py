@@ -8,8 +8,10 @@ from pathlib import Path
 from rich.console import Console
 
 from kiln import mirror
+from kiln import status as status_page
 from kiln.backends import get_backend
 from kiln.build import build_cells
+from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.matrix import MAIN, Cell
 from kiln.plan import BUILT, NOT_BUILDABLE, PUBLISHED, cell_status, to_build
@@ -30,6 +32,8 @@ class UpReport:
     cuda_skipped: int = 0
     notes: list[str] = field(default_factory=list)
     install: list[str] = field(default_factory=list)
+    status_page: str | None = None
+    """Where the mirror serves the status page (rewritten at the end of every run)."""
 
 
 def drop_cuda(cells: list[Cell]) -> tuple[list[Cell], int]:
@@ -77,6 +81,10 @@ def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: i
             (report.uploaded if res.uploaded else report.already).append(res.wheel)
     ok = {c.cell for c in rows.values() if c.status in (BUILT, PUBLISHED)}
     report.install = install_lines(served.url, [c for c in cells if c.id in ok])
+    try:
+        report.status_page = status_page.refresh(home, [*all_variants, *cells], toolchains)
+    except (OSError, KilnError) as exc:
+        report.notes.append(f"status page not updated: {exc}")
     return report
 
 

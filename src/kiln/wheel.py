@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from email.generator import BytesGenerator
@@ -64,6 +65,10 @@ class Provenance:
     """The build requirements tier by tier (kiln.buildreqs.BuildRequirements)."""
     closure_of: str | None = None
     """For a runtime dependency kiln built without a recipe: the cell that needed it."""
+    cuda_archs_found: dict[str, list[str]] | None = None
+    """What the wheel's shared objects hold, as cuobjdump lists it (CudaArchs.to_json):
+    ``{"sass": ["sm_80", "sm_90"], "ptx": ["compute_90"], ...}``; None for a wheel without CUDA,
+    or when no cuobjdump was found."""
 
 
 def run_export(name: str, kind: str, version: str) -> str:
@@ -212,3 +217,164 @@ def _run(cmd: list[str], cell: Cell) -> None:
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise BuildError(f"{cell.id}: {' '.join(cmd[2:4])} failed: {res.stderr.strip()[-300:]}")
+
+
+# ----------------------------------------------------------------------------- CUDA archs found
+# What a CUDA wheel's extensions really hold, from cuobjdump: the SASS (cubins, one per GPU
+# architecture, "sm_90") and the PTX (compiled just in time on newer GPUs, "compute_90").
+
+_FATBIN_ENTRY = re.compile(r"^Fatbin (?P<kind>elf|ptx) code:")
+_ARCH_LINE = re.compile(r"^arch = (?P<arch>sm_\d+[a-z]?)\s*$")
+_FUNCTION_LINE = re.compile(r"^\s*Function \S+:")
+NO_DEVICE_CODE = ("does not contain device code", "No ELF file found", "No PTX file found")
+
+
+@dataclass(frozen=True)
+class CudaArchs:
+    """The device code of a wheel's shared objects: every SASS and PTX architecture found."""
+
+    sass: tuple[str, ...] = ()
+    """Architectures with SASS (machine code), e.g. ``sm_80``, ``sm_90a``."""
+    ptx: tuple[str, ...] = ()
+    """Architectures with PTX, e.g. ``compute_90``."""
+    with_device_code: tuple[str, ...] = ()
+    """The wheel's shared objects that hold device code."""
+    without_device_code: tuple[str, ...] = ()
+    """The wheel's shared objects that hold none."""
+
+    @property
+    def empty(self) -> bool:
+        return not self.sass and not self.ptx
+
+    def __str__(self) -> str:
+        """``sm_80 sm_90 compute_90``, or ``no device code``."""
+        return " ".join([*self.sass, *self.ptx]) or "no device code"
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"sass": list(self.sass), "ptx": list(self.ptx), "with_device_code": list(self.with_device_code),
+                "without_device_code": list(self.without_device_code)}
+
+    @classmethod
+    def from_json(cls, data: object) -> CudaArchs | None:
+        """The record ``to_json`` wrote (a provenance's, a cell result's); None for anything else."""
+        if not isinstance(data, dict):
+            return None
+
+        def names(key: str) -> tuple[str, ...]:
+            value = data.get(key) or []
+            return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+        return cls(names("sass"), names("ptx"), names("with_device_code"), names("without_device_code"))
+
+
+def find_cuobjdump(cuda_home: Path | None) -> Path | None:
+    """The CUDA toolkit's cuobjdump (``<cuda_home>/bin``), else one on PATH, else the one the
+    nvidia-cuda-cuobjdump wheel puts beside kiln (``nvidia/cu*/bin``); None when there is none."""
+    if cuda_home is not None and (cuda_home / "bin" / "cuobjdump").is_file():
+        return cuda_home / "bin" / "cuobjdump"
+    if found := shutil.which("cuobjdump"):
+        return Path(found)
+    for entry in sys.path:
+        for exe in sorted(Path(entry or ".").glob("nvidia/cu*/bin/cuobjdump"), reverse=True):
+            if os.access(exe, os.X_OK) or _make_executable(exe):
+                return exe
+    return None
+
+
+def _make_executable(exe: Path) -> bool:
+    """Some installers drop the x bit of a wheel's binary; put it back where kiln may."""
+    try:
+        exe.chmod(exe.stat().st_mode | 0o111)
+    except OSError:
+        return False
+    return os.access(exe, os.X_OK)
+
+
+def list_device_code(path: Path, cuobjdump: Path) -> tuple[list[str], list[str]]:
+    """The SASS (``sm_90``) and PTX (``compute_90``) architectures in one ELF file, each once, in
+    the order cuobjdump lists them; two empty lists when it holds no device code.
+
+    Read from ``cuobjdump --dump-resource-usage``, which names every fatbin entry's architecture
+    (as ``--list-elf`` and ``--list-ptx`` do) and the functions of each cubin: a cubin without
+    a function, the stub nvcc's device link leaves in any object it links, is no device code."""
+    res = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(path)], capture_output=True, text=True)
+    if res.returncode != 0 and not any(s in res.stderr for s in NO_DEVICE_CODE):
+        last = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+        raise BuildError(f"{cuobjdump} cannot read {path.name}: {last}")
+    sass: list[str] = []
+    ptx: list[str] = []
+    kind = arch = None
+    for line in res.stdout.splitlines():
+        if m := _FATBIN_ENTRY.match(line):
+            kind, arch = m["kind"], None
+        elif (m := _ARCH_LINE.match(line)) and kind is not None:
+            arch = m["arch"]
+            if kind == "ptx":
+                ptx.append(arch.replace("sm_", "compute_", 1))
+        elif kind == "elf" and arch is not None and _FUNCTION_LINE.match(line):
+            sass.append(arch)
+    return list(dict.fromkeys(sass)), list(dict.fromkeys(ptx))
+
+
+def _arch_key(name: str) -> tuple[int, str]:
+    digits = re.sub(r"\D", "", name)
+    return int(digits or 0), name
+
+
+def cuda_archs_found(wheel: Path, cuobjdump: Path) -> CudaArchs:
+    """Every SASS and PTX architecture in the shared objects (ELF files) of ``wheel``."""
+    sass: set[str] = set()
+    ptx: set[str] = set()
+    with_code: list[str] = []
+    without: list[str] = []
+    with zipfile.ZipFile(wheel) as zf, tempfile.TemporaryDirectory(prefix="kiln-cuobjdump-") as tmp:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            with zf.open(info) as f:
+                if f.read(4) != b"\x7fELF":
+                    continue
+            target = Path(tmp) / Path(info.filename).name
+            target.write_bytes(zf.read(info))
+            found_sass, found_ptx = list_device_code(target, cuobjdump)
+            target.unlink()
+            (with_code if found_sass or found_ptx else without).append(info.filename)
+            sass.update(found_sass)
+            ptx.update(found_ptx)
+    return CudaArchs(tuple(sorted(sass, key=_arch_key)), tuple(sorted(ptx, key=_arch_key)),
+                     tuple(with_code), tuple(without))
+
+
+def wanted_archs(cuda_archs: str) -> tuple[list[str], list[str]]:
+    """The SASS and PTX a cell's ``cuda_archs`` asks for: ``8.0;9.0a+PTX`` -> (``sm_80``,
+    ``sm_90a``), (``compute_90a``); ``upstream`` asks for none in particular."""
+    if cuda_archs.strip() in ("", "upstream"):
+        return [], []
+    sass: list[str] = []
+    ptx: list[str] = []
+    for part in cuda_archs.replace(" ", ";").split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        arch, plus_ptx = (part[:-4], True) if part.upper().endswith("+PTX") else (part, False)
+        code = arch.replace(".", "")
+        sass.append(f"sm_{code}")
+        if plus_ptx:
+            ptx.append(f"compute_{code}")
+    return sass, ptx
+
+
+def check_cuda_archs(found: CudaArchs, wanted: str) -> str | None:
+    """Why a CUDA wheel holding ``found`` fails a cell that asked for ``wanted`` (its
+    cuda_archs: ``8.0;9.0+PTX`` or ``upstream``): no device code at all, or an architecture
+    asked for and missing; None when it passes."""
+    if found.empty:
+        objects = ", ".join(found.without_device_code) or "none"
+        return (f"the wheel holds no CUDA device code (shared objects: {objects}): its extensions were "
+                "built without CUDA (check CUDA_HOME, FORCE_CUDA and the recipe's build.env)")
+    want_sass, want_ptx = wanted_archs(wanted)
+    missing = [a for a in want_sass if a not in found.sass] + [a for a in want_ptx if a not in found.ptx]
+    if missing:
+        return (f"CUDA architectures asked for ({wanted}) missing from the wheel: {', '.join(missing)} "
+                f"(found {found}); does the build honour TORCH_CUDA_ARCH_LIST, or hard-code -gencode?")
+    return None
