@@ -44,7 +44,7 @@ VARIANTS = ["main", "cpu-torch2.14"]
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def kiln_wheel(dest: Path, project: str, version: str, *, variant: str = "main", cell: str | None = None,
@@ -356,7 +356,6 @@ def test_recipes_projects_and_their_closures_are_published(site: Site, tmp_path:
     deep = kiln_wheel(tmp_path, "kilnlibdep", "1.1.0", closure_of="kilnlib-1.0.0-cp311-main")
     res = site.publish(deep)
     assert res.returncode == 0 and res.stdout.strip() == f"uploaded: kiln/main {deep.name}", res.stderr
-    assert res.stderr == ""
 
 
 # ----------------------------------------------------------------------------- tokens

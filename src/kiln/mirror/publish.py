@@ -21,7 +21,7 @@ from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from kiln import closure
@@ -31,7 +31,12 @@ from kiln.matrix import Cell, Variant
 from kiln.mirror import tokens
 from kiln.mirror.api import Credentials, Devpi, HTTPRefused
 from kiln.mirror.layout import index_name, layout, variant_of_wheel
-from kiln.mirror.server import ServerFiles, root_credentials, running, upload_credentials
+from kiln.mirror.server import (
+    ServerFiles,
+    root_credentials,
+    running,
+    upload_credentials,
+)
 from kiln.source import sha256_of
 from kiln.wheel import PROVENANCE
 
@@ -305,9 +310,10 @@ def _upload(wheels: list[Path], publish_url: str, creds: Credentials) -> None:
     from kiln.backends.local import uv
 
     env = dict(os.environ, UV_PUBLISH_USERNAME=creds.user, UV_PUBLISH_PASSWORD=creds.password)
-    env.pop("UV_PUBLISH_TOKEN", None)
+    for name in ("UV_PUBLISH_TOKEN", TOKEN_ENV, "KILN_MIRROR_PASSWORD"):  # uv gets the credentials once
+        env.pop(name, None)
     res = subprocess.run([uv(), "publish", "--no-progress", "--publish-url", publish_url,
-                          *[str(w) for w in wheels]], capture_output=True, text=True, env=env)
+                          *[str(w) for w in wheels]], check=False, capture_output=True, text=True, env=env)
     if res.returncode != 0:
         lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
         reason = lines[-1].removeprefix("cause: ") if lines else f"exit {res.returncode}"
