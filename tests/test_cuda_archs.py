@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -126,3 +127,79 @@ def test_records_without_cuobjdump() -> None:
     assert CudaArchs.from_json(None) is None
     assert CudaArchs.from_json({"sass": ["sm_90"]}) == CudaArchs(sass=("sm_90",))
     assert str(CudaArchs()) == "no device code"
+
+
+# ----------------------------------------------------------------------------- a CUDA cell's finish step
+
+KERN_RECIPE = """\
+project: kilnkern
+versions: ["1.0.0"]
+source:
+  url: kilnkern-{version}.tar.gz
+  sha256: "%s"
+build:
+  cuda_archs: "8.0;9.0"
+matrix:
+  torch: ["2.14"]
+  cuda: ["13.0"]
+  python: ["3.11"]
+""" % ("0" * 64)
+
+
+def _raw_wheel(dest: Path, so: Path) -> Path:
+    """A raw wheel of kilnkern 1.0.0 (cp311, linux) holding ``so`` as its extension."""
+    tree = dest / "kilnkern-1.0.0"
+    (tree / "kilnkern").mkdir(parents=True)
+    (tree / "kilnkern" / "__init__.py").write_text("")
+    shutil.copy(so, tree / "kilnkern" / "_kern.cpython-311-x86_64-linux-gnu.so")
+    info = tree / "kilnkern-1.0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kilnkern\nVersion: 1.0.0\n")
+    (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: false\n"
+                                "Tag: cp311-cp311-linux_x86_64\n")
+    subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(dest), str(tree)], check=True,
+                   capture_output=True)
+    (wheel,) = dest.glob("*.whl")
+    return wheel
+
+
+def _finish(tmp_path: Path, so: Path) -> tuple[Path, str]:
+    from helpers import FIXTURE_SDIST, recipes_dir
+
+    from kiln.backends import CompileResult
+    from kiln.build import finish_cell
+    from kiln.matrix import expand
+    from kiln.recipe import load_recipes
+    from kiln.source import Source
+    from kiln.toolchains import load_toolchains
+
+    recipes = recipes_dir(tmp_path / "recipes", ("kilnkern.yaml", KERN_RECIPE))
+    tc = load_toolchains(recipes)
+    (cell,) = expand(load_recipes(recipes, None), tc)
+    assert cell.cuda_archs == "8.0;9.0"
+    res = CompileResult(wheel=_raw_wheel(tmp_path / "raw", so), installed={"torch": "2.14.1"}, freeze=[],
+                        python="3.11", compiler="gcc")
+    with open(tmp_path / "log", "w") as log:
+        finished, _ = finish_cell(cell, tc, res, Source(FIXTURE_SDIST, "file:///x", "0" * 64), "local",
+                                  tmp_path / "work", log)
+    return finished, (tmp_path / "log").read_text()
+
+
+def test_finish_records_the_archs_found_in_the_provenance(objects: dict[str, Path], cuobjdump: Path,
+                                                          tmp_path: Path) -> None:
+    from kiln.wheel import read_provenance
+
+    finished, log = _finish(tmp_path, objects["cuda.so"])
+    found = read_provenance(finished)["cuda_archs_found"]
+    assert found["sass"] == ["sm_80", "sm_90"] and found["ptx"] == ["compute_90"]  # type: ignore[index]
+    assert "kiln: CUDA architectures found by" in log and "sm_80 sm_90 compute_90" in log
+
+
+def test_finish_fails_a_cuda_cell_without_device_code(objects: dict[str, Path], cuobjdump: Path,
+                                                     tmp_path: Path) -> None:
+    from kiln.errors import BuildError
+
+    with pytest.raises(BuildError) as exc:
+        _finish(tmp_path, objects["host.so"])
+    assert "holds no CUDA device code" in exc.value.message
+    assert "kilnkern/_kern.cpython-311-x86_64-linux-gnu.so" in exc.value.message

@@ -9,12 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import StaticIndex, free_port
 
 from helpers import kilnfix_recipe, recipes_dir
 from kiln import status
@@ -355,3 +357,37 @@ def test_page_in_headless_chromium(fixture: Fixture, chromium: str, tmp_path: Pa
                           page.as_uri()], capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------- on the running mirror
+
+
+@pytest.mark.e2e
+def test_refresh_writes_the_page_the_mirror_serves(fixture: Fixture, upstream: StaticIndex) -> None:
+    """What `kiln up` and `kiln publish` do at their end: the page and the failed cells' logs in
+    the home's nginx prefix, served at /+kiln/."""
+    from kiln import mirror
+
+    port = free_port()
+    variants = sorted({c.variant for c in fixture.cells}, key=str)
+    mirror.serve(fixture.home, "127.0.0.1", port, variants, fixture.toolchains, upstream.simple, background=True)
+    try:
+        url = status.refresh(fixture.home, fixture.cells, fixture.toolchains)
+        assert url == f"http://127.0.0.1:{port}/+kiln/"
+        site = status.site_dir(fixture.home)
+        failed = "kilnkern-1.0.0-cp312-cu130-torch2.14"
+        data = json.loads((site / "status.json").read_text())
+        assert data["mirror"] == f"http://127.0.0.1:{port}"
+        cells = {c["cell"]: c["status"] for p in data["projects"] for c in p["cells"]}
+        assert cells["kilnfix-1.0.0-cp311-main"] == "built"  # in the wheelhouse, not on this fresh mirror
+        assert [p.name for p in (site / "logs").iterdir()] == [f"{failed}.log"]
+        if "/+kiln/" not in (mirror.ServerFiles(fixture.home).nginx / "nginx.conf").read_text():
+            pytest.skip("the mirror's nginx.conf has no location /+kiln/ yet (kiln.mirror.deploy)")
+        with urllib.request.urlopen(url, timeout=30) as res:
+            assert res.headers.get_content_type() == "text/html"
+            assert f'data-cell="{failed}"' in res.read().decode()
+        with urllib.request.urlopen(f"{url}logs/{failed}.log", timeout=30) as res:
+            assert res.headers.get_content_type() == "text/plain"
+            assert "kiln: FAILED" in res.read().decode()
+    finally:
+        mirror.stop(fixture.home)

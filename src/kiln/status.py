@@ -268,6 +268,7 @@ td.none { color: #999; text-align: center; }
           word-break: break-word; } .archs { font-family: ui-monospace, monospace; font-size: 12px; }
 .variant { margin-bottom: 14px; } pre { background: #f5f5f5; padding: 6px 8px; margin: 4px 0; overflow-x: auto;
           font-size: 12px; } .client { font-weight: 600; margin-top: 6px; }
+summary { cursor: pointer; color: #555; font-size: 12px; }
 """
 
 
@@ -280,7 +281,8 @@ def _cell_html(c: CellView | None) -> str:
     if facts:
         parts.append(f'<div class="facts">{html.escape(" · ".join(facts))}</div>')
     if c.cuda_archs_found is not None:
-        parts.append(f'<div class="archs" title="found by cuobjdump">{html.escape(str(c.cuda_archs_found))}</div>')
+        parts.append(f'<div class="archs" title="what cuobjdump found in the wheel">found '
+                     f'{html.escape(str(c.cuda_archs_found))}</div>')
     elif c.cuda_archs and c.cuda_archs != "upstream":
         parts.append(f'<div class="archs" title="asked for">wants {html.escape(c.cuda_archs)}</div>')
     if c.closure_of:
@@ -308,7 +310,8 @@ def _project_html(p: ProjectView) -> str:
 def _variant_html(v: VariantView) -> str:
     blocks = "".join(f'<div class="client">{html.escape(client)}</div>'
                      f'<pre data-client="{html.escape(client, quote=True)}">{html.escape(v.install[client])}</pre>'
-                     f"<pre>{html.escape(v.config[client])}</pre>" for client in CLIENTS)
+                     f"<details><summary>{html.escape(v.config[client].splitlines()[0].lstrip('# '))}</summary>"
+                     f"<pre>{html.escape(v.config[client])}</pre></details>" for client in CLIENTS)
     return (f'<div class="variant" data-variant="{html.escape(v.name, quote=True)}"><h3>{html.escape(v.name)}</h3>'
             f'<div class="meta">index <code>{html.escape(v.index_url)}</code>: '
             f"{html.escape(', '.join(v.projects))}</div>{blocks}</div>")
