@@ -87,7 +87,7 @@ def published(deployment: Deployment, upstream: StaticIndex, tmp_path_factory: p
     creds = upload_credentials(home)
     res = subprocess.run([str(BIN / "uv"), "publish", "--no-progress", "--publish-url",
                           f"{primary}/{mirror.index_name(VARIANT)}/", "--username", creds.user,
-                          "--password", creds.password, str(wheel)], capture_output=True, text=True,
+                          "--password", creds.password, str(wheel)], check=False, capture_output=True, text=True,
                          env=clean_env())
     assert res.returncode == 0, res.stderr
     deployment.settle()
@@ -101,11 +101,11 @@ def test_first_install_through_a_cold_mirror_succeeds(published: str, client_env
                    check=True, env=client_env)
     py = tmp_path / "venv" / "bin" / "python"
     res = subprocess.run([str(BIN / "uv"), "pip", "install", "--python", str(py), "--no-build", "--no-cache",
-                          "--index-url", published, "kilncold"], capture_output=True, text=True, env=client_env,
-                         timeout=300)
+                          "--index-url", published, "kilncold"], check=False, capture_output=True, text=True,
+                         env=client_env, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     version = subprocess.run([str(py), "-c", "import kilnfix_helper; print(kilnfix_helper.__version__)"],
-                             capture_output=True, text=True)
+                             check=False, capture_output=True, text=True)
     assert version.stdout.strip() == "1.4.0", version.stderr
 
 
