@@ -108,10 +108,22 @@ ACCESS_LOG_FORMAT = ('$remote_addr [$time_iso8601] "$request" $status $body_byte
                      '$request_time "$http_user_agent"')
 
 
-def nginx_server(site: Site, access_log: str, static_files: bool = True) -> str:
+def nginx_server(site: Site, access_log: str, static_files: bool = True, temp: str = "tmp") -> str:
     """The ``server {}`` block: release files from devpi's store, the rest proxied. Without
-    ``static_files``, everything is proxied as devpi answers it (no store, no forced byte ranges):
-    bare devpi behind nginx, which benchmarks/metadata_bytes.py compares against."""
+    ``static_files``, everything is proxied as devpi answers it (no store, no forced byte ranges,
+    no cache): bare devpi behind nginx, which benchmarks/metadata_bytes.py compares against."""
+    cache = f"""\
+# `<file>.metadata` (PEP 658) as devpi answers it, kept by nginx: devpi reads it out of the
+# wheel on every request and marks it immutable (the URL holds the wheel's hash); a resolver
+# asks for one per candidate: half of devpi's requests under benchmarks/load.py's clients
+proxy_cache_path {temp}/metadata levels=1:2 keys_zone=kiln_metadata:10m max_size=1g inactive=30d
+                 use_temp_path=off;
+map $uri $kiln_not_metadata {{
+    ~/\\+[fe]/.+\\.metadata$  "";
+    default                  1;
+}}
+
+""" if static_files else ""
     files = f"""
     # devpi's state; release files live under +files/ with the same path as their URL
     root {site.serverdir};
@@ -131,9 +143,15 @@ def nginx_server(site: Site, access_log: str, static_files: bool = True) -> str:
     ranges = """
         # byte ranges of what devpi streams too: files kept in PostgreSQL, mirror files on first use
         proxy_force_ranges on;
-        add_header Cache-Control $kiln_file_cache;""" if static_files else ""
+        add_header Cache-Control $kiln_file_cache;
+        proxy_cache kiln_metadata;
+        proxy_cache_valid 200 30d;
+        proxy_no_cache $kiln_not_metadata;
+        proxy_cache_bypass $kiln_not_metadata;
+        proxy_cache_lock on;  # many clients asking at once for one .metadata: devpi answers once""" \
+        if static_files else ""
     return f"""\
-server {{
+{cache}server {{
     listen {site.listen};
     server_name _;
     access_log {access_log} kiln;
@@ -168,6 +186,14 @@ def nginx_conf(site: Site, user: str | None = None, access_log: str = "access.lo
                error_log: str = "error.log", pid: str = "nginx.pid", temp: str = "tmp",
                static_files: bool = True) -> str:
     """A whole nginx.conf for ``nginx -p PREFIX -c THIS``; relative paths are under PREFIX."""
+    return nginx_main_conf(nginx_server(site, access_log, static_files, temp), user=user, error_log=error_log, pid=pid,
+                           temp=temp)
+
+
+def nginx_main_conf(server: str, user: str | None = None, error_log: str = "error.log", pid: str = "nginx.pid",
+                    temp: str = "tmp") -> str:
+    """nginx.conf around one ``server {}`` block: the mirror's (``nginx_server``), or another
+    with the same tuning (benchmarks/load.py's static tree, measured against the mirror)."""
     head = f"user {user};\n" if user else ""
     return f"""\
 # nginx in front of devpi-server; rendered by kiln
@@ -202,7 +228,7 @@ http {{
         default  "";
     }}
 
-{_indent(nginx_server(site, access_log, static_files))}}}
+{_indent(server)}}}
 """
 
 
