@@ -134,7 +134,9 @@ def test_matrix_is_kiln_plan_of_the_same_recipes(tmp_path: Path) -> None:
                    for s in job["steps"])
     assert sorted(wf["jobs"]["publish"]["needs"]) == sorted(["plan", *build_jobs])
     assert "--mirror" in wf["jobs"]["plan"]["steps"][-1]["run"]
-    assert "secrets.KILN_MIRROR_PASSWORD" in json.dumps(wf["jobs"]["publish"])
+    assert "secrets.KILN_MIRROR_TOKEN" in json.dumps(wf["jobs"]["publish"])
+    assert "PASSWORD" not in json.dumps(wf)  # CI uploads with a scoped token, never the kiln password
+    assert "kiln publish wheelhouse --recipes recipes --mirror" in wf["jobs"]["publish"]["steps"][-1]["run"]
 
 
 def test_check_fails_after_a_recipe_change(tmp_path: Path) -> None:

@@ -172,27 +172,32 @@ def test_upstream_sdist_is_hidden_from_kiln_indexes(upped: Upped) -> None:
 
 
 def _variant_wheel(dest: Path, version: str) -> Path:
-    """A pure wheel of kilnfix ``version`` (with a local label) to publish to a variant index."""
+    """A pure wheel of kilnfix ``version`` (with a local label) to publish to a variant index,
+    with the provenance kiln gives a wheel it built for that variant."""
     name = f"kilnfix-{version}-py3-none-any.whl"
     info = f"kilnfix-{version}.dist-info"
+    public, _, label = version.partition("+")
+    variant = label.replace(".", "-", 1) if label else "main"
+    provenance = {"cell": f"kilnfix-{public}-cp311-{variant}", "variant": variant, "closure_of": None}
     with zipfile.ZipFile(dest / name, "w") as zf:
         zf.writestr("kilnfix/__init__.py", "def add(a, b):\n    return a + b\n")
         zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: kilnfix\nVersion: {version}\n")
         zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{info}/kiln.json", json.dumps(provenance))
         zf.writestr(f"{info}/RECORD", "")
     return dest / name
 
 
 def test_publish_routes_by_label_and_variant_indexes_hide_the_sdist(upped: Upped, tmp_path: Path) -> None:
     wheel = _variant_wheel(tmp_path, "1.0.0+cpu.torch2.14")
-    res = run([KILN, "publish", str(wheel), *upped.dep.kiln_args()])
+    res = run([KILN, "publish", str(wheel), *upped.dep.kiln_args(), "--recipes", str(upped.recipes)])
     assert res.returncode == 0, res.stderr
     assert "uploaded: kiln/cpu-torch2.14" in res.stdout
     upped.dep.settle()
     files = simple_files(f"{upped.index('cpu-torch2.14')}kilnfix/")
     assert wheel.name in files
     assert not any(f.endswith(".tar.gz") for f in files), files
-    again = run([KILN, "publish", str(wheel), *upped.dep.kiln_args()])
+    again = run([KILN, "publish", str(wheel), *upped.dep.kiln_args(), "--recipes", str(upped.recipes)])
     assert again.returncode == 0 and "already there" in again.stdout
 
 
@@ -207,7 +212,7 @@ def test_published_files_are_immutable(upped: Upped, tmp_path: Path) -> None:
     forged.write_bytes(wheel.read_bytes())
     with zipfile.ZipFile(forged, "a") as zf:
         zf.writestr("kilnfix/extra.txt", "different bytes\n")
-    res = run([KILN, "publish", str(forged_dir), *upped.dep.kiln_args()])
+    res = run([KILN, "publish", str(forged_dir), *upped.dep.kiln_args(), "--recipes", str(upped.recipes)])
     assert res.returncode == 5
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kiln: ") and "immutable" in lines[0], res.stderr
@@ -350,7 +355,8 @@ def test_export_import_round_trip(upped: Upped, client_env: dict[str, str], tmp_
         res = run([str(BIN / "uv"), "pip", "install", "--python", str(py), "--no-build", "--index-url",
                    mirror.simple_url(url, "main"), "kilnapp"], env=client_env)
         assert res.returncode == 0, res.stderr
-        res = run([KILN, "publish", "--home", str(home), str(upped.home / "wheelhouse")])
+        res = run([KILN, "publish", "--home", str(home), "--recipes", str(upped.recipes),
+                   str(upped.home / "wheelhouse")])
         assert res.returncode == 0 and "uploaded" not in res.stdout, res.stdout + res.stderr
         res = run([KILN, "import", str(dump), "--home", str(home)])
         assert res.returncode != 0 and res.stderr.strip() == f"kiln: {home} already holds a mirror; import into a new --home"

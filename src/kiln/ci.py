@@ -138,10 +138,9 @@ def workflow(recipes: str, toolchains: Toolchains, cells: list[Cell]) -> dict[st
         }, {
             "name": "kiln publish",
             "env": {"KILN_MIRROR_URL": "${{ secrets.KILN_MIRROR_URL }}",
-                    "KILN_MIRROR_USER": "${{ secrets.KILN_MIRROR_USER }}",
-                    "KILN_MIRROR_PASSWORD": "${{ secrets.KILN_MIRROR_PASSWORD }}"},
+                    "KILN_MIRROR_TOKEN": "${{ secrets.KILN_MIRROR_TOKEN }}"},
             "run": ("ls wheelhouse/*.whl >/dev/null 2>&1 || { echo 'no wheel was built'; exit 0; }\n"
-                    'kiln publish wheelhouse --mirror "$KILN_MIRROR_URL"\n'),
+                    f'kiln publish wheelhouse --recipes {recipes} --mirror "$KILN_MIRROR_URL"\n'),
         }],
     }
     return {

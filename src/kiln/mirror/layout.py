@@ -66,7 +66,8 @@ class IndexConfig:
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = {"type": self.type, "volatile": False}
         if self.type == "stage":
-            data.update(bases=list(self.bases), mirror_whitelist=[], acl_upload=[USER])
+            # anonymous users read only: devpi lets anyone attach a tox result unless told not to
+            data.update(bases=list(self.bases), mirror_whitelist=[], acl_upload=[USER], acl_toxresult_upload=[])
         if self.mirror_url:
             data["mirror_url"] = self.mirror_url
         if self.type == "mirror":
