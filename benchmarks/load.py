@@ -56,7 +56,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from conftest import StaticIndex  # the tests' simple-index writer (HTML, JSON, PEP 658 metadata)
+from conftest import (
+    StaticIndex,  # the tests' simple-index writer (HTML, JSON, PEP 658 metadata)
+)
 from metadata_bytes import (
     SIMPLE_JSON,
     UV_INDEX_ENV,
@@ -273,6 +275,7 @@ class Install:
 
     seconds: float
     error: str | None  # its first error line; None when it installed what was expected
+    got: dict[NormalizedName, Version] = field(default_factory=dict)  # what its target holds
 
 
 @dataclass
@@ -322,6 +325,15 @@ class Phase:
         return out
 
 
+def installed(target: Path) -> dict[NormalizedName, Version]:
+    """The distributions an install put into ``target``, from their .dist-info directories."""
+    got: dict[NormalizedName, Version] = {}
+    for info in target.glob("*.dist-info"):
+        name, _, version = info.name.removesuffix(".dist-info").partition("-")
+        got[canonicalize_name(name)] = Version(version)
+    return got
+
+
 class Clients:
     """Runs installs, each in its own fresh --target dir; kills what is left on the way out."""
 
@@ -360,14 +372,11 @@ class Clients:
             lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
             first = next((ln for ln in lines if ln.startswith("error")), lines[0] if lines else "")
             return Install(took, f"exit {proc.returncode}: {first}")
-        return Install(took, self.check(target))
+        got = installed(target)
+        return Install(took, self.check(got), got)
 
-    def check(self, target: Path) -> str | None:
-        """None when ``target`` holds exactly the expected versions; else what differs."""
-        got: dict[NormalizedName, Version] = {}
-        for info in target.glob("*.dist-info"):
-            name, _, version = info.name.removesuffix(".dist-info").partition("-")
-            got[canonicalize_name(name)] = Version(version)
+    def check(self, got: dict[NormalizedName, Version]) -> str | None:
+        """None when ``got`` is exactly the expected versions; else what differs."""
         if got == self.content.expected:
             return None
         wrong = sorted({*got, *self.content.expected} - {k for k in got if got[k] == self.content.expected.get(k)})
