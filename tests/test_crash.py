@@ -121,6 +121,7 @@ class Publishers:
                 else:
                     lines = res.stderr.strip().splitlines()
                     assert len(lines) == 1 and lines[0].startswith("kiln: "), res.stderr
+                    assert "html>" not in lines[0], lines[0]  # nginx's error page is reduced to its status
                     self.failed.append(f"{wheel.name}: {lines[0]}")
                     return  # the mirror is gone: this job fails, as a CI job would
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,31 @@ def test_config_auto_refuses_a_rocm_torch_in_one_line(tmp_path: Path) -> None:
     assert res.returncode == 6 and res.stdout == ""
     assert res.stderr == (f"kiln: torch 2.14.1+rocm6.4 in {sys.executable} is a ROCm build (HIP 6.4.43482); "
                           "kiln builds CUDA and cpu variants only, and neither fits it\n")
+
+
+UV_502 = """Publishing 1 file to http://127.0.0.1:8/kiln/main/
+Uploading x-1.0-py3-none-any.whl (68.0KiB)
+error: Failed to publish `x-1.0-py3-none-any.whl` to `http://127.0.0.1:8/kiln/main/`
+  cause: Server returned status code 502 Bad Gateway. Server says: <html>
+         <head><title>502 Bad Gateway</title></head>
+         <body>
+         <center><h1>502 Bad Gateway</h1></center>
+         </body>
+         </html>
+"""
+
+
+def test_a_gateway_error_is_one_line_that_says_what_it_means() -> None:
+    """What uv publish and kiln's API client say when devpi-server behind nginx is gone."""
+    from kiln.mirror.api import GATEWAY_HINT, _error_message
+    from kiln.mirror.publish import uv_reason
+
+    assert uv_reason(UV_502, 2) == f"Server returned status code 502 Bad Gateway ({GATEWAY_HINT})"
+    assert uv_reason("error: x\n  cause: Server returned status code 403 Forbidden. Server says: "
+                     "no permission to upload\n", 2) == \
+        "Server returned status code 403 Forbidden. Server says: no permission to upload"
+    assert uv_reason("", 3) == "exit 3"
+    page = UV_502.split("Server says: ", 1)[1].encode()
+    assert _error_message(page) == "Bad Gateway"
+    denied = json.dumps({"message": "Access was denied to this resource.\nno permission"}).encode()
+    assert _error_message(denied) == "no permission"

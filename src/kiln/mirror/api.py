@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -79,6 +80,8 @@ class Devpi:
             if exc.code == 404:
                 return None
             detail = _error_message(exc.read())
+            if exc.code in (502, 504):
+                detail = f"{detail} ({GATEWAY_HINT})"
             raise HTTPRefused(f"{method} {self.url}/{path.lstrip('/')}: HTTP {exc.code} {detail}".rstrip(),
                               exc.code, detail) from None
         except (urllib.error.URLError, OSError) as exc:
@@ -163,4 +166,11 @@ def _error_message(raw: bytes) -> str:
         lines = [ln.strip() for ln in str(data.get("message", "")).splitlines() if ln.strip()]
         return lines[-1] if lines else str(data.get("title", ""))
     except (ValueError, AttributeError):
-        return raw.decode(errors="replace").strip().splitlines()[0] if raw.strip() else ""
+        text = raw.decode(errors="replace").strip()
+        if title := re.search(r"<title>\s*(?:\d{3}\s+)?([^<]*?)\s*</title>", text, re.IGNORECASE):
+            return title.group(1)  # nginx's own error page: "502 Bad Gateway" -> "Bad Gateway"
+        return text.splitlines()[0] if text else ""
+
+
+GATEWAY_HINT = "nginx is up but devpi-server behind it is not answering; see the mirror's server.log"
+"""What a 502/504 from kiln's mirror means."""

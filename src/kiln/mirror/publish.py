@@ -29,7 +29,7 @@ from kiln.errors import ConfigError, MirrorError
 from kiln.home import Home
 from kiln.matrix import Cell, Variant
 from kiln.mirror import tokens
-from kiln.mirror.api import Credentials, Devpi, HTTPRefused
+from kiln.mirror.api import GATEWAY_HINT, Credentials, Devpi, HTTPRefused
 from kiln.mirror.layout import index_name, layout, variant_of_wheel
 from kiln.mirror.server import (
     ServerFiles,
@@ -315,9 +315,23 @@ def _upload(wheels: list[Path], publish_url: str, creds: Credentials) -> None:
     res = subprocess.run([uv(), "publish", "--no-progress", "--publish-url", publish_url,
                           *[str(w) for w in wheels]], check=False, capture_output=True, text=True, env=env)
     if res.returncode != 0:
-        lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
-        reason = lines[-1].removeprefix("cause: ") if lines else f"exit {res.returncode}"
-        raise MirrorError(f"uv publish to {publish_url} failed: {reason}")
+        raise MirrorError(f"uv publish to {publish_url} failed: {uv_reason(res.stderr, res.returncode)}")
+
+
+def uv_reason(stderr: str, returncode: int) -> str:
+    """uv publish's reason on one line: its ``cause:`` (the server's answer joined onto it, an
+    HTML error page reduced to its status), else its last line."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    causes = [i for i, ln in enumerate(lines) if ln.startswith("cause: ")]
+    if not causes:
+        return lines[-1] if lines else f"exit {returncode}"
+    reason = " ".join(lines[causes[-1]:]).removeprefix("cause: ")
+    head, says, body = reason.partition(" Server says: ")
+    if says and body.lower().startswith(("<html", "<!doctype")):
+        reason = head.rstrip(".")
+        if re.search(r"status code 50[24]\b", head):
+            reason += f" ({GATEWAY_HINT})"
+    return reason
 
 
 def published(url: str, variants: list[str]) -> dict[str, list[str]]:
