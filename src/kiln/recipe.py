@@ -82,6 +82,18 @@ class GitSource(_Model):
     """The repository's clone URL."""
     tag: str = "v{version}"
     """The tag to check out; `{version}` is replaced by the version being built."""
+    commits: dict[str, str] = {}
+    """The commit each version's tag must resolve to (40 hex digits), as an sdist's sha256 pins
+    its bytes: a tag moved upstream then fails the build instead of changing the source. Without
+    one, kiln records the commit of the first checkout and refuses a tag that later moves."""
+
+    @field_validator("commits")
+    @classmethod
+    def _full_commits(cls, value: dict[str, str]) -> dict[str, str]:
+        for version, commit in value.items():
+            if not re.fullmatch(r"[0-9a-f]{40}", commit):
+                raise ValueError(f"commits.{version}: expected a full commit id (40 lowercase hex digits)")
+        return value
 
 
 class BuildSpec(_Model):

@@ -125,18 +125,56 @@ def _download(url: str, dest: Path, sha256: str) -> Source:
 
 
 def _git(src: GitSource, version: str, dest: Path) -> Source:
+    """The repository at the version's tag, cloned once into ``dest``; the tag's commit is
+    checked against the recipe's pin, else against the commit recorded at the first clone."""
     tag = src.tag.replace("{version}", version)
+    where = f"{src.git}@{tag}"
+    pinned = src.commits.get(version)
+    recorded_file = dest.with_name(dest.name + ".commit")
     if not dest.exists():
         tmp = dest.with_name(dest.name + ".part")
         shutil.rmtree(tmp, ignore_errors=True)
         res = subprocess.run(["git", "clone", "--quiet", "--depth", "1", "--branch", tag,
                               "--recurse-submodules", src.git, str(tmp)], capture_output=True, text=True)
         if res.returncode != 0:
-            raise SourceError(f"{src.git}@{tag}: git clone failed: {res.stderr.strip().splitlines()[-1:]}")
+            raise SourceError(f"{where}: git clone failed: {res.stderr.strip().splitlines()[-1:]}")
+        commit = _head(tmp)
+        if pinned and commit != pinned:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SourceError(f"{where} is commit {commit}, the recipe pins {pinned} (source.commits): "
+                              "the tag moved upstream; check the new commit, then update the pin")
+        recorded_file.write_text(commit + "\n")
         tmp.rename(dest)
-    commit = subprocess.run(["git", "-C", str(dest), "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    return Source(dest, f"{src.git}@{tag}", f"git:{commit}")
+    commit = _head(dest)
+    recorded = recorded_file.read_text().strip() if recorded_file.exists() else commit
+    if pinned and commit != pinned:
+        raise SourceError(f"{where}: the cached checkout {dest} is commit {commit}, the recipe pins {pinned} "
+                          f"(source.commits): remove {dest} to fetch the pinned commit")
+    remote = _remote_tag(src.git, tag)
+    if remote is not None and remote != recorded:
+        raise SourceError(f"{where} now points at commit {remote}, not {recorded} as when kiln first "
+                          f"fetched it: the tag moved upstream; pin the commit you trust in the recipe "
+                          f"(source.commits) and remove {dest}")
+    return Source(dest, where, f"git:{commit}")
+
+
+def _head(repo: Path) -> str:
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def _remote_tag(url: str, tag: str) -> str | None:
+    """The commit a tag names upstream now (an annotated tag's target), or None when the
+    remote cannot be asked (offline: the recorded commit stands)."""
+    res = subprocess.run(["git", "ls-remote", "--tags", url, f"refs/tags/{tag}", f"refs/tags/{tag}^{{}}"],
+                         capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        return None
+    refs: dict[str, str] = {}
+    for line in res.stdout.splitlines():
+        commit, _, ref = line.partition("\t")
+        refs[ref] = commit
+    return refs.get(f"refs/tags/{tag}^{{}}") or refs.get(f"refs/tags/{tag}")
 
 
 def sha256_of(path: Path) -> str:
