@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import FIXTURE_SDISTS, make_helper_wheel, make_torch_stand_in  # noqa: E402
 
 from kiln import mirror  # noqa: E402
+
+pytest_plugins = ["ci_strict"]  # under CI=true a skipped e2e test fails
 from kiln.home import Home  # noqa: E402
 
 BIN = Path(sys.executable).parent

@@ -304,11 +304,18 @@ def test_closure_installs_with_no_build(closure_built: tuple[int, Path, Path], u
     assert out.stdout.strip() == "9", out.stderr
 
 
-def test_without_kiln_no_build_install_fails(upstream: StaticIndex, tmp_path: Path) -> None:
-    """What the closure fixes: upstream alone has no wheel of kilnlib."""
-    res = install(venv(tmp_path / "v"), upstream, "kilnapp")
+def test_without_its_closure_the_wheel_does_not_install(closure_built: tuple[int, Path, Path],
+                                                         upstream: StaticIndex, tmp_path: Path) -> None:
+    """What the closure fixes: kilnapp's own wheel alone, with the upstream, fails on kilnlib,
+    which has no wheel there."""
+    _, home, _ = closure_built
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for wheel in (home / "wheelhouse").glob("kilnapp-*.whl"):
+        shutil.copy(wheel, alone)
+    res = install(venv(tmp_path / "v"), upstream, "--find-links", str(alone), "kilnapp")
     assert res.returncode != 0
-    assert "kilnapp" in res.stderr or "kilnlib" in res.stderr
+    assert "kilnlib" in res.stderr and "--no-build" in res.stderr, res.stderr
 
 
 def test_a_closure_dependency_that_does_not_build_names_the_recipe_it_needs(
