@@ -14,12 +14,12 @@ import subprocess
 import sys
 import time
 import traceback
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 import kiln
 from kiln import buildreqs, closure, smoke, source
@@ -28,6 +28,7 @@ from kiln.buildreqs import BuildRequirements
 from kiln.errors import BuildError, KilnError
 from kiln.home import CellResult, Home
 from kiln.host import available_memory_gb, usable_cores
+from kiln.logs import CellProgress, progress_for
 from kiln.matrix import Cell
 from kiln.sandbox import is_secret_name, secret_paths
 from kiln.toolchains import Toolchains, probe_host
@@ -42,6 +43,7 @@ from kiln.wheel import (
     pins_for,
     read_provenance,
 )
+
 
 @dataclass(frozen=True)
 class Parallelism:
@@ -239,7 +241,11 @@ def _build_need(need: closure.Need, cell: Cell, toolchains: Toolchains, home: Ho
     if dep.id in building:
         raise BuildError(f"closure: {dep.id} depends on itself through {cell.id}")
     print(f"kiln: closure: building {dep.id} (log: {home.logs / (dep.id + '.log')})", file=log, flush=True)
+    if progress := _PROGRESS.get():
+        progress.start(dep.id, home.logs / f"{dep.id}.log", f"{dep.id} (closure of {cell.id})")
     result = build_cell(dep, toolchains, home, out, backend, index_url, building)
+    if progress:
+        progress.end(result)
     if result.status != "built":
         advice = "its recipe" if dep.recipe.sha256 else "it needs a recipe"
         raise BuildError(f"{need.project} {need.version}, a runtime requirement with no wheel for "
@@ -286,7 +292,7 @@ def prepare_source(cell: Cell, home: Home, dest: Path, index_url: str | None,
     print(f"kiln: source {src.url} sha256={src.sha256}", file=log, flush=True)
     srcdir = source.unpack(src, dest)
     for patch in cell.recipe.patch_paths:
-        res = subprocess.run(["patch", "-p1", "--forward", "-i", str(patch)], cwd=srcdir,
+        res = subprocess.run(["patch", "-p1", "--forward", "-i", str(patch)], check=False, cwd=srcdir,
                              capture_output=True, text=True)
         print(f"$ patch -p1 -i {patch}\n{res.stdout}{res.stderr}", file=log, flush=True)
         if res.returncode != 0:
@@ -348,20 +354,28 @@ def finish_cell(cell: Cell, toolchains: Toolchains, res: CompileResult, src: sou
     return finished, archs
 
 
+_PROGRESS: ContextVar[CellProgress | None] = ContextVar("kiln_progress", default=None)
+"""Where build_cells reports, so that closure cells built inside a cell report too."""
+
+
 def build_cells(cells: list[Cell], toolchains: Toolchains, home: Home, out: Path, backend: Backend,
-                index_url: str | None = None, console: Console | None = None) -> list[CellResult]:
-    """Build every cell in turn with a progress display; failures are collected, not raised."""
-    console = console or Console(stderr=True)
+                index_url: str | None = None, console: Console | None = None,
+                progress: CellProgress | None = None) -> list[CellResult]:
+    """Build every cell in turn, saying so as it goes (``progress``: by default rich's display
+    on a terminal, flushed start/end/heartbeat lines elsewhere); failures are collected, not
+    raised."""
+    progress = progress or progress_for(console or Console(stderr=True))
     results: list[CellResult] = []
-    columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        for i, cell in enumerate(cells, 1):
-            task = progress.add_task(f"[{i}/{len(cells)}] {cell.id}", total=1)
-            result = build_cell(cell, toolchains, home, out, backend, index_url)
-            mark = "[green]built" if result.status == "built" else f"[red]FAILED ({result.error}) log: {result.log}"
-            progress.update(task, completed=1, description=f"[{i}/{len(cells)}] {cell.id}: {mark}")
-            progress.stop_task(task)
-            results.append(result)
+    with progress:
+        token = _PROGRESS.set(progress)
+        try:
+            for i, cell in enumerate(cells, 1):
+                progress.start(cell.id, home.logs / f"{cell.id}.log", f"[{i}/{len(cells)}] {cell.id}")
+                result = build_cell(cell, toolchains, home, out, backend, index_url)
+                progress.end(result)
+                results.append(result)
+        finally:
+            _PROGRESS.reset(token)
     return results
 
 
