@@ -139,6 +139,24 @@ map $uri $kiln_not_metadata {{
         add_header Cache-Control "public, immutable";
         try_files /+files$uri @devpi;
     }}
+
+    # kiln's status page and the logs of failed cells: `kiln up` and `kiln publish` write them
+    # into status/ under nginx's prefix (kiln.status)
+    location = /+kiln {{
+        absolute_redirect off;
+        return 301 /+kiln/;
+    }}
+    location ^~ /+kiln/ {{
+        alias status/;
+        index index.html;
+        types {{
+            text/html html;
+            application/json json;
+            text/plain log;
+        }}
+        charset utf-8;
+        add_header Cache-Control "no-cache";
+    }}
 """ if static_files else ""
     ranges = """
         # byte ranges of what devpi streams too: files kept in PostgreSQL, mirror files on first use
