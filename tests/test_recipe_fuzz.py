@@ -35,7 +35,7 @@ RECIPE = "demo.yaml"
 TRIED: Counter[str] = Counter()
 """Inputs tried, by outcome; printed when the module's tests are done."""
 
-FUZZ = settings(max_examples=1200, deadline=None, database=None,
+FUZZ = settings(max_examples=1000, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # ----------------------------------------------------------------------------- valid recipes
@@ -388,6 +388,24 @@ def test_every_generated_recipe_loads(recipes: Path, doc: dict[str, Any], flow: 
     recipe = check_input(recipes, dump(doc, flow).encode())
     assert recipe is not None
     assert recipe.versions == doc["versions"]
+
+
+@settings(FUZZ, max_examples=150)
+@given(doc=valid_recipes(), data=st.data())
+def test_a_key_given_twice_is_refused_naming_both_lines(recipes: Path, doc: dict[str, Any],
+                                                        data: st.DataObject) -> None:
+    lines = dump(doc, False).splitlines()
+    keyed = [i for i, line in enumerate(lines) if re.match(r"\s*[A-Za-z_]+:( |$)", line)]
+    i = data.draw(st.sampled_from(keyed))
+    key = lines[i].split(":")[0].strip()
+    text = "\n".join([*lines[: i + 1], lines[i], *lines[i + 1:]]) + "\n"
+    path = recipes / RECIPE
+    path.write_text(text)
+    TRIED["inputs"] += 1
+    with pytest.raises(ConfigError) as info:
+        load_recipes(recipes)
+    TRIED["refused"] += 1
+    assert info.value.message == f"{path}:{i + 2}: duplicate key {key!r} (first on line {i + 1})"
 
 
 @st.composite
