@@ -17,20 +17,24 @@ dependencies, 3 MB; downloaded once into --upstream-wheels, the only access beyo
 
 Then --clients installs run at once (a bounded thread pool, each install in a fresh --target dir,
 `uv pip install --no-cache --no-build --index-url ...`; --rounds installs per client), first
-against the static tree, then against the mirror. Before timing, one install against each warms
-it (the mirror fetches the upstream's pages and files into root/pypi then, as the first client of
-a new release would). Printed: failures (with each one's first error line), p50/p95 seconds per
-install, wheels/s and MB/s of wheels installed over the phase's wall time, what nginx's access log
-saw (requests, bytes, answers other than 200/206), and mirror/static. Goal: no failures, and the
-mirror's wheels/s at least 80% of static nginx's.
+against the static tree, then against the mirror, --repeat times alternating. Before timing, one
+install against each warms it (the mirror fetches the upstream's pages and files into root/pypi
+then, as the first client of a new release would; --cold skips that). The clients write to
+--client-dir, /dev/shm by default, so that the servers are measured rather than this machine's
+disk (the clients share its CPUs with the servers all the same). Printed: failures (with each
+one's first error line), p50/p95 seconds per install, wheels/s and MB/s of wheels installed over
+the phase's wall time, what nginx's access log saw (requests, bytes, answers other than 200/206),
+error lines the servers logged meanwhile, and mirror/static. Goal: no failures, and the mirror's
+wheels/s at least 80% of static nginx's.
 
-    python benchmarks/load.py [--clients 64] [--rounds 1] [--upstream-wheels DIR]
+    python benchmarks/load.py [--clients 64] [--rounds 1] [--repeat 1] [--cold] [--client-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -243,11 +247,32 @@ server {{
 
 @dataclass
 class Side:
-    """One server under load: the index clients read and the access log of its nginx."""
+    """One server under load: the index clients read, the access log of its nginx, and the logs
+    its servers write their errors to."""
 
     name: str
     index: str
     access_log: Path
+    error_logs: tuple[Path, ...] = ()
+
+
+# an nginx error-log line at level error or worse; devpi-server's ERROR lines
+LOG_ERROR = re.compile(r"\[(error|crit|alert|emerg)\]| ERROR ")
+
+
+def log_offsets(paths: tuple[Path, ...]) -> list[int]:
+    return [p.stat().st_size if p.exists() else 0 for p in paths]
+
+
+def errors_since(paths: tuple[Path, ...], offsets: list[int]) -> list[str]:
+    """The error lines written to ``paths`` past ``offsets``."""
+    out = []
+    for path, offset in zip(paths, offsets, strict=True):
+        if path.exists():
+            with path.open("rb") as f:
+                f.seek(offset)
+                out += [ln for ln in f.read().decode(errors="replace").splitlines() if LOG_ERROR.search(ln)]
+    return out
 
 
 def start_mirror(home: Home, content: Content, upstream: str) -> Side:
@@ -263,7 +288,9 @@ def start_mirror(home: Home, content: Content, upstream: str) -> Side:
     for index, wheels in by_index.items():
         run([uv(), "publish", "--no-progress", "--publish-url", f"{served.url}/{index}/", *wheels],
             f"uv publish to the mirror's {index}", env=env)
-    return Side("mirror", mirror.simple_url(served.url, VARIANT), mirror.ServerFiles(home).access_log)
+    files = mirror.ServerFiles(home)
+    return Side("mirror", mirror.simple_url(served.url, VARIANT), files.access_log,
+                (files.nginx / "error.log", files.log))
 
 
 # ----------------------------------------------------------------------------- the clients
@@ -289,6 +316,7 @@ class Phase:
     requests: list[Request]
     install_bytes: int
     wheels_each: int
+    server_errors: list[str] = field(default_factory=list)  # what its servers logged as errors meanwhile
 
     @property
     def failures(self) -> list[str]:
@@ -386,14 +414,22 @@ class Clients:
     def phase(self, side: Side, clients: int, rounds: int) -> Phase:
         """``clients`` at once, ``rounds`` installs each, against ``side``."""
         offset = side.access_log.stat().st_size
+        error_offsets = log_offsets(side.error_logs)
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=clients) as pool:
+        pool = ThreadPoolExecutor(max_workers=clients)
+        try:
             installs = list(pool.map(lambda _: self.install(side.index), range(clients * rounds)))
+        except BaseException:  # Ctrl-C: kill the installs under way rather than wait for them
+            self.stop()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         wall = time.perf_counter() - started
         for d in self.work.glob("client-*"):
             shutil.rmtree(d, ignore_errors=True)
         return Phase(side.name, clients, installs, wall, log_since(side.access_log, offset),
-                     self.content.install_bytes(), len(self.content.expected))
+                     self.content.install_bytes(), len(self.content.expected),
+                     errors_since(side.error_logs, error_offsets))
 
     def stop(self) -> None:
         with self.lock:
@@ -418,7 +454,8 @@ class Result:
         if not mine:
             return None
         return Phase(side, mine[0].clients, [i for p in mine for i in p.installs], sum(p.wall for p in mine),
-                     [r for p in mine for r in p.requests], mine[0].install_bytes, mine[0].wheels_each)
+                     [r for p in mine for r in p.requests], mine[0].install_bytes, mine[0].wheels_each,
+                     [e for p in mine for e in p.server_errors])
 
 
 @contextmanager
@@ -447,9 +484,10 @@ def default_client_dir() -> Path | None:
 
 def load(work: Path, upstream: list[Path], upstream_top: list[str], clients: int, rounds: int = 1,
          sides: tuple[str, ...] = ("static", "mirror"), repeat: int = 1, client_dir: Path | None = None,
-         say: bool = False) -> Result:
-    """Start both servers, warm each with one install, then run ``clients`` installs at once
-    against each of ``sides`` in turn, ``repeat`` times; stop everything started, whatever happens."""
+         cold: bool = False, say: bool = False) -> Result:
+    """Start both servers, warm each with one install (not the mirror when ``cold``), then run
+    ``clients`` installs at once against each of ``sides`` in turn, ``repeat`` times; stop
+    everything started, whatever happens."""
     target = Target(f"{sys.version_info.major}.{sys.version_info.minor}")
     content = make_content(work / "wheels", upstream, upstream_top, target)
     static = StaticNginx(work / "static")
@@ -461,14 +499,19 @@ def load(work: Path, upstream: list[Path], upstream_top: list[str], clients: int
         try:
             static.write(content)
             static.start()
-            by_name = {"static": Side("static", f"{static.url}/all/simple/", static.access_log),
+            by_name = {"static": Side("static", f"{static.url}/all/simple/", static.access_log,
+                                      (static.access_log.with_name("error.log"),)),
                        "mirror": start_mirror(home, content, f"{static.url}/upstream/simple/")}
             if say:
-                print(f"static: {by_name['static'].index}  (nginx serving a PEP 503 tree from disk)")
+                print(f"static: {by_name['static'].index}  (nginx serving a simple-index tree from disk)")
                 print(f"mirror: {by_name['mirror'].index}  (kiln's mirror; root/pypi mirrors "
                       f"{static.url}/upstream/simple/)")
                 print(f"clients write to {clients_tmp}")
             for side in sides:  # warm-up: untimed, and it must succeed
+                if cold and side == "mirror":
+                    if say:
+                        print("no warm-up of the mirror (--cold): the first clients make it fetch the upstream's files")
+                    continue
                 warm = runner.install(by_name[side].index)
                 if warm.error:
                     raise BenchError(f"warm-up install against {side} failed: {warm.error}")
@@ -522,6 +565,9 @@ def report(result: Result) -> None:
     for label, p in rows[:len(result.phases)]:
         for i, error in enumerate(p.failures):
             print(f"  {label} failure {i + 1}: {error[:300]}")
+        if p.server_errors:
+            print(f"  {label}: its servers logged {len(p.server_errors)} error line(s); the first: "
+                  f"{p.server_errors[0][:300]}")
 
 
 def main() -> int:
@@ -536,6 +582,8 @@ def main() -> int:
     p.add_argument("--client-dir", default=default_client_dir(), type=Path,
                    help="where clients install and keep uv's temp cache (default /dev/shm where it exists)")
     p.add_argument("--only", choices=("static", "mirror"), help="load one side alone")
+    p.add_argument("--cold", action="store_true",
+                   help="do not warm the mirror: its first phase fetches the upstream's pages and files")
     args = p.parse_args()
     if min(args.clients, args.rounds, args.repeat) < 1:
         p.error("--clients, --rounds and --repeat must be at least 1")
@@ -551,7 +599,7 @@ def main() -> int:
             print(f"{args.clients} clients at once, {args.rounds} install(s) each: `uv pip install --no-cache "
                   "--no-build --target <fresh dir> --index-url <index>`")
             result = load(Path(tmp), upstream, UPSTREAM_TOP, args.clients, args.rounds, sides, args.repeat,
-                          args.client_dir, say=True)
+                          args.client_dir, args.cold, say=True)
             c = result.content
             print(f"each install: {len(c.expected)} wheels, {c.install_bytes() / 1e6:.1f} MB ({len(c.published)} "
                   f"published to the mirror, the rest from the upstream through root/pypi): "
