@@ -16,7 +16,7 @@ from kiln.home import Home
 from kiln.matrix import Variant, expand
 from kiln.recipe import load_recipes
 from kiln.toolchains import load_toolchains
-from kiln.up import drop_cuda, install_lines
+from kiln.up import install_lines
 
 ROOT = Path(__file__).parent.parent
 KILN = str(Path(sys.executable).parent / "kiln")
@@ -71,21 +71,11 @@ def test_layout_bases_and_pytorch_mirror(monkeypatch: pytest.MonkeyPatch) -> Non
             assert data["mirror_whitelist"] == []
 
 
-def test_install_lines_and_cuda_drop() -> None:
+def test_install_lines() -> None:
     tc = load_toolchains(FIXTURE_RECIPES)
     cells = expand(load_recipes(FIXTURE_RECIPES, None), tc)
     assert install_lines("http://127.0.0.1:3141", cells) == [
         "uv pip install --index-url http://127.0.0.1:3141/kiln/main/+simple/ kilnfix"]
-    kept, dropped = drop_cuda(cells)
-    assert kept == cells and dropped == 0
-
-
-def test_real_recipes_cuda_cells_are_dropped() -> None:
-    tc = load_toolchains(ROOT / "recipes")
-    cells = expand(load_recipes(ROOT / "recipes", None), tc)
-    kept, dropped = drop_cuda(cells)
-    assert all(c.variant.cuda_major is None for c in kept)
-    assert dropped == sum(1 for c in cells if c.variant.cuda_major)
 
 
 def test_secret_files_are_private(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from conftest import StaticIndex, free_port
-
 from helpers import kilnfix_recipe, recipes_dir
+
 from kiln import status
 from kiln.cli import main
 from kiln.home import CellResult, Home
@@ -136,7 +136,8 @@ def test_json_holds_every_cell_with_its_status_size_time_and_archs(fixture: Fixt
     cells = {c["cell"]: c for p in data["projects"] for c in p["cells"]}
     assert {k: v["status"] for k, v in cells.items()} == {k: str(v) for k, v in EXPECTED.items()}
     assert data["kiln_version"] and data["mirror"] == MIRROR
-    assert data["counts"] == {"published": 2, "built": 1, "stale": 1, "failed": 1, "not-buildable": 2, "missing": 1}
+    assert data["counts"] == {"published": 2, "built": 1, "stale": 1, "failed": 1, "not-buildable": 2, "missing": 1,
+                              "narrow": 0}
 
     built = cells["kilnkern-1.0.0-cp311-cu130-torch2.14"]
     assert built["size"] == (fixture.home.wheelhouse / built["wheel"]).stat().st_size > 300_000

@@ -15,6 +15,7 @@ import kiln
 from kiln.errors import ConfigError, KilnError
 from kiln.home import Home, default_home
 from kiln.matrix import Cell, Variant, expand
+from kiln.profile import PROFILES
 from kiln.recipe import load_recipes
 from kiln.toolchains import Toolchains, load_toolchains
 
@@ -32,6 +33,15 @@ def _load(args: argparse.Namespace) -> tuple[Toolchains, list[Cell]]:
     return toolchains, cells
 
 
+def _profile(args: argparse.Namespace, toolchains: Toolchains, cells: list[Cell]) -> list[Cell]:
+    """The cells of ``--profile`` (host: what this host builds and uses), said in one line on stderr."""
+    from kiln.profile import probe_facts, select
+
+    picked = select(cells, toolchains, args.profile, probe_facts(), args.python, args.cuda_archs)
+    err_console.print(picked.describe(), markup=False, highlight=False)
+    return list(picked.cells)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     toolchains, cells = _load(args)
     projects = sorted({c.project for c in cells})
@@ -44,6 +54,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from kiln.wheel import CudaArchs
 
     toolchains, cells = _load(args)
+    cells = _profile(args, toolchains, cells)
     home = Home(Path(args.home))
     published = _published(args, toolchains, cells)
     rows = cell_status(cells, toolchains, home, Path(args.out or home.wheelhouse), published)
@@ -54,10 +65,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     found = any(r.cuda_archs_found for r in rows)  # the archs cuobjdump found, for CUDA cells built
     table = Table("cell", "variant", "archs", *(["archs found"] if found else []), "status", "detail")
-    colors = {"published": "green", "built": "cyan", "stale": "magenta", "failed": "red", "not-buildable": "yellow"}
+    colors = {"published": "green", "built": "cyan", "stale": "magenta", "narrow": "dark_orange",
+              "failed": "red", "not-buildable": "yellow"}
     for r in rows:
         color = colors.get(r.status, "white")
-        detail = r.detail if r.status == "stale" else (r.wheel or r.detail)
+        detail = r.detail if r.status in ("stale", "narrow") else (r.wheel or r.detail)
+        if r.wheel_archs and r.status in ("published", "built") and r.wheel_archs != r.cuda_archs:
+            detail = f"{detail} (built for {r.wheel_archs})"
         if r.closure_of:
             detail = f"{detail} (closure of {r.closure_of})".lstrip()
         archs_found = [str(CudaArchs.from_json(r.cuda_archs_found) or "")] if found else []
@@ -236,13 +250,11 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from kiln.up import drop_cuda, up
+    from kiln.up import up
 
     toolchains, picked = _load(args)
     _, everything = _load(argparse.Namespace(**{**vars(args), "only": None, "variant": None}))
-    cuda_skipped = 0
-    if not args.only and not args.variant:
-        picked, cuda_skipped = drop_cuda(picked)
+    picked = _profile(args, toolchains, picked)
     home = Home(Path(args.home))
     report = up(picked, toolchains, home, args.host, args.port, everything, args.upstream,
                 args.index_url, console=err_console)
@@ -250,9 +262,6 @@ def cmd_up(args: argparse.Namespace) -> int:
                   f"stop it with `kiln stop --home {home.root}`)")
     for note in report.notes:
         err_console.print(f"[yellow]note:[/] {note}")
-    if cuda_skipped:
-        console.print(f"skipped {cuda_skipped} CUDA cells (each takes 15+ min): build them with "
-                      "--only PROJECT or --variant cuNNN-torchX.Y, or leave them to CI")
     for line in report.skipped:
         console.print(f"not buildable here: {line}")
     console.print(f"built {len(report.built)}, uploaded {len(report.uploaded)}, "
@@ -412,6 +421,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--mirror", help="mirror URL to look for published wheels")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.add_argument("--missing", action="store_true", help="only cells still missing")
+    sp.add_argument("--profile", choices=PROFILES, default="all",
+                    help="all (default): every cell; host: the cells `kiln up` builds here by default")
     sp.set_defaults(func=cmd_plan)
 
     sp = sub.add_parser("status", help="the status page of every cell (HTML, or its JSON)")
@@ -477,6 +488,10 @@ def parser() -> argparse.ArgumentParser:
     recipes_args(sp)
     mirror_args(sp)
     sp.add_argument("--index-url", help="index sdists come from (default: KILN_INDEX_URL, uv/pip settings)")
+    sp.add_argument("--profile", choices=PROFILES, default="host",
+                    help="host (default): every cell without CUDA, and the CUDA cells this host uses (kiln's "
+                    "Python or --python, the newest torch for this nvcc, this host's GPU archs or toolchains.yaml's "
+                    "host_archs); all: every cell, full arch lists (CI, a build box)")
     sp.set_defaults(func=cmd_up)
 
     sp = sub.add_parser("infer", help="draft a working recipe from failing builds")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 from packaging.utils import canonicalize_name
 
@@ -85,6 +86,9 @@ class Cell:
     cuda_archs: str = "upstream"
     closure_of: str | None = None
     """For a runtime dependency built without a recipe: the id of the cell that needed it."""
+    build: int | None = None
+    """The build number this build takes when it is not the recipe's: a rebuild for more CUDA
+    architectures than the cell's wheel holds takes the next number above its wheels' (kiln.plan)."""
 
     @property
     def id(self) -> str:
@@ -97,7 +101,8 @@ class Cell:
 
     @property
     def build_number(self) -> int:
-        return self.recipe.build.number
+        """The wheel's build number (its build tag; 0: none): ``build``, else the recipe's."""
+        return self.build if self.build is not None else self.recipe.build.number
 
     @property
     def wheel_version(self) -> str:
@@ -148,7 +153,7 @@ def _expand_one(recipe: Recipe, tc: Toolchains, cuda_archs: str | None) -> list[
     return out
 
 
-def _excluded(rules: list[dict[str, str]], **values: str) -> bool:
+def _excluded(rules: list[dict[Literal["torch", "cuda", "python"], str]], **values: str) -> bool:
     return any(all(values.get(k) == v for k, v in rule.items()) for rule in rules)
 
 

@@ -1,14 +1,23 @@
-"""The status of every cell: published, built, stale, failed, not buildable here, or missing.
+"""The status of every cell: published, built, stale, narrow, failed, not buildable here, or missing.
 
 A wheel in the wheelhouse built from another recipe (its provenance's recipe_sha256 differs) is
 stale: `kiln up` rebuilds it and never publishes it. The closure cells recorded in the home
 (runtime requirements kiln built without a recipe) are listed after the cell that needed them.
+
+A cell's wheels are those of its project, version and tags whose build number (the wheel's build
+tag) is at least the recipe's `build.number`; the one with the highest is the cell's wheel, the one
+installers pick. A CUDA cell whose wheel holds fewer architectures than the cell wants (a wheel of
+`kiln up --profile host`, built for this host's GPUs, seen by `--profile all`) is narrow: it is
+rebuilt for the union of both lists under the next build number, and the narrower wheel stays
+published. What a wheel was built for is its provenance's `cuda_archs` (and `cuda_archs_found`),
+read from the wheelhouse, else from the cell's last result here; a wheel known by neither counts
+as wide enough.
 """
 
 from __future__ import annotations
 
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -20,7 +29,7 @@ from kiln import closure
 from kiln.home import CellResult, Home, set_aside
 from kiln.matrix import Cell, not_buildable
 from kiln.toolchains import Toolchains
-from kiln.wheel import CudaArchs, read_provenance
+from kiln.wheel import CudaArchs, read_provenance, wanted_archs
 
 
 class Status(StrEnum):
@@ -30,10 +39,13 @@ class Status(StrEnum):
     FAILED = "failed"
     NOT_BUILDABLE = "not-buildable"
     MISSING = "missing"
+    NARROW = "narrow"
+    """Its wheel holds fewer CUDA architectures than the cell wants: rebuilt under the next build number."""
 
 
-PUBLISHED, BUILT, STALE, FAILED, NOT_BUILDABLE, MISSING = (
-    Status.PUBLISHED, Status.BUILT, Status.STALE, Status.FAILED, Status.NOT_BUILDABLE, Status.MISSING)
+PUBLISHED, BUILT, STALE, FAILED, NOT_BUILDABLE, MISSING, NARROW = (
+    Status.PUBLISHED, Status.BUILT, Status.STALE, Status.FAILED, Status.NOT_BUILDABLE, Status.MISSING,
+    Status.NARROW)
 
 
 @dataclass
@@ -48,6 +60,7 @@ class CellStatus:
     torch: str | None
     cuda: str | None
     cuda_archs: str | None
+    """For a CUDA cell: the architectures it wants (the profile's, the recipe's or toolchains.yaml's)."""
     status: Status
     detail: str = ""
     wheel: str | None = None
@@ -56,21 +69,75 @@ class CellStatus:
     cuda_archs_found: dict[str, list[str]] | None = None
     """For a CUDA cell: the SASS and PTX cuobjdump found in its wheel (kiln.wheel.CudaArchs.to_json),
     from the wheel's provenance, else from the cell's last build here."""
+    wheel_archs: str | None = None
+    """For a CUDA cell with a wheel: the architectures it was built for (its provenance's
+    cuda_archs, e.g. ``9.0`` for a host build, ``upstream``); None when unknown."""
+    build_number: int | None = None
+    """The build number of the cell's wheel (its build tag; 0 for none)."""
+    rebuild_number: int | None = None
+    """For a narrow cell: the build number its rebuild takes, above every wheel of the cell."""
+    rebuild_archs: str | None = None
+    """For a narrow cell: the architectures its rebuild is built for (both lists)."""
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
 
 
 def wheel_matches(filename: str, cell: Cell) -> bool:
-    """Whether a wheel filename is this cell's finished wheel."""
+    """Whether a wheel filename is one of this cell's finished wheels: its project, version and
+    a tag the cell's Python installs, with a build number no lower than the recipe's."""
     try:
-        name, version, _, tags = parse_wheel_filename(filename)
+        name, version, build, tags = parse_wheel_filename(filename)
     except InvalidWheelFilename:
         return False
-    build = parse_wheel_filename(filename)[2]
-    want_build = (cell.build_number, "") if cell.build_number else ()
     return (name == canonicalize_name(cell.project) and version == Version(cell.wheel_version)
-            and build == want_build and any(_serves(t, cell) for t in tags))
+            and _number(build) >= cell.recipe.build.number and any(_serves(t, cell) for t in tags))
+
+
+def _number(build: tuple[()] | tuple[int, str]) -> int:
+    return build[0] if build else 0
+
+
+def build_number(filename: str) -> int:
+    """The build number of a wheel filename (its build tag; 0 without one)."""
+    return _number(parse_wheel_filename(filename)[2])
+
+
+def newest(filenames: list[str]) -> str | None:
+    """The wheel installers pick among a cell's wheels: the highest build tag."""
+    return max(filenames, key=lambda f: (parse_wheel_filename(f)[2], f)) if filenames else None
+
+
+def archs_cover(built: str | None, found: dict[str, list[str]] | None, wanted: str) -> bool:
+    """Whether a wheel built for ``built`` (holding ``found``, cuobjdump's record) has every
+    architecture a cell wanting ``wanted`` asks for; ``upstream`` (each package's own list) is
+    covered only by itself, and a wheel whose build is unknown counts as covering."""
+    if wanted == "upstream":
+        return built in (None, "upstream")
+    want_sass, want_ptx = wanted_archs(wanted)
+    record = CudaArchs.from_json(found)
+    if record is not None and not record.empty:
+        return set(want_sass) <= set(record.sass) and set(want_ptx) <= set(record.ptx)
+    if built in (None, "upstream"):
+        return True
+    have_sass, have_ptx = wanted_archs(built)
+    return set(want_sass) <= set(have_sass) and set(want_ptx) <= set(have_ptx)
+
+
+def widen(built: str | None, wanted: str) -> str | None:
+    """The architectures a rebuild of a narrow wheel is built for: ``wanted`` and every one the
+    wheel had (``8.0`` + ``9.0+PTX`` -> ``8.0;9.0+PTX``); None when the wheel was built for
+    ``upstream`` (or unknown), whose list cannot be added to."""
+    if wanted == "upstream":
+        return wanted
+    if built in (None, "upstream"):
+        return None
+    parts: dict[str, bool] = {}
+    for part in f"{built};{wanted}".split(";"):
+        arch, ptx = (part[:-4], True) if part.upper().endswith("+PTX") else (part, False)
+        parts[arch] = parts.get(arch, False) or ptx
+    order = sorted(parts, key=lambda a: tuple(int(x) for x in a.rstrip("abf").split(".")))
+    return ";".join(f"{a}+PTX" if parts[a] else a for a in order)
 
 
 def _serves(tag: Tag, cell: Cell) -> bool:
@@ -127,6 +194,21 @@ def archs_found(wheel: Path | None, result: CellResult | None) -> dict[str, list
     return found.to_json() if found else None
 
 
+def wheel_archs(wheel: Path | None, filename: str, result: CellResult | None) -> str | None:
+    """The architectures a cell's wheel was built for: its provenance's, else the cell result's
+    when that result made this wheel."""
+    if wheel is not None:
+        try:
+            built = read_provenance(wheel).get("cuda_archs")
+        except (OSError, ValueError, KeyError):
+            built = None
+        if isinstance(built, str):
+            return built
+    if result is not None and result.wheel == filename and result.cuda_archs:
+        return result.cuda_archs
+    return None
+
+
 def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhouse: Path,
                 published: dict[str, list[str]] | None = None) -> list[CellStatus]:
     """Status rows of ``cells`` and of their closure cells recorded in the home; ``published``
@@ -142,17 +224,20 @@ def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhous
         result = CellResult.load(home, cell.id)
         on_mirror = [f for f in (published or {}).get(v.name, []) if wheel_matches(f, cell)]
         built = [f for f in local if wheel_matches(f, cell)]
-        if result and result.cuda_archs:
-            row.cuda_archs = result.cuda_archs
+        wheel = newest(sorted({*on_mirror, *built}))
+        here = wheelhouse / wheel if wheel in built else None
         if v.cuda_major:
-            row.cuda_archs_found = archs_found(wheelhouse / built[0] if built else None, result)
-        if on_mirror:
-            row.status, row.wheel = PUBLISHED, on_mirror[0]
-        elif built and stale(wheelhouse / built[0], cell):
-            row.status, row.wheel = STALE, built[0]
-            row.detail = f"{built[0]} was built from another {cell.recipe.path.name}: rebuild"
-        elif built:
-            row.status, row.wheel = BUILT, built[0]
+            row.cuda_archs_found = archs_found(here, result)
+        if wheel is not None:
+            row.wheel, row.build_number = wheel, build_number(wheel)
+            row.wheel_archs = wheel_archs(here, wheel, result) if v.cuda_major else None
+        if wheel is not None and here is not None and wheel not in on_mirror and stale(here, cell):
+            row.status = STALE
+            row.detail = f"{wheel} was built from another {cell.recipe.path.name}: rebuild"
+        elif wheel is not None:
+            row.status = PUBLISHED if wheel in on_mirror else BUILT
+            if archs is not None and not archs_cover(row.wheel_archs, row.cuda_archs_found, archs):
+                _narrow(row, cell, toolchains, archs)
         elif result and result.status == "failed":
             row.status, row.detail = FAILED, f"{result.error} (log: {result.log})"
         elif reason := not_buildable(cell, toolchains):
@@ -161,10 +246,28 @@ def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhous
     return rows
 
 
+def _narrow(row: CellStatus, cell: Cell, toolchains: Toolchains, wanted: str) -> None:
+    """Mark a row whose wheel holds fewer architectures than ``wanted`` narrow, with the build
+    number and architectures of its rebuild; a wheel that cannot be widened here keeps its status."""
+    assert row.wheel is not None and row.build_number is not None
+    built = row.wheel_archs or "upstream"
+    rebuild = widen(row.wheel_archs, wanted)
+    if rebuild is None:
+        row.detail = f"{row.wheel} was built for {built}, which lacks some of {wanted}"
+        return
+    if reason := not_buildable(cell, toolchains):
+        row.detail = f"{row.wheel} was built for {built}, fewer archs than {wanted}; not rebuilt here: {reason}"
+        return
+    row.status, row.rebuild_number, row.rebuild_archs = NARROW, row.build_number + 1, rebuild
+    row.detail = (f"{row.wheel} was built for {built}, fewer archs than {wanted}: rebuilds for "
+                  f"{rebuild} as build {row.rebuild_number}")
+
+
 def to_build(cells: list[Cell], rows: list[CellStatus], home: Home,
              force: bool = False) -> tuple[list[Cell], list[str]]:
-    """The cells a build runs (missing, failed, stale; every buildable one with ``force``), and
-    why each other one is skipped. A closure cell whose parent builds anyway is left to it."""
+    """The cells a build runs (missing, failed, stale, narrow; every buildable one with ``force``),
+    and why each other one is skipped. A closure cell whose parent builds anyway is left to it. A
+    narrow cell's build takes its row's rebuild number and architectures."""
     by_id = {r.cell: r for r in rows}
     todo: list[Cell] = []
     skipped: list[str] = []
@@ -178,6 +281,10 @@ def to_build(cells: list[Cell], rows: list[CellStatus], home: Home,
             skipped.append(f"{cell.id}: already published ({row.wheel})")
         elif row.status == BUILT and not force:
             skipped.append(f"{cell.id}: already built ({row.wheel})")
+        elif row.status == NARROW:
+            todo.append(replace(cell, build=row.rebuild_number, cuda_archs=row.rebuild_archs or cell.cuda_archs))
+        elif row.status == STALE and row.build_number is not None:
+            todo.append(replace(cell, build=row.build_number))  # the stale wheel is replaced, never published
         else:
             todo.append(cell)
     return todo, skipped

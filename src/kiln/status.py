@@ -46,6 +46,7 @@ COLORS: dict[Status, tuple[str, str]] = {  # status -> (background, border)
     Status.BUILT: ("#d6e9fb", "#1565c0"),
     Status.FAILED: ("#fbd5d5", "#c62828"),
     Status.STALE: ("#ecdcf7", "#7b1fa2"),
+    Status.NARROW: ("#fde3cf", "#e65100"),
     Status.NOT_BUILDABLE: ("#fdf1c7", "#a67c00"),
     Status.MISSING: ("#ececec", "#757575"),
 }
@@ -287,7 +288,7 @@ def _cell_html(c: CellView | None) -> str:
         parts.append(f'<div class="archs" title="asked for">wants {html.escape(c.cuda_archs)}</div>')
     if c.closure_of:
         parts.append(f'<div class="facts">closure of {html.escape(c.closure_of)}</div>')
-    if c.detail and c.status in (Status.FAILED, Status.NOT_BUILDABLE, Status.STALE):
+    if c.detail and c.status in (Status.FAILED, Status.NOT_BUILDABLE, Status.STALE, Status.NARROW):
         parts.append(f'<div class="why">{html.escape(c.detail)}</div>')
     if c.log_href:
         parts.append(f'<div class="facts"><a class="log" href="{html.escape(c.log_href, quote=True)}">log</a></div>')

@@ -113,6 +113,10 @@ class Toolchains(_Model):
     cuda_archs: str = "upstream"
     """The GPU architectures to build for: `upstream` (each package's own list) or a list
     like `8.0;9.0`. Recipes and `--cuda-archs` override it."""
+    host_archs: str = "9.0"
+    """The GPU architectures `kiln up --profile host` builds CUDA cells for on a host without a
+    GPU (with GPUs, theirs: `nvidia-smi`'s compute_cap); `--cuda-archs` overrides it. One
+    datacenter arch keeps a host build short; `--profile all` builds the full list."""
     indexes: dict[str, IndexSpec] = {}
     """Named package indexes that carry torch builds the default index lacks."""
     torch: dict[str, TorchSpec]
@@ -129,6 +133,13 @@ class Toolchains(_Model):
     @field_validator("cuda_archs")
     @classmethod
     def _archs(cls, v: str) -> str:
+        return check_archs(v)
+
+    @field_validator("host_archs")
+    @classmethod
+    def _host_archs(cls, v: str) -> str:
+        if v == "upstream":
+            raise ValueError("expected archs like '9.0' (a host build names them; 'upstream' is the full list)")
         return check_archs(v)
 
     @field_validator("run_exports")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from kiln import mirror
+from kiln import estimate, mirror
 from kiln import status as status_page
 from kiln.backends import get_backend
 from kiln.build import build_cells
@@ -29,17 +29,23 @@ class UpReport:
     uploaded: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    cuda_skipped: int = 0
+    planned: list[estimate.Estimate] = field(default_factory=list)
+    """What was to be built, each cell with its estimate, said before the build started."""
     notes: list[str] = field(default_factory=list)
     install: list[str] = field(default_factory=list)
     status_page: str | None = None
     """Where the mirror serves the status page (rewritten at the end of every run)."""
 
 
-def drop_cuda(cells: list[Cell]) -> tuple[list[Cell], int]:
-    """The cells without CUDA, and how many CUDA cells were left out."""
-    kept = [c for c in cells if c.variant.cuda_major is None]
-    return kept, len(cells) - len(kept)
+def say_plan(todo: list[Cell], planned: list[estimate.Estimate], console: Console) -> None:
+    """What a build will make and how long it should take, before it starts: one line per cell
+    (its archs and estimate), then the total."""
+    console.print(f"kiln up: building {len(todo)} cells, {estimate.summary(planned)}", markup=False, highlight=False)
+    for cell, est in zip(todo, planned, strict=True):
+        archs = f" archs {cell.cuda_archs}" if cell.variant.cuda_major else ""
+        build = f" build {cell.build_number}" if cell.build_number else ""
+        console.print(f"  {cell.id}{archs}{build}: ~{estimate.duration(est.seconds)}"
+                      f"{'' if est.source == 'here' else ' (from its recipe timeout)'}", markup=False, highlight=False)
 
 
 def install_lines(url: str, cells: list[Cell]) -> list[str]:
@@ -71,6 +77,8 @@ def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: i
     report.skipped = [f"{r.cell}: {r.detail}" for r in status if r.status == NOT_BUILDABLE]
     todo, _ = to_build(cells, status, home)
     if todo:
+        report.planned = estimate.estimate(todo, home)
+        say_plan(todo, report.planned, console)
         results = build_cells(todo, toolchains, home, wheelhouse, get_backend(backend), index_url, console)
         report.built = [w for r in results if r.status == "built" and r.wheel for w in [r.wheel, *r.closure_built]]
         report.failed = [f"{r.cell}: {r.error} (log: {r.log})" for r in results if r.status != "built"]

@@ -1,0 +1,199 @@
+"""Build profiles: which cells `kiln up` and `kiln plan` take, and for which GPU architectures.
+
+``all`` (CI, a team's build box): every cell, each with the arch policy of its recipe and
+toolchains.yaml. ``host`` (the default of `kiln up`): every cell without CUDA, and the CUDA cells
+this host can build and use: one variant (the newest torch minor with a CUDA build of nvcc's
+major, which the driver runs when a GPU is present), for the Python kiln runs on (or the
+``--python`` ones), built for the GPUs present, or toolchains.yaml's ``host_archs`` without one.
+
+``select`` takes the host's facts as an argument (``HostFacts``; ``probe_facts`` reads them from
+this machine), so the choice is tested without a GPU or nvcc.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from packaging.version import InvalidVersion, Version
+
+from kiln.matrix import Cell, Variant
+from kiln.toolchains import PYPI, Toolchains, probe_host
+
+Profile = Literal["host", "all"]
+PROFILES: tuple[Profile, ...] = get_args(Profile)
+HOST: Profile = "host"
+ALL: Profile = "all"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the host profile is chosen from."""
+
+    python: str
+    """The Python minor kiln runs on, e.g. ``3.11``."""
+    nvcc: str | None = None
+    """nvcc's CUDA version (``13.0``); None without a CUDA toolkit."""
+    gpus: tuple[str, ...] = ()
+    """The compute capability of each GPU present (``9.0``), as nvidia-smi lists them."""
+    driver_cuda: str | None = None
+    """The newest CUDA the driver runs (nvidia-smi's "CUDA Version"); None without a GPU."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The cells a profile picked, and what it said about them."""
+
+    profile: Profile
+    cells: tuple[Cell, ...]
+    total: int
+    """How many cells there were to pick from."""
+    variant: str | None = None
+    """host: the CUDA variant picked; None when no CUDA cell fits this host."""
+    pythons: tuple[str, ...] = ()
+    """host: the Pythons the CUDA cells are built for."""
+    archs: str | None = None
+    """host: the architectures the CUDA cells are built for."""
+    archs_from: str = ""
+    """host: where ``archs`` came from."""
+    why_none: str | None = None
+    """host: why no CUDA cell was picked."""
+    nvcc: str | None = None
+
+    def describe(self) -> str:
+        """One line: what the profile builds, and why."""
+        cells = list(self.cells)
+        if self.profile == ALL:
+            return (f"profile all: every cell ({len(cells)}), CUDA architectures as the recipes and "
+                    "toolchains.yaml say (--profile host: only what this host uses)")
+        plain = sum(1 for c in cells if c.variant.cuda_major is None)
+        cuda = len(cells) - plain
+        left = self.total - len(cells)
+        rest = f"; {left} other CUDA cells are left to --profile all" if left else ""
+        if self.variant is None or not cuda:
+            why = self.why_none or f"none of {self.variant} for Python {', '.join(self.pythons)}"
+            return f"profile host: {plain} cells without CUDA; no CUDA cells: {why}{rest}"
+        return (f"profile host: {plain} cells without CUDA, and {cuda} CUDA cells of {self.variant} "
+                f"(nvcc {self.nvcc}) for Python {', '.join(self.pythons)}, archs {self.archs} "
+                f"({self.archs_from}){rest}")
+
+
+def select(cells: list[Cell], toolchains: Toolchains, profile: Profile, facts: HostFacts,
+           pythons: list[str] | None = None, cuda_archs: str | None = None) -> Selection:
+    """The cells of ``profile`` among ``cells``. ``pythons``: the Pythons asked for (host: the
+    CUDA cells' Pythons; default, ``facts.python``); ``cuda_archs``: the architectures asked for
+    on the command line, which the cells already carry (host: they replace the GPUs' archs)."""
+    if profile == ALL:
+        return Selection(ALL, tuple(cells), len(cells))
+    if profile != HOST:
+        raise ValueError(f"profile {profile!r}: expected one of {', '.join(PROFILES)}")
+    plain = [c for c in cells if c.variant.cuda_major is None]
+    wanted = tuple(dict.fromkeys(pythons or [facts.python]))
+    variant, why_none = pick_variant([c.variant for c in cells if c.variant.cuda_major], toolchains, facts)
+    if variant is None:
+        return Selection(HOST, tuple(plain), len(cells), pythons=wanted, why_none=why_none, nvcc=facts.nvcc)
+    if cuda_archs:
+        archs, archs_from = cuda_archs, "--cuda-archs"
+    elif facts.gpus:
+        archs = ";".join(sorted(set(facts.gpus), key=_arch_key))
+        archs_from = f"the GPUs here: {', '.join(facts.gpus)}"
+    else:
+        archs = toolchains.host_archs
+        archs_from = "no GPU found: toolchains.yaml's host_archs"
+    keep = {c.id for c in cells if c.variant == variant and c.python in wanted}
+    picked = [c if c.variant.cuda_major is None else dataclasses.replace(c, cuda_archs=archs)
+              for c in cells if c.variant.cuda_major is None or c.id in keep]
+    return Selection(HOST, tuple(picked), len(cells), variant=variant.name, pythons=wanted, archs=archs,
+                     archs_from=archs_from, nvcc=facts.nvcc)
+
+
+def pick_variant(variants: list[Variant], toolchains: Toolchains,
+                 facts: HostFacts) -> tuple[Variant | None, str | None]:
+    """The CUDA variant this host builds: of those with nvcc's CUDA major (and, with a GPU, one
+    the driver runs), the newest torch minor, preferring a torch this host can install and the
+    newest CUDA no newer than nvcc; else None and why."""
+    if not variants:
+        return None, "the recipes picked declare none"
+    if facts.nvcc is None:
+        return None, "no nvcc here (set CUDA_HOME)"
+    major = facts.nvcc.split(".")[0]
+    if facts.gpus and facts.driver_cuda and _version(facts.driver_cuda).major < int(major):
+        return None, f"the GPU driver runs CUDA {facts.driver_cuda} at most, nvcc is {facts.nvcc}"
+    fits = sorted({v for v in variants if v.cuda_major == major}, key=str)
+    if not fits:
+        have = ", ".join(sorted({v.accelerator for v in variants}))
+        return None, f"no variant has nvcc {facts.nvcc}'s CUDA major (the recipes have {have})"
+    installable = [v for v in fits if _installable(v, toolchains)]
+    nvcc = _version(facts.nvcc)
+
+    def newest(v: Variant) -> tuple[Version, bool, Version]:
+        cuda = _version(v.cuda or "0")
+        return _version(v.torch or "0"), cuda <= nvcc, cuda
+
+    return max(installable or fits, key=newest), None
+
+
+def _installable(variant: Variant, toolchains: Toolchains) -> bool:
+    """Whether this variant's torch build can be installed here (the default index, or an index
+    whose URL is set)."""
+    assert variant.torch is not None and variant.cuda is not None
+    spec = toolchains.torch_spec(variant.torch)
+    if spec is None or variant.cuda not in spec.builds:
+        return False
+    return spec.builds[variant.cuda] == PYPI or toolchains.index_url(variant.torch, variant.cuda) is not None
+
+
+def _version(text: str) -> Version:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return Version("0")
+
+
+def _arch_key(arch: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", arch))
+
+
+# ----------------------------------------------------------------------------- this host
+
+
+def probe_facts() -> HostFacts:
+    """This host's facts: kiln's Python, nvcc (kiln.toolchains.probe_host), the GPUs and driver."""
+    gpus, driver = query_gpus()
+    return HostFacts(python=f"{sys.version_info.major}.{sys.version_info.minor}",
+                     nvcc=probe_host().nvcc_version, gpus=gpus, driver_cuda=driver)
+
+
+def query_gpus(nvidia_smi: str | None = None) -> tuple[tuple[str, ...], str | None]:
+    """The compute capability of every GPU (``nvidia-smi --query-gpu=compute_cap``) and the
+    newest CUDA its driver runs; ``((), None)`` without nvidia-smi or a GPU."""
+    exe = nvidia_smi or shutil.which("nvidia-smi")
+    if not exe:
+        return (), None
+    caps = _run([exe, "--query-gpu=compute_cap", "--format=csv,noheader"])
+    gpus = parse_compute_caps(caps or "")
+    return gpus, (parse_driver_cuda(_run([exe]) or "") if gpus else None)
+
+
+def parse_compute_caps(text: str) -> tuple[str, ...]:
+    """``9.0\\n9.0\\n`` -> ("9.0", "9.0"); lines that are no compute capability are left out."""
+    return tuple(line.strip() for line in text.splitlines() if re.fullmatch(r"\d+\.\d+", line.strip()))
+
+
+def parse_driver_cuda(text: str) -> str | None:
+    """The "CUDA Version: 13.0" of nvidia-smi's header."""
+    m = re.search(r"CUDA Version:\s*(\d+\.\d+)", text)
+    return m.group(1) if m else None
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout if res.returncode == 0 else None
