@@ -84,7 +84,6 @@ from kiln.mirror.deploy import (
     nginx_conf,
     nginx_exe,
 )
-from kiln.mirror.server import nginx_user, wait_ready
 from kiln.mirror.layout import (
     MAIN_INDEX,
     PYPI_INDEX,
@@ -93,7 +92,7 @@ from kiln.mirror.layout import (
     index_name,
     variant_of_wheel,
 )
-from kiln.mirror.server import root_credentials
+from kiln.mirror.server import nginx_user, root_credentials, upload_credentials, wait_ready
 
 GOAL = 0.01  # after: at most 1% of the wheel bytes
 LOG_LINE = re.compile(r'^\S+ \[[^\]]*\] "(?P<request>[^"]*)" (?P<status>\d{3}) (?P<sent>\d+) \S+ "[^"]*"$')
@@ -435,7 +434,14 @@ def start_kiln(home: Home, content: Content, upstream: str | None) -> Setup:
     api = Devpi(served.url, root_credentials(home))
     for config in index_configs(content.variant, upstream):
         api.ensure_index(config)  # without an upstream: no root/pypi base
-    mirror.publish(content.wheels, served.url, home)
+    # the corpus's wheels are not kiln's own builds (`kiln publish` refuses those): kiln's
+    # upload user puts them on the index of their variant, as for the bare mirror
+    creds = upload_credentials(home)
+    env = dict(os.environ, UV_PUBLISH_USERNAME=creds.user, UV_PUBLISH_PASSWORD=creds.password)
+    env.pop("UV_PUBLISH_TOKEN", None)
+    for index, wheels in content.by_index().items():
+        run([uv(), "publish", "--no-progress", "--publish-url", f"{served.url}/{index}/", *map(str, wheels)],
+            f"uv publish to kiln's mirror's {index}", env=env)
     current = mirror.running(home)
     if current is None:
         raise BenchError("kiln's mirror stopped after publishing")

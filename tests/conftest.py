@@ -33,9 +33,9 @@ from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import FIXTURE_SDISTS, make_helper_wheel, make_torch_stand_in  # noqa: E402
+from helpers import FIXTURE_SDISTS, make_helper_wheel, make_torch_stand_in
 
-from kiln import mirror  # noqa: E402
+from kiln import mirror
 
 pytest_plugins = ["ci_strict"]  # under CI=true a skipped e2e test fails
 from kiln.home import Home  # noqa: E402
@@ -263,7 +263,8 @@ class Postgres:
         self.data = self.root / "data"
         self.port = free_port()
         self.password = "kiln-test-db"
-        self.runas = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"] if os.geteuid() == 0 else []
+        as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+        self.runas = as_nobody if os.geteuid() == 0 else []
 
     @property
     def url(self) -> str:

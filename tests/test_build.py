@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,10 +22,10 @@ from pathlib import Path
 
 import pytest
 from conftest import StaticIndex
+from helpers import FIXTURE_RECIPES, FIXTURE_SDIST, FIXTURES, MORE_RECIPES, kilnfix_recipe, recipes_dir
 from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 
-from helpers import FIXTURE_RECIPES, FIXTURE_SDIST, FIXTURES, MORE_RECIPES, kilnfix_recipe, recipes_dir
 from kiln.backends import CompileResult
 from kiln.build import finish_cell
 from kiln.cli import main
@@ -153,7 +154,7 @@ def test_uv_rejects_a_wheel_whose_filename_and_metadata_disagree(built: tuple[in
     renamed.write_bytes(wheel.read_bytes())
     res = install(venv(tmp_path / "v"), upstream, str(renamed))
     assert res.returncode != 0
-    assert "Wheel version does not match filename (1.0.0 != 1.0.1)" in res.stderr
+    assert re.search(r"Wheel version does not match filename\W+1\.0\.0 != 1\.0\.1", res.stderr), res.stderr
 
 
 def test_second_build_skips_what_is_built(built: tuple[int, Path], upstream: StaticIndex,
@@ -265,7 +266,8 @@ def test_outside_the_sandbox_the_fixture_links_cudart(cuda_linked: Path) -> None
 
 def test_a_cpu_wheel_holding_cuda_is_refused(cuda_linked: Path, tmp_path: Path) -> None:
     tc = load_toolchains(FIXTURE_RECIPES)
-    (cell,) = expand(load_recipes(recipes_dir(tmp_path / "r", ("kilncuda.yaml", (MORE_RECIPES / "kilncuda.yaml").read_text()))), tc)
+    recipes = recipes_dir(tmp_path / "r", ("kilncuda.yaml", (MORE_RECIPES / "kilncuda.yaml").read_text()))
+    (cell,) = expand(load_recipes(recipes), tc)
     res = CompileResult(wheel=cuda_linked, installed={"torch": "2.14.1"}, freeze=[], python="3.11", compiler="gcc")
     src = Source(FIXTURE_SDIST, "file:///x", "0" * 64)
     with open(tmp_path / "log", "w") as log, pytest.raises(BuildError) as exc:
@@ -315,7 +317,7 @@ def test_without_its_closure_the_wheel_does_not_install(closure_built: tuple[int
         shutil.copy(wheel, alone)
     res = install(venv(tmp_path / "v"), upstream, "--find-links", str(alone), "kilnapp")
     assert res.returncode != 0
-    assert "kilnlib" in res.stderr and "--no-build" in res.stderr, res.stderr
+    assert re.search(r"kilnlib[\s\S]*(--no-build|building from source is disabled)", res.stderr), res.stderr
 
 
 def test_a_closure_dependency_that_does_not_build_names_the_recipe_it_needs(
@@ -363,7 +365,8 @@ def test_smoke_test_installs_without_the_build_constraints(tmp_path: Path, upstr
     """Built under `kilnfix-helper<2` (ABI 1) with no run-export: a user gets helper 2.0.0 and the
     import fails; so does the smoke test, which installs what a user installs."""
     text = kilnfix_recipe(**{'["kilnfix-helper==1.4.0"]': '[kilnfix-helper]\n  constraints: ["kilnfix-helper<2"]',
-                             '["3.11", "3.12"]': '["3.11"]', "runtime:\n  pin: [kilnfix-helper]": "runtime:\n  pin: []"})
+                             '["3.11", "3.12"]': '["3.11"]',
+                             "runtime:\n  pin: [kilnfix-helper]": "runtime:\n  pin: []"})
     home = tmp_path / "home"
     assert build(recipes_dir(tmp_path / "recipes", ("kilnfix.yaml", text)), home, upstream) == 4
     out = capsys.readouterr().out

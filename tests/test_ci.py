@@ -18,13 +18,13 @@ import pytest
 import yaml
 from cibuildwheel.environment import parse_environment
 from cibuildwheel.frontend import BuildFrontendConfig
-
 from conftest import StaticIndex
 from helpers import FIXTURE_RECIPES, FIXTURES
+
 from kiln import ci
-from kiln.buildreqs import BuildRequirements
 from kiln.backends.cibuildwheel import BuildRecord, CibuildwheelBackend, environment
 from kiln.build import build_cell
+from kiln.buildreqs import BuildRequirements
 from kiln.home import Home
 from kiln.matrix import expand
 from kiln.recipe import load_recipes
@@ -243,7 +243,8 @@ def test_cibw_env_extra_index(ci_recipes: Path, ci_source: Path, tmp_path: Path)
     res = kiln(*args, env={"KILN_PYTORCH_INDEX_URL": "http://127.0.0.1:9/whl/"})
     env = json.loads(res.stdout)
     assert "--extra-index-url http://127.0.0.1:9/whl/cu128 torch==2.14.1 build" in env["CIBW_BEFORE_BUILD"]
-    assert env["CIBW_BEFORE_TEST"] == "python -m pip install --extra-index-url http://127.0.0.1:9/whl/cu128 torch==2.14.1"
+    assert env["CIBW_BEFORE_TEST"] == ("python -m pip install --extra-index-url http://127.0.0.1:9/whl/cu128 "
+                                       "torch==2.14.1")
     assert env["CIBW_MANYLINUX_X86_64_IMAGE"] == load_toolchains(ci_recipes).ci.images["12.8"]
 
 

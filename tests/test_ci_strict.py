@@ -25,7 +25,8 @@ def run(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[str]:
     if ci is not None:
         env["CI"] = ci
     env["PYTHONPATH"] = str(Path(__file__).parent)
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "ci_strict", "-p", "no:cacheprovider", "-p", "no:pytest_devpi_postgresql", "-q",
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "ci_strict", "-p", "no:cacheprovider",
+                           "-p", "no:pytest_devpi_postgresql", "-q",
                            "-rfs", "-o", "markers=e2e", str(tmp_path)], capture_output=True, text=True,
                           cwd=tmp_path, env=env)
 

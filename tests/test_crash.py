@@ -87,7 +87,8 @@ def sha256(data: bytes) -> str:
 
 def served(url: str, project: str) -> dict[str, tuple[str, bytes]]:
     """filename -> (the sha256 the index states, the bytes it serves) for every file listed."""
-    req = urllib.request.Request(f"{url.rstrip('/')}/{project}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    req = urllib.request.Request(f"{url.rstrip('/')}/{project}/",
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     with urllib.request.urlopen(req, timeout=60) as resp:
         page, base = json.loads(resp.read()), resp.url
     out = {}
@@ -197,7 +198,8 @@ def cmdlines() -> list[tuple[int, str]]:
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                out.append((int(proc.name), (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")))
+                argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                out.append((int(proc.name), argv))
             except OSError:
                 continue
     return out

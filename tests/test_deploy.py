@@ -59,7 +59,8 @@ def test_a_home_keeps_its_deployment(tmp_path: Path) -> None:
     assert server.deployment_of(home).storage.url == "postgresql://devpi:pw@127.0.0.1/devpi"
     with pytest.raises(MirrorError) as exc:
         server.deployment_of(home, primary_url="http://primary:3141")
-    assert exc.value.message == (f"{tmp_path} holds a postgresql mirror (storage postgresql://devpi:***@127.0.0.1/devpi); "
+    assert exc.value.message == (f"{tmp_path} holds a postgresql mirror "
+                                 "(storage postgresql://devpi:***@127.0.0.1/devpi); "
                                  "it cannot become a replica of http://primary:3141: use another --home")
     assert (server.ServerFiles(home).deployment.stat().st_mode & 0o777) == 0o600
 
@@ -71,7 +72,8 @@ def test_an_unreadable_deployment_file_is_one_line(tmp_path: Path) -> None:
     files.deployment.write_text("{not json")
     with pytest.raises(MirrorError) as exc:
         server.deployment_of(home)
-    assert exc.value.message.startswith(f"{files.deployment}: unreadable (") and exc.value.message.endswith("move it aside")
+    message = exc.value.message
+    assert message.startswith(f"{files.deployment}: unreadable (") and message.endswith("move it aside")
 
 
 def test_a_replica_without_the_primary_secret_is_refused(tmp_path: Path) -> None:
@@ -95,7 +97,8 @@ def test_export_and_import_refuse_what_they_cannot_use(tmp_path: Path) -> None:
     res = subprocess.run([KILN, "export", str(tmp_path / "dump"), "--home", str(tmp_path / "empty")],
                          capture_output=True, text=True)
     assert res.returncode == 5 and res.stderr.strip() == f"kiln: {tmp_path / 'empty'} holds no mirror to export"
-    res = subprocess.run([KILN, "import", str(tmp_path), "--home", str(tmp_path / "new")], capture_output=True, text=True)
+    res = subprocess.run([KILN, "import", str(tmp_path), "--home", str(tmp_path / "new")],
+                         capture_output=True, text=True)
     assert res.returncode == 5
     assert res.stderr.strip() == f"kiln: {tmp_path}: not a `kiln export` directory (no devpi/dataindex.json)"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from conftest import StaticIndex
-
 from helpers import FIXTURE_RECIPES, recipes_dir
+
 from kiln.cli import main
 from kiln.infer import (
     Change,

@@ -71,7 +71,8 @@ UV_TTY = """\
     (NVCC, 'kernel.cu(12): error: identifier "foo" is undefined'),
     (PROBE, "lap/_lapjv.cpp:181:12: fatal error: longintrepr.h: No such file or directory"),
     ("Cythonizing x.pyx\ncc1: fatal error: ../common/maskApi.c: No such file or directory\ncompilation terminated.\n"
-     "error: command '/usr/bin/gcc' failed with exit code 1\n", "cc1: fatal error: ../common/maskApi.c: No such file or directory"),
+     "error: command '/usr/bin/gcc' failed with exit code 1\n",
+     "cc1: fatal error: ../common/maskApi.c: No such file or directory"),
     (UV, "Because there is no version of kilnfix-helper==9.9.9 and you require kilnfix-helper==9.9.9, "
          "we can conclude that your requirements are unsatisfiable."),
     (UV_TTY, "Because foo was not found in the package registry and you require foo, we can conclude "

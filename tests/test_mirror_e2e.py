@@ -182,7 +182,8 @@ def _variant_wheel(dest: Path, version: str) -> Path:
     with zipfile.ZipFile(dest / name, "w") as zf:
         zf.writestr("kilnfix/__init__.py", "def add(a, b):\n    return a + b\n")
         zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: kilnfix\nVersion: {version}\n")
-        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{info}/WHEEL",
+                    "Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         zf.writestr(f"{info}/kiln.json", json.dumps(provenance))
         zf.writestr(f"{info}/RECORD", "")
     return dest / name
@@ -359,6 +360,7 @@ def test_export_import_round_trip(upped: Upped, client_env: dict[str, str], tmp_
                    str(upped.home / "wheelhouse")])
         assert res.returncode == 0 and "uploaded" not in res.stdout, res.stdout + res.stderr
         res = run([KILN, "import", str(dump), "--home", str(home)])
-        assert res.returncode != 0 and res.stderr.strip() == f"kiln: {home} already holds a mirror; import into a new --home"
+        assert res.returncode != 0
+        assert res.stderr.strip() == f"kiln: {home} already holds a mirror; import into a new --home"
     finally:
         run([KILN, "stop", "--home", str(home)])

@@ -25,10 +25,9 @@ from types import TracebackType
 
 import pytest
 from conftest import BIN, StaticIndex
+from helpers import FIXTURES, recipes_dir
 
 import kiln
-
-from helpers import FIXTURES, recipes_dir
 from kiln.errors import HostError
 from kiln.sandbox import Sandbox, cuda_toolkit_paths, secret_paths, unshare
 

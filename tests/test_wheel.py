@@ -8,9 +8,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+from helpers import FIXTURE_RECIPES, make_helper_wheel, make_wheel
 from packaging.utils import parse_wheel_filename
 
-from helpers import FIXTURE_RECIPES, make_helper_wheel, make_wheel
 from kiln.matrix import Cell, Variant
 from kiln.recipe import load_recipe
 from kiln.smoke import extension_modules, top_level_modules

@@ -227,7 +227,8 @@ def build_closure(cell: Cell, wheel: Path, toolchains: Toolchains, home: Home, o
         for need in needs:
             built += _build_need(need, cell, toolchains, home, out, backend, index_url, log, building)
     else:
-        raise BuildError(f"closure: runtime requirements of {wheel.name} still missing after {MAX_CLOSURE_ROUNDS} rounds")
+        raise BuildError(f"closure: runtime requirements of {wheel.name} still missing "
+                         f"after {MAX_CLOSURE_ROUNDS} rounds")
     closure.save(home, cell, recorded)
     return built
 

@@ -90,14 +90,14 @@ def workflow(recipes: str, toolchains: Toolchains, cells: list[Cell]) -> dict[st
 
         image_for(cell, toolchains)
     runs_on: str | list[str] = ci.runs_on[0] if len(ci.runs_on) == 1 else list(ci.runs_on)
-    setup = [
+    setup: list[dict[str, Any]] = [
         {"uses": CHECKOUT},
         {"uses": SETUP_PYTHON, "with": {"python-version": ci.python}},
         {"name": "Install kiln", "run": "python -m pip install ."},
     ]
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "KILN_HOME": "${{ github.workspace }}/.kiln"}
     for index in toolchains.indexes.values():
-        env[index.url_env] = "${{ vars.%s }}" % index.url_env
+        env[index.url_env] = "${{ vars." + index.url_env + " }}"
     env["KILN_INDEX_URL"] = "${{ vars.KILN_INDEX_URL }}"
 
     plan_script = (
@@ -204,7 +204,7 @@ def _build_job(recipes: str, toolchains: Toolchains, cells: list[Cell], runs_on:
 
 def _gate(step: dict[str, Any]) -> dict[str, Any]:
     """The step, run only when the job's cell is missing from the mirror (`if` after its name)."""
-    head = {k: step[k] for k in ("name", "uses") if k in step}
+    head: dict[str, Any] = {k: step[k] for k in ("name", "uses") if k in step}
     return {**head, "if": BUILD_IF, **{k: v for k, v in step.items() if k not in head}}
 
 
@@ -254,6 +254,6 @@ def check(recipes_dir: Path, path: Path = WORKFLOW, recipes: str | None = None) 
     if committed == fresh:
         return
     old, new = committed.splitlines(), fresh.splitlines()
-    line = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+    line = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new)))
     raise StaleWorkflowError(f"{path} is stale: it differs from a fresh render of {recipes_dir} "
                              f"from line {line + 1}; run `kiln ci render` and commit it")

@@ -229,7 +229,8 @@ def cmd_token(args: argparse.Namespace) -> int:
         table = Table("id", "expires", "may", "indexes")
         now = datetime.now(UTC)
         for t in tokens.tokens(url, root):
-            when = f"{t.expires:%Y-%m-%d %H:%M} UTC" + (" (expired)" if t.expires <= now else "") if t.expires else "never"
+            expired = " (expired)" if t.expires and t.expires <= now else ""
+            when = f"{t.expires:%Y-%m-%d %H:%M} UTC{expired}" if t.expires else "never"
             table.add_row(t.id, when, ",".join(t.allowed) or "anything its user may", ",".join(t.indexes) or "any")
         console.print(table)
         return 0
@@ -324,7 +325,10 @@ def cmd_cibw_env(args: argparse.Namespace) -> int:
     home = Home(Path(args.home))
     reqs = source_requirements(cell, home, Path(args.source) if args.source else None, args.index_url)
     env = environment(cell, toolchains, reqs, ccache, home)
-    print(json.dumps(env, indent=2) if args.format == "json" else format_env(env), end="\n" if args.format == "json" else "")
+    if args.format == "json":
+        print(json.dumps(env, indent=2))
+    else:
+        print(format_env(env), end="")
     return 0
 
 
@@ -479,7 +483,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--home", default=str(default_home()), help="kiln home of the mirror, whose root issues "
                     "tokens (default: $KILN_HOME or ./.kiln)")
     sp.add_argument("--mirror", help="mirror URL (default: the home's running mirror)")
-    sp.add_argument("--days", type=int, default=90, help="with create: days until it expires (default: 90, at most 366)")
+    sp.add_argument("--days", type=int, default=90,
+                    help="with create: days until it expires (default: 90, at most 366)")
     sp.add_argument("--variant", nargs="+", metavar="VARIANT", help="with create: only these variants' indexes, "
                     "e.g. main cu130-torch2.14 (default: every kiln index)")
     sp.set_defaults(func=cmd_token)

@@ -33,7 +33,6 @@ from kiln.recipe import Recipe, load_recipe
 from kiln.sandbox import installer_env
 from kiln.toolchains import Toolchains, find_python
 
-
 _FAILED_TO_BUILD = re.compile(r"Failed to build `([^`=@ ]+)(?:==|@)([^`]+)`")
 _PY_CAUSE = re.compile(r"^\s*((?:[\w.]+\.)?\w*Error: .+)$", re.MULTILINE)
 

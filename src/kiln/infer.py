@@ -274,7 +274,8 @@ def cython(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
     text = failure.log[-40000:]
     if failure.stage != "build":
         return None
-    if "the NumPy Cython headers require Cython 3" in text and not any(r.startswith("numpy") for r in draft.constraints):
+    pins_numpy = any(r.startswith("numpy") for r in draft.constraints)
+    if "the NumPy Cython headers require Cython 3" in text and not pins_numpy:
         return Change("build.constraints", "numpy<2", "numpy 2's Cython headers need Cython 3, which this code rejects")
     pinned = any(r.startswith("cython<3") for r in draft.constraints)
     if _CYTHON3.search(text) and not pinned:

@@ -30,7 +30,8 @@ def read_from(log: TextIO, start: int) -> str:
         return ""
 
 
-_COMPILER_ERROR = re.compile(r"^(\S+?(:\d+(:\d+)?:|\(\d+\):) (fatal )?error\b.*|(cc1\w*|ld|collect2): (fatal )?error: .*)",
+_COMPILER_ERROR = re.compile(r"^(\S+?(:\d+(:\d+)?:|\(\d+\):) (fatal )?error\b.*"
+                             r"|(cc1\w*|ld|collect2): (fatal )?error: .*)",
                              re.IGNORECASE)
 _PY_EXCEPTION = re.compile(r"^([\w.]+\.)?\w*(Error|Exception|Exit|Interrupt)(: .*)?$")
 _UV_CAUSE = re.compile(r"^(\s*)(?:╰─▶|cause:)\s*(.+)$")

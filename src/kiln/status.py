@@ -218,7 +218,8 @@ def variant_view(variant: Variant, url: str, projects: list[str]) -> VariantView
     index = mirror.simple_url(url, variant.name)
     parsed = urllib.parse.urlparse(index)
     host = parsed.hostname or ""
-    trusted = f" --trusted-host {host}" if parsed.scheme == "http" and host not in ("127.0.0.1", "localhost", "::1") else ""
+    local = host in ("127.0.0.1", "localhost", "::1")
+    trusted = f" --trusted-host {host}" if parsed.scheme == "http" and not local else ""
     names = " ".join(projects)
     install = {
         "uv": f"uv pip install --index-url {index} {names}",
@@ -332,7 +333,8 @@ def render_html(page: Page) -> str:
 <style>{STYLE}</style></head>
 <body>
 <h1>kiln status</h1>
-<div class="meta">mirror <span id="mirror">{mirror_text}</span> &middot; kiln <span id="kiln-version">{html.escape(page.kiln_version)}</span>
+<div class="meta">mirror <span id="mirror">{mirror_text}</span> &middot; \
+kiln <span id="kiln-version">{html.escape(page.kiln_version)}</span>
  &middot; generated {html.escape(page.generated)}</div>
 <div class="legend">{legend}</div>
 {"".join(_project_html(p) for p in page.projects) or "<p>No cells: no recipes.</p>"}

@@ -22,13 +22,12 @@ from email.message import Message
 from email.parser import BytesParser
 from pathlib import Path
 
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name, parse_wheel_filename
-from packaging.version import Version
-
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import Version
 
 from kiln.errors import BuildError
 from kiln.matrix import Cell
@@ -210,7 +209,10 @@ def cuda_content(wheel: Path) -> list[str]:
 def read_provenance(wheel: Path) -> dict[str, object]:
     with zipfile.ZipFile(wheel) as zf:
         (name,) = [n for n in zf.namelist() if n.endswith(".dist-info/" + PROVENANCE)]
-        return json.loads(zf.read(name))
+        data = json.loads(zf.read(name))
+    if not isinstance(data, dict):
+        raise ValueError(f"{wheel.name}: {PROVENANCE} is not an object")
+    return data
 
 
 def _run(cmd: list[str], cell: Cell) -> None:

@@ -20,8 +20,8 @@ from kiln import buildreqs
 from kiln.backends import CompileJob, CompileResult
 from kiln.errors import BuildError, HostError
 from kiln.logs import decisive_line, read_from
-from kiln.sandbox import Sandbox, installer_env
 from kiln.matrix import Cell
+from kiln.sandbox import Sandbox, installer_env
 from kiln.toolchains import Toolchains, find_python, probe_host
 
 NET_PROBE = (
@@ -121,7 +121,8 @@ def check_torch_cuda(cell: Cell, python: Path, log: TextIO) -> None:
     host = probe_host()
     print(f"kiln: torch's CUDA {torch_cuda}, nvcc {host.nvcc_version} at {host.cuda_home}", file=log, flush=True)
     if torch_cuda.split(".")[0] != cell.variant.cuda_major:
-        raise BuildError(f"the installed torch is a CUDA {torch_cuda} build, the variant wants CUDA {cell.variant.cuda}")
+        raise BuildError(f"the installed torch is a CUDA {torch_cuda} build, "
+                         f"the variant wants CUDA {cell.variant.cuda}")
     if host.cuda_major != cell.variant.cuda_major:
         raise BuildError(f"nvcc at {host.cuda_home} is CUDA {host.nvcc_version}, torch's is CUDA {torch_cuda}")
 

@@ -47,7 +47,8 @@ from kiln.mirror.server import (
 )
 from kiln.toolchains import Toolchains
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Published", "Running", "Served", "ServerFiles", "configure", "export", "import_",
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Published", "Running", "Served", "ServerFiles", "configure", "export",
+           "import_",
            "index_name", "layout", "mirror_url", "publish", "published", "published_for", "running", "serve",
            "simple_url", "start", "stop", "url_for", "variant_of_wheel", "wait", "wait_replicated"]
 
