@@ -85,6 +85,21 @@ def test_host_without_gpu_takes_the_newest_torch_for_nvcc_and_host_archs(recipes
     assert f"{len(cells) - len(picked.cells)} other CUDA cells are left to --profile all" in line
 
 
+def test_a_recipe_may_leave_its_cuda_cells_to_profile_all(recipes: Path) -> None:
+    """build.host_profile: false (a build of hours, such as flash-attn): host builds its cells
+    without CUDA only, and says why the CUDA ones are left."""
+    text = (recipes / "kilnkern.yaml").read_text().replace("  timeout_minutes: 240\n",
+                                                           "  timeout_minutes: 240\n  host_profile: false\n")
+    (recipes / "kilnkern.yaml").write_text(text)
+    tc, cells = cells_of(recipes)
+    picked = select(cells, tc, "host", NO_GPU_13)
+    assert [c for c in picked.cells if c.variant.cuda_major] == []
+    assert ids([c for c in picked.cells if c.project == "kilnkern"]) == {
+        c.id for c in cells if c.project == "kilnkern" and not c.variant.cuda_major}
+    assert picked.describe().endswith("are left to --profile all (kilnkern: build.host_profile is false)")
+    assert len(select(cells, tc, "all", NO_GPU_13).cells) == len(cells)
+
+
 def test_host_with_gpus_builds_for_their_archs(recipes: Path) -> None:
     tc, cells = cells_of(recipes)
     facts = HostFacts(python="3.12", nvcc="13.0", gpus=("9.0", "8.6", "9.0"), driver_cuda="13.1")

@@ -64,6 +64,8 @@ class Selection:
     why_none: str | None = None
     """host: why no CUDA cell was picked."""
     nvcc: str | None = None
+    heavy: tuple[str, ...] = ()
+    """host: the projects whose recipes leave their CUDA cells to --profile all (build.host_profile)."""
 
     def describe(self) -> str:
         """One line: what the profile builds, and why."""
@@ -75,6 +77,8 @@ class Selection:
         cuda = len(cells) - plain
         left = self.total - len(cells)
         rest = f"; {left} other CUDA cells are left to --profile all" if left else ""
+        if self.heavy:
+            rest += f" ({', '.join(self.heavy)}: build.host_profile is false)"
         if self.variant is None or not cuda:
             why = self.why_none or f"none of {self.variant} for Python {', '.join(self.pythons)}"
             return f"profile host: {plain} cells without CUDA; no CUDA cells: {why}{rest}"
@@ -105,11 +109,12 @@ def select(cells: list[Cell], toolchains: Toolchains, profile: Profile, facts: H
     else:
         archs = toolchains.host_archs
         archs_from = "no GPU found: toolchains.yaml's host_archs"
-    keep = {c.id for c in cells if c.variant == variant and c.python in wanted}
+    heavy = tuple(sorted({c.project for c in cells if c.variant == variant and not c.recipe.build.host_profile}))
+    keep = {c.id for c in cells if c.variant == variant and c.python in wanted and c.recipe.build.host_profile}
     picked = [c if c.variant.cuda_major is None else dataclasses.replace(c, cuda_archs=archs)
               for c in cells if c.variant.cuda_major is None or c.id in keep]
     return Selection(HOST, tuple(picked), len(cells), variant=variant.name, pythons=wanted, archs=archs,
-                     archs_from=archs_from, nvcc=facts.nvcc)
+                     archs_from=archs_from, nvcc=facts.nvcc, heavy=heavy)
 
 
 def pick_variant(variants: list[Variant], toolchains: Toolchains,

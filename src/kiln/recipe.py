@@ -120,6 +120,10 @@ class BuildSpec(_Model):
     """GPU architectures for this project (overrides toolchains.yaml), e.g. `8.0;9.0`."""
     timeout_minutes: int = Field(default=60, gt=0, le=7 * 24 * 60)
     """How long one cell may take in CI before it is cancelled."""
+    host_profile: bool = True
+    """Whether `kiln up --profile host` (a workstation's default) builds this recipe's CUDA cells;
+    `false` for builds that take hours on a workstation (flash-attn), left to `--profile all`
+    (CI, a team's build box). Its cells without CUDA are built either way."""
     number: int = Field(default=0, ge=0, lt=2**31)
     """The wheel's build number (its build tag, `name-1.0-1-cp311-...whl`): raise it to publish a
     fixed wheel of a version already published; the old one stays, installers pick the new."""
