@@ -310,7 +310,7 @@ def missing_mirror(stage: Any, project: str, paths: list[str]) -> str | None:
     link paths; none for a 404); None when the page is complete. A mirror with no answer, or
     whose links are missing from the page, is looked at again at the newest serial first: a
     fetch that finished in the background after this request's transaction began counts."""
-    mirrors = consulted_mirrors(stage, project)
+    mirrors = [stage] if stage.ixconfig.get("type") == "mirror" else consulted_mirrors(stage, project)
     if all(mirror_answer(m, project) == "links" and _on_page(m, project, paths) for m in mirrors):
         return None
     keyfs = stage.keyfs
@@ -368,8 +368,10 @@ def simple_page_tween_factory(handler: Callable[[Any], Any], registry: Any) -> C
         page_url = request.url
         project = canonicalize_name(match.group("project"))
         stage = xom.model.getstage(match.group("user"), match.group("index"))
-        if stage is not None and stage.ixconfig.get("type") == "stage":
+        if stage is not None and stage.ixconfig.get("type") in ("stage", "mirror"):
             paths = page_paths(page_url, response.body, content_type) if response.status_code == 200 else []
+            # a mirror's own page too: a replica's root/pypi reads the primary's, and a 404 there
+            # would tell the replica "no such project" while the primary's upstream is only slow
             missing = missing_mirror(stage, project, paths)
             if missing is not None:
                 from devpi_server.log import threadlog
