@@ -85,10 +85,11 @@ def published(deployment: Deployment, upstream: StaticIndex, tmp_path_factory: p
     wheel = wheel_requiring("kilncold", "1.0+cpu.torch2.14", ["kilnfix-helper==1.4.0"],
                             tmp_path_factory.mktemp("kilncold"))
     creds = upload_credentials(home)
+    # credentials through the environment: never on argv (and a password may start with "-")
+    env = {**clean_env(), "UV_PUBLISH_USERNAME": creds.user, "UV_PUBLISH_PASSWORD": creds.password}
     res = subprocess.run([str(BIN / "uv"), "publish", "--no-progress", "--publish-url",
-                          f"{primary}/{mirror.index_name(VARIANT)}/", "--username", creds.user,
-                          "--password", creds.password, str(wheel)], check=False, capture_output=True, text=True,
-                         env=clean_env())
+                          f"{primary}/{mirror.index_name(VARIANT)}/", str(wheel)], check=False, capture_output=True,
+                         text=True, env=env)
     assert res.returncode == 0, res.stderr
     deployment.settle()
     return mirror.simple_url(deployment.url, VARIANT)
