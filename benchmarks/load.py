@@ -75,6 +75,7 @@ from metadata_bytes import (
     make_wheel,
     run,
     synthetic_tag,
+    upload,
     uv,
 )
 
@@ -279,15 +280,10 @@ def start_mirror(home: Home, content: Content, upstream: str) -> Side:
     """kiln's mirror as `kiln serve` starts it, with the synthetic wheels uploaded by kiln's upload
     user to the index of their variant (`kiln publish` takes only wheels kiln built)."""
     served, _ = mirror.serve(home, "127.0.0.1", free_port(), [Variant.parse(VARIANT)], None, upstream)
-    creds = upload_credentials(home)
-    env = dict(os.environ, UV_PUBLISH_USERNAME=creds.user, UV_PUBLISH_PASSWORD=creds.password)
-    env.pop("UV_PUBLISH_TOKEN", None)
-    by_index: dict[str, list[str]] = {}
+    by_index: dict[str, list[Path]] = {}
     for wheel in content.published:
-        by_index.setdefault(mirror.index_name(mirror.variant_of_wheel(wheel.name).name), []).append(str(wheel))
-    for index, wheels in by_index.items():
-        run([uv(), "publish", "--no-progress", "--publish-url", f"{served.url}/{index}/", *wheels],
-            f"uv publish to the mirror's {index}", env=env)
+        by_index.setdefault(mirror.index_name(mirror.variant_of_wheel(wheel.name).name), []).append(wheel)
+    upload(served.url, by_index, upload_credentials(home), "the mirror")
     files = mirror.ServerFiles(home)
     return Side("mirror", mirror.simple_url(served.url, VARIANT), files.access_log,
                 (files.nginx / "error.log", files.log))

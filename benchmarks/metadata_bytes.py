@@ -409,11 +409,7 @@ class BareMirror:
         api.ensure_user(USER, self.upload_password)
         for config in index_configs(content.variant, upstream):
             api.ensure_index(config)
-        env = dict(os.environ, UV_PUBLISH_USERNAME=USER, UV_PUBLISH_PASSWORD=self.upload_password)
-        env.pop("UV_PUBLISH_TOKEN", None)
-        for index, wheels in content.by_index().items():
-            run([uv(), "publish", "--no-progress", "--publish-url", f"{setup.url}/{index}/", *map(str, wheels)],
-                f"uv publish to the bare mirror's {index}", env=env)
+        upload(setup.url, content.by_index(), Credentials(USER, self.upload_password), "the bare mirror")
 
     def stop(self) -> None:
         for proc in reversed(self.procs):  # nginx first, then devpi
@@ -427,6 +423,16 @@ class BareMirror:
         self.procs.clear()
 
 
+def upload(url: str, by_index: dict[str, list[Path]], creds: Credentials, what: str) -> None:
+    """``uv publish`` of each index's wheels to the devpi at ``url`` as ``creds`` (through uv's
+    environment, never argv)."""
+    env = dict(os.environ, UV_PUBLISH_USERNAME=creds.user, UV_PUBLISH_PASSWORD=creds.password)
+    env.pop("UV_PUBLISH_TOKEN", None)
+    for index, wheels in by_index.items():
+        run([uv(), "publish", "--no-progress", "--publish-url", f"{url}/{index}/", *map(str, wheels)],
+            f"uv publish to {what}'s {index}", env=env)
+
+
 def start_kiln(home: Home, content: Content, upstream: str | None) -> Setup:
     """kiln's mirror, as `kiln serve` starts it, with the wheels published by kiln."""
     variants = [] if content.variant == MAIN else [Variant.parse(content.variant)]
@@ -436,12 +442,7 @@ def start_kiln(home: Home, content: Content, upstream: str | None) -> Setup:
         api.ensure_index(config)  # without an upstream: no root/pypi base
     # the corpus's wheels are not kiln's own builds (`kiln publish` refuses those): kiln's
     # upload user puts them on the index of their variant, as for the bare mirror
-    creds = upload_credentials(home)
-    env = dict(os.environ, UV_PUBLISH_USERNAME=creds.user, UV_PUBLISH_PASSWORD=creds.password)
-    env.pop("UV_PUBLISH_TOKEN", None)
-    for index, wheels in content.by_index().items():
-        run([uv(), "publish", "--no-progress", "--publish-url", f"{served.url}/{index}/", *map(str, wheels)],
-            f"uv publish to kiln's mirror's {index}", env=env)
+    upload(served.url, content.by_index(), upload_credentials(home), "kiln's mirror")
     current = mirror.running(home)
     if current is None:
         raise BenchError("kiln's mirror stopped after publishing")
