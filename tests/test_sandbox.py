@@ -472,3 +472,17 @@ def test_ps_shows_no_password_while_a_cell_builds(hostile: Hostile) -> None:
     assert hostile.sandboxed
     assert not any(theirs for theirs, _ in hostile.sandboxed.values())
     assert any(recipe for _, recipe in hostile.sandboxed.values())
+
+
+def test_the_secrets_the_sandbox_hides_are_the_ones_the_mirror_keeps(tmp_path: Path) -> None:
+    """sandbox.py imports nothing of kiln (it runs as a script inside the namespace), so it names
+    the home's devpi/ files itself: they must stay the ones kiln.mirror.server writes."""
+    from kiln.home import Home
+    from kiln.mirror.server import ServerFiles
+    from kiln.sandbox import MIRROR_SECRETS, secret_paths
+
+    files = ServerFiles(Home(tmp_path))
+    kept = {files.root_password, files.kiln_password, files.secretfile, files.devpi_config, files.deployment}
+    assert {p.name for p in kept} == set(MIRROR_SECRETS)
+    assert all(p.parent == Home(tmp_path).server for p in kept)
+    assert secret_paths(tmp_path, {})[0] == Home(tmp_path).server
