@@ -1,4 +1,5 @@
-"""A git source is pinned like an sdist: a tag that moves upstream fails the fetch in one line."""
+"""Where sources come from: a git source is pinned like an sdist (a tag that moves upstream fails the
+fetch in one line), and the index sdists come from is the one the user's uv is configured with."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from kiln.errors import ConfigError, SourceError
 from kiln.recipe import load_recipe
-from kiln.source import fetch
+from kiln.source import default_index_url, fetch
 
 
 def git(repo: Path, *args: str) -> str:
@@ -82,3 +83,30 @@ def test_a_pin_must_be_a_full_commit_id(tmp_path: Path, upstream: Path) -> None:
     path = tmp_path / "recipes" / "gitty.yaml"
     assert exc.value.message == (f"{path}:5: source.commits: commits.1.0: expected a full commit id "
                                  "(40 lowercase hex digits)")
+
+
+INDEX_VARS = ("KILN_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL", "UV_CONFIG_FILE")
+
+
+@pytest.mark.parametrize("table", ["", "[pip]\n"])
+def test_sources_come_from_the_index_uv_toml_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    table: str) -> None:
+    for var in INDEX_VARS:
+        monkeypatch.delenv(var, raising=False)
+    config = tmp_path / "uv.toml"
+    config.write_text(f'{table}index-url = "http://127.0.0.1:1/team/simple"\n')
+    monkeypatch.setenv("UV_CONFIG_FILE", str(config))
+    assert default_index_url() == "http://127.0.0.1:1/team/simple"
+    monkeypatch.setenv("UV_INDEX_URL", "http://127.0.0.1:2/ci/simple")
+    assert default_index_url() == "http://127.0.0.1:2/ci/simple"
+    monkeypatch.setenv("KILN_INDEX_URL", "http://127.0.0.1:3/kiln/simple")
+    assert default_index_url() == "http://127.0.0.1:3/kiln/simple"
+
+
+def test_with_nothing_configured_sources_come_from_uvs_default_index(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in INDEX_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("UV_NO_CONFIG", "1")
+    url = default_index_url()
+    assert url.startswith("https://") and url.rstrip("/").endswith("/simple"), url

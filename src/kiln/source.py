@@ -25,14 +25,20 @@ SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 
 
 def default_index_url() -> str:
-    """The index sdists come from: KILN_INDEX_URL, uv's or pip's setting, else the upstream
-    that devpi-server's root/pypi mirrors by default."""
+    """The index sdists come from: KILN_INDEX_URL, uv's or pip's index variable, else the index uv
+    itself would use (its configuration files, else its built-in default), as uv reports it."""
     for env in ("KILN_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"):
         if os.environ.get(env):
             return os.environ[env]
-    from devpi_server.main import _pypi_ixconfig_default
+    from kiln.backends.local import uv
 
-    return str(_pypi_ixconfig_default["mirror_url"])
+    res = subprocess.run([uv(), "pip", "compile", "-", "--emit-index-url", "--no-header", "--offline", "--quiet"],
+                         input="", capture_output=True, text=True, check=False)
+    for line in res.stdout.splitlines():
+        if line.startswith("--index-url "):
+            return line.removeprefix("--index-url ").strip()
+    raise SourceError("no index to fetch sources from: uv reported none "
+                      f"({res.stderr.strip() or 'no --index-url line'}); set KILN_INDEX_URL")
 
 
 @dataclass(frozen=True)
