@@ -52,8 +52,22 @@ def test_cell_ids_and_torch_release(recipes_dir: Path) -> None:
 def test_combination_missing_from_toolchains_must_be_excluded(recipes_dir: Path) -> None:
     text = (recipes_dir / "ext.yaml").read_text().replace('    - {torch: "2.14", cuda: "12.8"}\n', "")
     (recipes_dir / "ext.yaml").write_text(text.replace('"12.8", "cpu"', '"12.4", "cpu"'))
-    with pytest.raises(ConfigError, match="torch 2.14 has no 12.4 build"):
+    with pytest.raises(ConfigError) as err:
         expand(load_recipes(recipes_dir), load_toolchains(recipes_dir))
+    tc = load_toolchains(recipes_dir)
+    assert str(err.value) == (f"{(recipes_dir / 'ext.yaml').absolute()}:5: matrix: torch 2.14 has no 12.4 build in "
+                              f"{tc.path} (it has {', '.join(tc.torch['2.14'].builds)}); "
+                              'exclude {torch: "2.14", cuda: "12.4"}')
+
+
+def test_a_torch_the_table_lacks_is_named_on_its_own_line(recipes_dir: Path) -> None:
+    (recipes_dir / "ext.yaml").write_text(
+        'project: Ext_Pkg\nversions: ["1.0"]\n\nmatrix:\n  torch:\n    - "2.14"\n    - "2.99"\n  cuda: [cpu]\n')
+    tc = load_toolchains(recipes_dir)
+    with pytest.raises(ConfigError) as err:
+        expand(load_recipes(recipes_dir), tc)
+    assert str(err.value) == (f"{(recipes_dir / 'ext.yaml').absolute()}:7: matrix.torch: '2.99' is not in {tc.path} "
+                              f"(known: {', '.join(sorted(tc.torch))})")
 
 
 @pytest.mark.parametrize(("name", "label"), [("cu130-torch2.14", "cu130.torch2.14"),

@@ -131,16 +131,16 @@ def _expand_one(recipe: Recipe, tc: Toolchains, cuda_archs: str | None) -> list[
             if not _excluded(m.exclude, python=py):
                 out.append(Cell(recipe, recipe.project, version, py, Variant()))
         return out
-    for torch in m.torch:
+    for t, torch in enumerate(m.torch):
         spec = tc.torch_spec(torch)
         if spec is None:
-            raise ConfigError(f"{recipe.path}:1: matrix.torch: {torch!r} is not in {tc.path} "
+            raise ConfigError(f"{recipe.path}:{recipe.line('matrix', 'torch', t)}: matrix.torch: {torch!r} is not in {tc.path} "
                               f"(known: {', '.join(sorted(tc.torch))})")
-        for cuda in m.cuda:
+        for c, cuda in enumerate(m.cuda):
             if cuda not in spec.builds:
                 if not _excluded(m.exclude, torch=torch, cuda=cuda):
                     raise ConfigError(
-                        f"{recipe.path}:1: matrix: torch {torch} has no {cuda} build in {tc.path} "
+                        f"{recipe.path}:{recipe.line('matrix', 'cuda', c)}: matrix: torch {torch} has no {cuda} build in {tc.path} "
                         f"(it has {', '.join(spec.builds)}); exclude {{torch: \"{torch}\", cuda: \"{cuda}\"}}")
                 continue
             pythons = [p for p in (m.python or spec.python)]
