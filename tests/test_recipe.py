@@ -40,6 +40,20 @@ def test_repository_recipes_pass_check(capsys: pytest.CaptureFixture[str]) -> No
     assert f"ok: {count} recipes" in capsys.readouterr().out
 
 
+def test_check_warns_of_a_recipe_whose_matrix_leaves_no_cell(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, 'project: Demo\nversions: ["1.0"]\nmatrix:\n  python: ["3.11"]\n'
+                           '  exclude:\n    - {python: "3.11"}\n')
+    write(tmp_path, 'project: other\nversions: ["2.0"]\nmatrix:\n  python: ["3.12"]\n', "other.yaml")
+    assert main(["check", "--recipes", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("ok: 2 recipes, ") and out.endswith(" 1 cells\n"), out
+    assert err == (f"kiln: warning: {path.absolute()}:5: Demo has no cells: its matrix less matrix.exclude leaves "
+                   "none, so kiln builds nothing for it\n")
+    assert main(["check", "--recipes", str(tmp_path), "--python", "3.12"]) == 0  # a filter: no warning
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize(
     ("text", "line", "fragment"),
     [

@@ -43,9 +43,19 @@ def _profile(args: argparse.Namespace, toolchains: Toolchains, cells: list[Cell]
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    toolchains, cells = _load(args)
-    projects = sorted({c.project for c in cells})
-    console.print(f"ok: {len(projects)} recipes, {len(toolchains.torch)} torch minors, {len(cells)} cells")
+    recipes_dir = Path(args.recipes)
+    toolchains = load_toolchains(recipes_dir)
+    recipes = load_recipes(recipes_dir, args.only)
+    cells = expand(recipes, toolchains, args.variant, args.cuda_archs)
+    cells = [c for c in cells if not args.python or c.python in args.python]
+    if not (args.variant or args.python):  # with a filter, a recipe may have no cells in it on purpose
+        for recipe in recipes:
+            if not any(c.recipe is recipe for c in cells):
+                where = ("matrix", "exclude") if recipe.matrix.exclude else ("matrix",)
+                err_console.print(f"kiln: warning: {recipe.path}:{recipe.line(*where)}: {recipe.project} has no "
+                                  "cells: its matrix less matrix.exclude leaves none, so kiln builds nothing for it",
+                                  markup=False, highlight=False, soft_wrap=True)
+    console.print(f"ok: {len(recipes)} recipes, {len(toolchains.torch)} torch minors, {len(cells)} cells")
     return 0
 
 
