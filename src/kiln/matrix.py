@@ -134,14 +134,15 @@ def _expand_one(recipe: Recipe, tc: Toolchains, cuda_archs: str | None) -> list[
     for t, torch in enumerate(m.torch):
         spec = tc.torch_spec(torch)
         if spec is None:
-            raise ConfigError(f"{recipe.path}:{recipe.line('matrix', 'torch', t)}: matrix.torch: {torch!r} is not in {tc.path} "
-                              f"(known: {', '.join(sorted(tc.torch))})")
+            raise ConfigError(f"{recipe.path}:{recipe.line('matrix', 'torch', t)}: matrix.torch: {torch!r} is not "
+                              f"in {tc.path} (known: {', '.join(sorted(tc.torch))})")
         for c, cuda in enumerate(m.cuda):
             if cuda not in spec.builds:
                 if not _excluded(m.exclude, torch=torch, cuda=cuda):
                     raise ConfigError(
-                        f"{recipe.path}:{recipe.line('matrix', 'cuda', c)}: matrix: torch {torch} has no {cuda} build in {tc.path} "
-                        f"(it has {', '.join(spec.builds)}); exclude {{torch: \"{torch}\", cuda: \"{cuda}\"}}")
+                        f"{recipe.path}:{recipe.line('matrix', 'cuda', c)}: matrix: torch {torch} has no {cuda} "
+                        f"build in {tc.path} (it has {', '.join(spec.builds)}); "
+                        f"exclude {{torch: \"{torch}\", cuda: \"{cuda}\"}}")
                 continue
             pythons = [p for p in (m.python or spec.python)]
             for version, py in itertools.product(recipe.versions, pythons):
