@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -237,6 +238,9 @@ def test_kiln_up_killed_mid_build_builds_only_what_is_missing(tmp_path: Path, up
         res = subprocess.run(up, capture_output=True, text=True, env=env, timeout=900)
         assert res.returncode == 0, res.stdout + res.stderr
         assert "built 1, uploaded 2, already published 0, failed 0" in res.stdout, res.stdout
+        mirror_at = f"http://127.0.0.1:{port}"  # the killed run's mirror, still up or started again
+        assert re.search(rf"^kiln up: mirror {mirror_at}: (started in \d+ s|already running)$", res.stderr, re.M)
+        assert f"\nkiln up: publishing 2 wheels to {mirror_at}\n" in res.stderr, res.stderr
         assert json.loads((home / "cells" / f"{first}.json").read_text())["status"] == "built"
         assert json.loads((home / "cells" / f"{second}.json").read_text())["status"] == "built"
     finally:

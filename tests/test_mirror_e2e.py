@@ -118,6 +118,11 @@ def test_up_builds_publishes_and_prints_the_install_line(upped: Upped) -> None:
     assert sorted(files) == [w for w in upped.wheels if w.startswith("kilnfix-")]
     assert any(f.startswith("kilnfix-1.0.0-cp311-cp311-") for f in files), files
     assert [w for w in upped.wheels if w.startswith("kilnlib-1.0.0-cp311-")], upped.wheels
+    progress = [ln for ln in upped.up.stderr.splitlines() if ln.startswith("kiln up: ")]
+    assert progress[0] == f"kiln up: the mirror of {upped.home}: starting it, or reusing the one running"
+    assert progress[1] == f"kiln up: mirror {home_mirror}: already running", progress  # the deployment started it
+    assert progress[2].startswith(f"kiln up: building {built - 1} cells, "), progress  # kilnlib: in a cell's closure
+    assert progress[-1] == f"kiln up: publishing {built} wheels to {home_mirror}", progress
 
 
 def test_sdist_only_runtime_dependency_installs_from_the_mirror(upped: Upped, client_env: dict[str, str],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,7 +70,12 @@ def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: i
     """
     console = console or Console(stderr=True)
     variants = sorted({c.variant for c in all_variants} | {c.variant for c in cells}, key=str)
+    say = functools.partial(console.print, markup=False, highlight=False, soft_wrap=True)
+    say(f"kiln up: the mirror of {home.root}: starting it, or reusing the one running")
+    began = time.monotonic()
     served, _ = mirror.serve(home, host, port, variants, toolchains, upstream, background=True)
+    say(f"kiln up: mirror {served.url}: "
+        + (f"started in {estimate.duration(time.monotonic() - began)}" if served.started else "already running"))
     report = UpReport(url=served.url, started=served.started, notes=list(served.notes))
     published = mirror.published(served.url, sorted({c.variant.name for c in cells} | {MAIN}))
     wheelhouse = home.wheelhouse
@@ -85,6 +92,7 @@ def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: i
     rows = {r.cell: r for r in cell_status(cells, toolchains, home, wheelhouse, published)}
     wheels = [wheelhouse / r.wheel for r in rows.values() if r.status == BUILT and r.wheel]
     if wheels:
+        say(f"kiln up: publishing {len(wheels)} wheel{'s' if len(wheels) != 1 else ''} to {served.url}")
         for res in mirror.publish(wheels, served.url, home, [*all_variants, *cells]):
             (report.uploaded if res.uploaded else report.already).append(res.wheel)
     ok = {c.cell for c in rows.values() if c.status in (BUILT, PUBLISHED)}
