@@ -139,6 +139,37 @@ def test_matrix_is_kiln_plan_of_the_same_recipes(tmp_path: Path) -> None:
     assert "kiln publish wheelhouse --recipes recipes --mirror" in wf["jobs"]["publish"]["steps"][-1]["run"]
 
 
+def test_the_plan_step_hands_a_narrow_cells_rebuild_number_to_kiln_finish(tmp_path: Path) -> None:
+    """The plan job's shell, run as the runner runs it (bash, jq), with a `kiln` whose plan has a
+    published, a missing and a narrow cell: the narrow one is built again, and its build job's
+    finish step gets the plan's rebuild_number; the others get nothing (the recipe's number)."""
+    wf = load_workflow(ci.write(RECIPES, tmp_path / "wf.yml", "recipes"))
+    rows = [{"cell": "a-1-cp311-main", "project": "a", "status": "published", "rebuild_number": None},
+            {"cell": "b-1-cp311-cu130-torch2.14", "project": "b", "status": "missing", "rebuild_number": None},
+            {"cell": "b-1-cp312-cu130-torch2.14", "project": "b", "status": "narrow", "rebuild_number": 2}]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "kiln").write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(rows)}\nEOF\n")
+    (fake / "kiln").chmod(0o755)
+    out, summary = tmp_path / "output", tmp_path / "summary"
+    step = wf["jobs"]["plan"]["steps"][-1]
+    res = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}",
+                              "GITHUB_OUTPUT": str(out), "GITHUB_STEP_SUMMARY": str(summary),
+                              "KILN_MIRROR_URL": "http://127.0.0.1:1"})
+    assert res.returncode == 0, res.stderr
+    outputs = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert json.loads(outputs["missing"]) == ["b-1-cp311-cu130-torch2.14", "b-1-cp312-cu130-torch2.14"]
+    assert json.loads(outputs["projects"]) == ["b"]
+    assert json.loads(outputs["builds"]) == {"b-1-cp312-cu130-torch2.14": 2}
+    assert set(wf["jobs"]["plan"]["outputs"]) == {"missing", "projects", "builds"}
+    for job_id, job in wf["jobs"].items():
+        if job_id.startswith("build-"):
+            (finish,) = [s for s in job["steps"] if s.get("run", "").startswith("kiln finish ")]
+            assert finish["env"] == {"KILN_BUILD_NUMBER": "${{ fromJSON(needs.plan.outputs.builds)[matrix.cell] }}"}
+            assert '--build-number "$KILN_BUILD_NUMBER"' in finish["run"]
+
+
 def test_check_fails_after_a_recipe_change(tmp_path: Path) -> None:
     recipes = copy_recipes(tmp_path / "recipes")
     wf = tmp_path / "wf.yml"
@@ -361,6 +392,17 @@ def test_source_then_raw_build_then_finish(tmp_path: Path, upstream: StaticIndex
     with zipfile.ZipFile(finished) as zf:
         meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         assert "Requires-Dist: kilnfix-helper==1.4.*" in zf.read(meta).decode()
+    # A narrow cell's rebuild, as CI finishes it: the plan's rebuild number becomes the build tag.
+    again = tmp_path / "rebuilt"
+    fin = kiln("finish", str(wheel), "--cell", cell, "--recipes", str(FIXTURE_RECIPES), "--source", str(src),
+               "--out", str(again), "--index-url", upstream.simple, "--build-number", "2", *home)
+    assert fin.returncode == 0, fin.stderr
+    (rebuilt,) = again.glob("*.whl")
+    assert rebuilt.name == finished.name.replace("-cp311-cp311-", "-2-cp311-cp311-"), (rebuilt.name, finished.name)
+    fin = kiln("finish", str(wheel), "--cell", cell, "--recipes", str(FIXTURE_RECIPES), "--build-number", "two")
+    assert fin.returncode == 2
+    assert fin.stderr.splitlines()[-1] == ("kiln finish: error: argument --build-number: not a build number: 'two' "
+                                           "(a non-negative integer)")
 
 
 def test_every_ci_script_the_docs_name_exists_and_parses() -> None:

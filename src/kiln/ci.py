@@ -105,8 +105,12 @@ def workflow(recipes: str, toolchains: Toolchains, cells: list[Cell]) -> dict[st
         "# Everything the mirror lacks: this runner has no CUDA, so `not-buildable here` counts.\n"
         "missing=$(jq -c '[.[] | select(.status != \"published\") | .cell]' plan.json)\n"
         "projects=$(jq -c '[.[] | select(.status != \"published\") | .project] | unique' plan.json)\n"
+        "# A narrow cell (built for this host's archs only) is rebuilt for every arch under a higher build number.\n"
+        "builds=$(jq -c 'map(select(.rebuild_number != null) | {key: .cell, value: .rebuild_number}) | from_entries'"
+        " plan.json)\n"
         'echo "missing=$missing" >> "$GITHUB_OUTPUT"\n'
         'echo "projects=$projects" >> "$GITHUB_OUTPUT"\n'
+        'echo "builds=$builds" >> "$GITHUB_OUTPUT"\n'
         "{ echo '### Cells'; jq -r '.[] | \"- `\\(.cell)`: \\(.status)\"' plan.json; } >> \"$GITHUB_STEP_SUMMARY\"\n"
     )
     jobs: dict[str, Any] = {
@@ -114,7 +118,8 @@ def workflow(recipes: str, toolchains: Toolchains, cells: list[Cell]) -> dict[st
             "name": "plan: cells missing from the mirror",
             "runs-on": "ubuntu-latest",
             "outputs": {"missing": "${{ steps.plan.outputs.missing }}",
-                        "projects": "${{ steps.plan.outputs.projects }}"},
+                        "projects": "${{ steps.plan.outputs.projects }}",
+                        "builds": "${{ steps.plan.outputs.builds }}"},
             "steps": [*setup, {
                 "name": "kiln plan",
                 "id": "plan",
@@ -182,8 +187,9 @@ def _build_job(recipes: str, toolchains: Toolchains, cells: list[Cell], runs_on:
         {"name": "Python for the smoke test", "if": BUILD_IF,
          "run": 'uv python install "${{ matrix.python }}"\n'},
         {"name": "kiln finish (label, pin, provenance, tag; smoke test)", "if": BUILD_IF,
+         "env": {"KILN_BUILD_NUMBER": "${{ fromJSON(needs.plan.outputs.builds)[matrix.cell] }}"},
          "run": (f'kiln finish build/raw/*.whl --cell "$CELL" --recipes {recipes} '
-                 "--source build/src --out wheelhouse\n")},
+                 '--source build/src --out wheelhouse --build-number "$KILN_BUILD_NUMBER"\n')},
         {"name": "Upload the finished wheel", "if": BUILD_IF, "uses": UPLOAD,
          "with": {"name": ARTIFACT_PREFIX + "${{ matrix.cell }}", "path": "wheelhouse/*.whl",
                   "if-no-files-found": "error", "retention-days": 7}},

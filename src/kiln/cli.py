@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -346,6 +347,8 @@ def cmd_finish(args: argparse.Namespace) -> int:
     from kiln.build import finish_raw
 
     toolchains, cell = _cell(args)
+    if args.build_number is not None:
+        cell = dataclasses.replace(cell, build=args.build_number)
     home = Home(Path(args.home))
     out = Path(args.out) if args.out else home.wheelhouse
     dest = finish_raw(Path(args.wheel), cell, toolchains, home, out,
@@ -353,6 +356,16 @@ def cmd_finish(args: argparse.Namespace) -> int:
                       Path(args.build_record) if args.build_record else None, args.index_url)
     print(dest)
     return 0
+
+
+def _build_number(text: str) -> int | None:
+    """``--build-number``: a non-negative integer, or empty for the recipe's (a CI expression that
+    finds no rebuild number renders as nothing)."""
+    if not text.strip():
+        return None
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"not a build number: {text!r} (a non-negative integer)")
+    return int(text)
 
 
 def cmd_ci(args: argparse.Namespace) -> int:
@@ -557,6 +570,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--source", help="the tree `kiln source` made (its record names the sdist)")
     sp.add_argument("--build-record", help="the build record (default: kiln-build-env.txt beside the wheel)")
     sp.add_argument("--index-url", help="index sdists come from, without --source")
+    sp.add_argument("--build-number", type=_build_number, metavar="N",
+                    help="the wheel's build number (default, or empty: the recipe's); CI passes the plan's "
+                         "rebuild_number for a narrow cell rebuilt for every arch")
     sp.set_defaults(func=cmd_finish)
 
     sp = sub.add_parser("ci", help="the CI workflow rendered from the recipes")
