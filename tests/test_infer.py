@@ -11,6 +11,7 @@ from conftest import StaticIndex
 from helpers import FIXTURE_RECIPES, recipes_dir
 
 from kiln.cli import main
+from kiln.home import Home
 from kiln.infer import (
     Change,
     Context,
@@ -274,6 +275,19 @@ def test_infer_finds_a_build_and_a_runtime_requirement(tmp_path: Path, upstream:
     # The drafted recipe is a recipe like any other: kiln build builds it.
     assert main(["build", "--recipes", str(recipes), "--home", str(tmp_path / "home2"),
                  "--index-url", upstream.simple]) == 0
+
+
+def test_infer_with_a_relative_home(tmp_path: Path, upstream: StaticIndex, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`--home home`, as a user types it: the trial home's links to the shared caches must
+    still point at the home (they once resolved beside the link, and the build failed)."""
+    recipes = recipes_with_toolchains(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["infer", "kilnrt", "--recipes", "recipes", "--home", "home", "--python", "3.11",
+                 "--index-url", upstream.simple]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "wrote recipes/kilnrt.yaml after 2 tries"
+    assert load_recipe(recipes / "kilnrt.yaml").runtime.requires == ["kilnfix-helper"]
+    assert Home(Path("home")).root == tmp_path / "home"
 
 
 def test_infer_gives_up_with_exit_6_and_writes_nothing(tmp_path: Path, upstream: StaticIndex,

@@ -34,6 +34,11 @@ def default_home() -> Path:
 class Home:
     root: Path
 
+    def __post_init__(self) -> None:
+        # Absolute, so that links made inside the home, the build sandbox's mounts and the mirror's
+        # own processes (which run elsewhere) all name the same place as `--home DIR` did.
+        object.__setattr__(self, "root", Path(self.root).absolute())
+
     @property
     def wheelhouse(self) -> Path:
         """Finished, smoke-tested wheels."""
