@@ -26,6 +26,7 @@ from kiln.infer import (
     pkg_resources,
     required_by_message,
     setup_requires_fetch,
+    static_draft,
     unconditional_imports,
 )
 from kiln.recipe import load_recipe
@@ -258,6 +259,25 @@ def infer(spec: str, recipes: Path, tmp_path: Path, upstream: StaticIndex, *args
     """`kiln infer SPEC` for Python 3.11 against the local upstream."""
     return main(["infer", spec, "--recipes", str(recipes), "--home", str(tmp_path / "home"), "--python", "3.11",
                  "--index-url", upstream.simple, *args])
+
+
+def test_an_import_a_declared_build_requirement_brings_in_is_not_drafted(tmp_path: Path,
+                                                                         upstream: StaticIndex) -> None:
+    """setup.py imports pyproject_hooks, which [build-system].requires brings in through `build`
+    (as oldest-supported-numpy brings numpy): the draft does not declare it again. An import that
+    nothing declared brings in still is."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools", "build"]\n'
+                                        'build-backend = "setuptools.build_meta"\n')
+    (src / "setup.py").write_text("import pyproject_hooks\nimport kilnfix_helper\nfrom setuptools import setup\n"
+                                  "setup(name='meta')\n")
+    ctx = Context(upstream.simple, load_toolchains(recipes_with_toolchains(tmp_path)), "3.11")
+    draft = Draft("meta", "1.0", "3.11")
+    said: list[str] = []
+    static_draft(draft, src, ctx, said.append)
+    assert said == ["try 0 (setup.py): imports kilnfix_helper -> build.requires += kilnfix-helper"]
+    assert {"build", "setuptools", "pyproject-hooks", "packaging"} <= ctx.declared_closure()
 
 
 def test_infer_finds_a_build_and_a_runtime_requirement(tmp_path: Path, upstream: StaticIndex,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -20,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TextIO
 
-from packaging.requirements import Requirement
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
 from packaging.version import Version
 
 from kiln import buildreqs, source
-from kiln.backends.local import LocalBackend
+from kiln.backends.local import LocalBackend, uv
 from kiln.build import build_cell
 from kiln.errors import ConfigError, KilnError
 from kiln.home import CellResult, Home
@@ -207,6 +208,27 @@ class Context:
             except KilnError:
                 return None
         return None
+
+    def declared_closure(self) -> set[str]:
+        """The distributions [build-system].requires brings into the build environment: the declared
+        ones and what they pull in (oldest-supported-numpy brings numpy), as uv resolves them for
+        the draft's Python; the declared names alone when that resolution fails."""
+        names: set[str] = {canonicalize_name(Requirement(r).name) for r in self.declared}
+        if not self.declared:
+            return names
+        res = subprocess.run([uv(), "pip", "compile", "-", "--python-version", self.python, "--index-url",
+                              self.index_url, "--no-header", "--no-annotate", "--quiet"],
+                             input="\n".join(self.declared), capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            return names
+        for line in res.stdout.splitlines():
+            line = line.split("#")[0].strip()
+            if line and not line.startswith("-"):
+                try:
+                    names.add(canonicalize_name(Requirement(line).name))
+                except InvalidRequirement:
+                    continue
+        return names
 
     def torch_minor(self) -> str | None:
         """The newest torch minor with a cpu build for the draft's Python."""
@@ -396,7 +418,7 @@ def static_draft(draft: Draft, srcdir: Path, ctx: Context, say: Callable[[str], 
     text = setup_py.read_text(errors="replace") if setup_py.is_file() else ""
     own = {p.name for p in srcdir.iterdir() if p.is_dir()} | {p.stem for p in srcdir.glob("*.py")}
     ctx.declared = buildreqs.static(srcdir, Recipe(project=draft.project, versions=[draft.version])).declared
-    declared = {canonicalize_name(Requirement(r).name) for r in ctx.declared}
+    declared: set[str] | None = None  # resolved once, when an import needs it
     for module in unconditional_imports(text):
         if module in sys.stdlib_module_names or module in NOT_DEPENDENCIES or module in own:
             continue
@@ -407,7 +429,10 @@ def static_draft(draft: Draft, srcdir: Path, ctx: Context, say: Callable[[str], 
             change = Change("matrix.torch", minor, "setup.py imports torch")
         else:
             dist = ctx.distribution(module)
-            if dist is None or canonicalize_name(Requirement(dist).name) in declared:
+            if dist is None:
+                continue
+            declared = ctx.declared_closure() if declared is None else declared
+            if canonicalize_name(Requirement(dist).name) in declared:
                 continue
             change = Change("build.requires", dist, f"setup.py imports {module} before declaring it")
         if change.apply(draft):
