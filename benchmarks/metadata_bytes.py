@@ -93,6 +93,7 @@ from kiln.mirror.layout import (
     variant_of_wheel,
 )
 from kiln.mirror.server import nginx_user, root_credentials, upload_credentials, wait_ready
+from kiln.wheel import PROVENANCE
 
 GOAL = 0.01  # after: at most 1% of the wheel bytes
 LOG_LINE = re.compile(r'^\S+ \[[^\]]*\] "(?P<request>[^"]*)" (?P<status>\d{3}) (?P<sent>\d+) \S+ "[^"]*"$')
@@ -292,8 +293,13 @@ def make_wheel(dest: Path, project: str, version: str, mb: int, requires: list[s
         (f"{info}/WHEEL", f"Wheel-Version: 1.0\nGenerator: kiln-benchmark\nRoot-Is-Purelib: false\nTag: {tag}\n"
                           .encode()),
     ]
-    record = "".join(f"{name},{_record_hash(data)},{len(data)}\n" for name, data in files) + f"{info}/RECORD,,\n"
     path = dest / f"{dist}-{version}-{tag}.whl"
+    # kiln's provenance, which kiln's mirror asks of every upload to a kiln index
+    variant = variant_of_wheel(path.name).name
+    files.append((f"{info}/{PROVENANCE}", json.dumps({
+        "cell": f"{project}-{version.split('+')[0]}-{tag.split('-')[0]}-{variant}", "variant": variant,
+        "closure_of": None}).encode()))
+    record = "".join(f"{name},{_record_hash(data)},{len(data)}\n" for name, data in files) + f"{info}/RECORD,,\n"
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in files:
             compress = zipfile.ZIP_STORED if name.endswith(".so") else zipfile.ZIP_DEFLATED

@@ -11,6 +11,7 @@ upstream's answer, and uv's own retries get it. See kiln/mirror/plugin.py.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from kiln.home import Home
 from kiln.matrix import Variant
 from kiln.mirror.deploy import Site
 from kiln.mirror.server import upload_credentials
+from kiln.wheel import PROVENANCE
 
 pytestmark = pytest.mark.e2e
 
@@ -54,14 +56,17 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticIndex]:
     index.stop()
 
 
-def wheel_requiring(name: str, version: str, requires: list[str], dest: Path) -> Path:
-    """A pure-Python wheel of ``name`` ``version`` whose metadata requires ``requires``."""
+def wheel_requiring(name: str, version: str, requires: list[str], dest: Path, variant: str) -> Path:
+    """A pure-Python wheel of ``name`` ``version`` whose metadata requires ``requires``, with
+    kiln's provenance for ``variant`` (the mirror takes no other wheel on a kiln index)."""
     module = name.replace("-", "_")
     root = dest / f"{module}-tree"
     (root / module).mkdir(parents=True)
     (root / module / "__init__.py").write_text("")
     info = root / f"{module}-{version}.dist-info"
     info.mkdir()
+    (info / PROVENANCE).write_text(json.dumps({"cell": f"{name}-{version.split('+')[0]}-py3-{variant}",
+                                               "variant": variant, "closure_of": None}))
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
                                    + "".join(f"Requires-Dist: {r}\n" for r in requires))
     (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
@@ -77,13 +82,13 @@ def clean_env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def published(deployment: Deployment, upstream: StaticIndex, tmp_path_factory: pytest.TempPathFactory) -> str:
     """kilncold 1.0+cpu.torch2.14, requiring kilnfix-helper==1.4.0, uploaded to kiln/cpu-torch2.14
-    as user kiln (straight with `uv publish`: it is not a wheel kiln built, which `kiln publish`
+    as user kiln (straight with `uv publish`: no recipe names kilncold, which `kiln publish`
     refuses); the index URL clients use."""
     home = Home(deployment.home)
     primary = mirror.url_for("127.0.0.1", deployment.port)
     mirror.configure(home, primary, [Variant.parse(VARIANT)], None, upstream.simple)
     wheel = wheel_requiring("kilncold", "1.0+cpu.torch2.14", ["kilnfix-helper==1.4.0"],
-                            tmp_path_factory.mktemp("kilncold"))
+                            tmp_path_factory.mktemp("kilncold"), VARIANT)
     creds = upload_credentials(home)
     # credentials through the environment: never on argv (and a password may start with "-")
     env = {**clean_env(), "UV_PUBLISH_USERNAME": creds.user, "UV_PUBLISH_PASSWORD": creds.password}

@@ -259,6 +259,76 @@ def test_who_may_do_what(site: Site, released: str, token: str, who: str, action
         assert released.rsplit("/", 1)[1] in site.published()["main"]
 
 
+# ----------------------------------------------------------------------------- the mirror: what
+# The mirror itself asks of every upload to a kiln index what `kiln publish` asks, so that the
+# kiln password or a token used with another client cannot put a foreign file there.
+
+
+def _form(filename: str, content: bytes, action: str = "file_upload") -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [(":action", action), ("protocol_version", "1"), ("name", "kilnfix"), ("version", "4.0.0")]
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                    for k, v in parts)
+    body += (f'--{boundary}\r\nContent-Disposition: form-data; name="content"; filename="{filename}"\r\n'
+             "Content-Type: application/octet-stream\r\n\r\n").encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _refusals(tmp_path: Path) -> dict[str, tuple[str, Path | None, str, str]]:
+    """case -> (index, file, :action, the mirror's one line)."""
+    plain = kiln_wheel(tmp_path, "kilnfix", "4.0.0", provenance=False)
+    cpu = kiln_wheel(tmp_path, "kilncuda", "4.0.0", variant="cpu-torch2.14")
+    lying = kiln_wheel(tmp_path, "kilncuda", "4.0.1", variant="cpu-torch2.14", built_for="main",
+                       cell="kilncuda-4.0.1-cp311-main")
+    other = kiln_wheel(tmp_path, "kilnfix", "4.0.2", cell="kilnapp-4.0.2-cp311-main")
+    sdist = tmp_path / "kilnfix-4.0.0.tar.gz"
+    sdist.write_bytes(b"\x1f\x8b not really")
+    return {
+        "no provenance": ("kiln/main", plain, "file_upload",
+                          f"{plain.name}: no kiln provenance (<name>.dist-info/kiln.json): kiln publishes only "
+                          "wheels it built"),
+        "another variant's index": ("kiln/main", cpu, "file_upload",
+                                    f"{cpu.name} belongs on kiln/cpu-torch2.14, not on kiln/main"),
+        "a label that lies": ("kiln/cpu-torch2.14", lying, "file_upload",
+                              f"{lying.name}: its label +cpu.torch2.14 puts it on kiln/cpu-torch2.14, but its "
+                              "kiln.json says kiln built it for variant main (kiln/main)"),
+        "another wheel's provenance": ("kiln/main", other, "file_upload",
+                                       f"{other.name}: its kiln.json is of cell kilnapp-4.0.2-cp311-main, not of "
+                                       "this wheel"),
+        "an sdist": ("kiln/main", sdist, "file_upload",
+                     "kiln/main takes only wheels kiln built: kilnfix-4.0.0.tar.gz is not a wheel"),
+        "a register": ("kiln/main", None, "submit",
+                       "kiln/main takes only file uploads of wheels kiln built, not :action 'submit'"),
+        "docs": ("kiln/main", plain, "doc_upload",
+                 "kiln/main takes only file uploads of wheels kiln built, not :action 'doc_upload'"),
+    }
+
+
+@pytest.mark.parametrize("case", ["no provenance", "another variant's index", "a label that lies",
+                                  "another wheel's provenance", "an sdist", "a register", "docs"])
+@pytest.mark.parametrize("who", ["kiln", "token"])
+def test_the_mirror_refuses_what_kiln_did_not_build_for_the_index(site: Site, token: str, tmp_path: Path,
+                                                                  case: str, who: str) -> None:
+    index, path, action, line = _refusals(tmp_path)[case]
+    creds = site.kiln if who == "kiln" else Credentials("__token__", token)
+    before = site.published()
+    body, ctype = _form(path.name if path else "", path.read_bytes() if path else b"", action)
+    assert _http("POST", f"{site.url}/{index}/", creds, body, ctype) == (403, line)
+    assert site.published() == before
+
+
+def test_uv_publish_of_a_foreign_wheel_is_refused_in_one_line(site: Site, token: str, tmp_path: Path) -> None:
+    plain = kiln_wheel(tmp_path, "kilnfix", "4.1.0", provenance=False)
+    res = run([UV, "publish", "--no-progress", "--publish-url", f"{site.url}/kiln/main/", str(plain)],
+              {**site.env, "UV_PUBLISH_TOKEN": token})
+    assert res.returncode == 2
+    assert "Server returned status code 403" in res.stderr, res.stderr
+    assert f"{plain.name}: no kiln provenance" in res.stderr, res.stderr
+    assert plain.name not in site.published()["main"]
+    # anonymous: devpi's own answer comes first, whatever the file
+    assert _http("POST", f"{site.url}/kiln/main/", None, *_form(plain.name, plain.read_bytes())) == (401, UNAUTHORIZED)
+
+
 # ----------------------------------------------------------------------------- kiln publish: what
 
 

@@ -54,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from packaging.utils import (
     InvalidSdistFilename,
@@ -64,6 +64,9 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 from pluggy import HookimplMarker
+from pyramid.httpexceptions import HTTPException  # type: ignore[import-untyped]
+
+from kiln.mirror.layout import USER
 
 hookimpl = HookimplMarker("devpiserver")
 
@@ -391,8 +394,78 @@ def simple_page_tween_factory(handler: Callable[[Any], Any], registry: Any) -> C
     return tween
 
 
+UPLOAD_PATH = re.compile(r"^/(?P<user>[^/+][^/]*)/(?P<index>[^/+][^/]*)/?$")
+
+
+def upload_refusal(index: str, action: str | None, filename: str | None, content: IO[bytes] | None) -> str | None:
+    """Why an upload to kiln index ``index`` (``kiln/<variant>``) is refused, in one line; None
+    when it is a wheel kiln built and finished for that index. The same checks as `kiln publish`
+    (kiln.mirror.publish.origin_of), made again here so that a token or password used with
+    another client (`uv publish`, twine) cannot put a foreign wheel on a kiln index, where it
+    would hide that project's upstream releases."""
+    from kiln.errors import MirrorError
+    from kiln.mirror.publish import origin_of
+
+    if action != "file_upload":
+        return f"{index} takes only file uploads of wheels kiln built, not :action {action!r}"
+    if not filename or content is None:
+        return f"{index} takes only file uploads of wheels kiln built; this upload has no file"
+    if not filename.endswith(".whl"):
+        return f"{index} takes only wheels kiln built: {filename} is not a wheel"
+    try:
+        target, _ = origin_of(filename, content)
+    except MirrorError as exc:
+        return exc.message
+    finally:
+        content.seek(0)
+    if target != index:
+        return f"{filename} belongs on {target}, not on {index}"
+    return None
+
+
+def check_upload(event: Any) -> None:
+    """On pyramid's ContextFound, before devpi's upload view: refuse (403, one line) an upload to
+    a kiln index that is not a wheel kiln built for it. Only for a request devpi would let
+    upload: anyone else gets devpi's own answer. It runs once the route's context is known, since
+    what a token may do depends on the index (devpi-tokens reads it from the context; asked
+    earlier, a token scoped to one index would pass for every index)."""
+    request = event.request
+    if request.method not in ("POST", "PUSH"):
+        return
+    match = UPLOAD_PATH.match(request.path_info)
+    if match is None or match.group("user") != USER:
+        return
+    try:
+        allowed = request.authenticated_userid and request.has_permission("upload")
+    except HTTPException:  # a revoked or expired token: devpi's view refuses it in its own words
+        return
+    if not allowed:
+        return
+    index = f"{USER}/{match.group('index')}"
+    content = request.POST.get("content")
+    why = upload_refusal(index, request.POST.get(":action"), getattr(content, "filename", None),
+                         getattr(content, "file", None))
+    if why is not None:
+        from devpi_server.log import threadlog
+
+        threadlog.warn("kiln: refused an upload to %s by %s: %s", index, request.authenticated_userid, why)
+        raise UploadRefused(why)
+
+
+class UploadRefused(HTTPException):  # type: ignore[misc]
+    """403 with the reason as devpi words its own refusals of an upload: the title (the status
+    line's reason, which twine shows) and the body (which uv shows)."""
+
+    code = 403
+
+    def __init__(self, message: str) -> None:
+        self.title = message.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
+        super().__init__(body=message + "\n", content_type="text/plain", charset="utf-8")
+
+
 @hookimpl
 def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
     patient_upstream(pyramid_config.registry["xom"])
     pyramid_config.add_tween("kiln.mirror.plugin.simple_page_tween_factory",
                              under="devpi_server.views.tween_keyfs_transaction")
+    pyramid_config.add_subscriber(check_upload, "pyramid.events.ContextFound")

@@ -20,6 +20,7 @@ import zipfile
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
@@ -135,18 +136,26 @@ def _with_recorded_closures(cells: list[Cell], home: Home) -> set[str]:
 
 
 def _origin(wheel: Path) -> tuple[str, _Origin]:
-    """The index a wheel goes to and its provenance; MirrorError (one line) when kiln did not
-    build it, or built it for another variant or as another wheel."""
-    variant = variant_of_wheel(wheel.name)
-    name, version, _, _ = parse_wheel_filename(wheel.name)
-    origin = _provenance(wheel)
+    return origin_of(wheel.name, wheel)
+
+
+def origin_of(filename: str, wheel: Path | IO[bytes]) -> tuple[str, _Origin]:
+    """The index a wheel (a file, or an open upload) goes to and its provenance; MirrorError (one
+    line) when kiln did not build it, or built it for another variant or as another wheel. The
+    mirror's plugin asks the same of every upload to a kiln index."""
+    try:
+        variant = variant_of_wheel(filename)
+        name, version, _, _ = parse_wheel_filename(filename)
+    except (ValueError, ConfigError) as exc:  # packaging's InvalidWheelFilename is a ValueError
+        raise MirrorError(f"{filename}: not a wheel's filename ({exc})") from None
+    origin = _provenance(filename, wheel)
     if origin.variant != variant.name:
         where = index_name(origin.variant) if _is_variant(origin.variant) else "no kiln index"
         label = f"label +{version.local}" if version.local else "no label"
-        raise MirrorError(f"{wheel.name}: its {label} puts it on {index_name(variant.name)}, but its {PROVENANCE} "
+        raise MirrorError(f"{filename}: its {label} puts it on {index_name(variant.name)}, but its {PROVENANCE} "
                           f"says kiln built it for variant {origin.variant} ({where})")
     if not _names_wheel(origin.cell, origin.variant, name, version):
-        raise MirrorError(f"{wheel.name}: its {PROVENANCE} is of cell {origin.cell}, not of this wheel")
+        raise MirrorError(f"{filename}: its {PROVENANCE} is of cell {origin.cell}, not of this wheel")
     return index_name(variant.name), origin
 
 
@@ -158,8 +167,8 @@ def _is_variant(name: str) -> bool:
     return True
 
 
-def _provenance(wheel: Path) -> _Origin:
-    no = f"{wheel.name}: no kiln provenance (<name>.dist-info/{PROVENANCE}): kiln publishes only wheels it built"
+def _provenance(filename: str, wheel: Path | IO[bytes]) -> _Origin:
+    no = f"{filename}: no kiln provenance (<name>.dist-info/{PROVENANCE}): kiln publishes only wheels it built"
     try:
         with zipfile.ZipFile(wheel) as zf:
             found = [n for n in zf.namelist()
@@ -168,14 +177,14 @@ def _provenance(wheel: Path) -> _Origin:
                 raise MirrorError(no)
             data = json.loads(zf.read(found[0]))
     except (zipfile.BadZipFile, OSError) as exc:
-        raise MirrorError(f"{wheel.name}: not a readable wheel ({exc})") from None
+        raise MirrorError(f"{filename}: not a readable wheel ({exc})") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MirrorError(f"{wheel.name}: its {PROVENANCE} is not JSON ({exc})") from None
+        raise MirrorError(f"{filename}: its {PROVENANCE} is not JSON ({exc})") from None
     cell = data.get("cell") if isinstance(data, dict) else None
     variant = data.get("variant") if isinstance(data, dict) else None
     closure_of = data.get("closure_of") if isinstance(data, dict) else None
     if not isinstance(cell, str) or not isinstance(variant, str) or not isinstance(closure_of, str | None):
-        raise MirrorError(f"{wheel.name}: its {PROVENANCE} names no cell and variant")
+        raise MirrorError(f"{filename}: its {PROVENANCE} names no cell and variant")
     return _Origin(cell, variant, closure_of)
 
 
