@@ -40,6 +40,12 @@ retry started again from nothing. The cure, where it arises:
 
 Warming the mirror after publish was not chosen: it covers only what kiln published and its
 direct requirements, not the dependencies of upstream packages a user's resolve reaches.
+
+**Only kiln's wheels on kiln's indexes.** A subscriber to pyramid's ContextFound asks of every
+upload to a ``kiln/*`` index what `kiln publish` asks before it sends one (a wheel, with kiln's
+provenance, naming this wheel, for this index's variant), so that the kiln password or a token
+used with another client cannot put a foreign file there, where it would hide the project's
+upstream releases. It answers 403 with one line, as devpi words its own refusals.
 """
 
 from __future__ import annotations
