@@ -74,9 +74,10 @@ def ci_source(tmp_path: Path) -> Path:
     return d
 
 
-def cibw_env(cell: str, recipes: Path, source: Path, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def cibw_env(cell: str, recipes: Path, source: Path, home: Path, *args: str,
+             **env: str) -> subprocess.CompletedProcess[str]:
     return kiln("cibw-env", cell, "--recipes", str(recipes), "--format", "json", "--source", str(source),
-                "--home", str(home), env=env or None)
+                "--home", str(home), *args, env=env or None)
 
 
 def load_workflow(path: Path) -> dict:
@@ -146,7 +147,8 @@ def test_the_plan_step_hands_a_narrow_cells_rebuild_number_to_kiln_finish(tmp_pa
     wf = load_workflow(ci.write(RECIPES, tmp_path / "wf.yml", "recipes"))
     rows = [{"cell": "a-1-cp311-main", "project": "a", "status": "published", "rebuild_number": None},
             {"cell": "b-1-cp311-cu130-torch2.14", "project": "b", "status": "missing", "rebuild_number": None},
-            {"cell": "b-1-cp312-cu130-torch2.14", "project": "b", "status": "narrow", "rebuild_number": 2}]
+            {"cell": "b-1-cp312-cu130-torch2.14", "project": "b", "status": "narrow", "rebuild_number": 2,
+             "rebuild_archs": "8.0;9.0;12.1"}]
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "kiln").write_text(f"#!/bin/sh\ncat <<'EOF'\n{json.dumps(rows)}\nEOF\n")
@@ -161,13 +163,16 @@ def test_the_plan_step_hands_a_narrow_cells_rebuild_number_to_kiln_finish(tmp_pa
     outputs = dict(line.split("=", 1) for line in out.read_text().splitlines())
     assert json.loads(outputs["missing"]) == ["b-1-cp311-cu130-torch2.14", "b-1-cp312-cu130-torch2.14"]
     assert json.loads(outputs["projects"]) == ["b"]
-    assert json.loads(outputs["builds"]) == {"b-1-cp312-cu130-torch2.14": 2}
+    assert json.loads(outputs["builds"]) == {"b-1-cp312-cu130-torch2.14": {"number": 2, "archs": "8.0;9.0;12.1"}}
     assert set(wf["jobs"]["plan"]["outputs"]) == {"missing", "projects", "builds"}
     for job_id, job in wf["jobs"].items():
         if job_id.startswith("build-"):
+            assert job["env"]["KILN_BUILD_NUMBER"] == "${{ fromJSON(needs.plan.outputs.builds)[matrix.cell].number }}"
+            assert job["env"]["KILN_CUDA_ARCHS"] == "${{ fromJSON(needs.plan.outputs.builds)[matrix.cell].archs }}"
             (finish,) = [s for s in job["steps"] if s.get("run", "").startswith("kiln finish ")]
-            assert finish["env"] == {"KILN_BUILD_NUMBER": "${{ fromJSON(needs.plan.outputs.builds)[matrix.cell] }}"}
-            assert '--build-number "$KILN_BUILD_NUMBER"' in finish["run"]
+            assert '--build-number "$KILN_BUILD_NUMBER" --cuda-archs "$KILN_CUDA_ARCHS"' in finish["run"]
+            (env,) = [s for s in job["steps"] if "kiln cibw-env" in s.get("run", "")]
+            assert '--cuda-archs "$KILN_CUDA_ARCHS"' in env["run"]
 
 
 def test_check_fails_after_a_recipe_change(tmp_path: Path) -> None:
@@ -238,6 +243,25 @@ def test_cibw_env_of_causal_conv1d(ci_recipes: Path, ci_source: Path, tmp_path: 
     assert env["CIBW_REPAIR_WHEEL_COMMAND"].startswith("auditwheel repair ")
     assert env["CIBW_BEFORE_TEST"] == "python -m pip install torch==2.14.1"
     assert env["CIBW_TEST_COMMAND"] == 'python -c "import torch; import causal_conv1d; import causal_conv1d_cuda"'
+
+
+@pytest.mark.parametrize(("given", "archs"), [("8.0;9.0;10.0;12.0+PTX;12.1", "8.0;9.0;10.0;12.0+PTX;12.1"),
+                                              ("", "8.0;9.0;10.0;12.0+PTX")])
+def test_cibw_env_takes_a_narrow_cells_rebuild_archs(ci_recipes: Path, ci_source: Path, tmp_path: Path,
+                                                     given: str, archs: str) -> None:
+    """CI passes the plan's rebuild_archs (the full list and the host's, e.g. a 12.1 the list
+    lacks) for a narrow cell, and nothing for the others."""
+    res = cibw_env(CELL, ci_recipes, ci_source, tmp_path / "home", "--cuda-archs", given)
+    assert res.returncode == 0, res.stderr
+    inner = parse_environment(json.loads(res.stdout)["CIBW_ENVIRONMENT"]).as_dictionary({"PATH": "/usr/bin"})
+    assert inner["TORCH_CUDA_ARCH_LIST"] == archs
+
+
+def test_cibw_env_refuses_archs_that_are_none(ci_recipes: Path, ci_source: Path, tmp_path: Path) -> None:
+    res = cibw_env(CELL, ci_recipes, ci_source, tmp_path / "home", "--cuda-archs", "sm_90")
+    assert res.returncode == 2
+    assert res.stderr.splitlines()[-1] == ("kiln cibw-env: error: argument --cuda-archs: expected 'upstream' or "
+                                           "archs like '8.0;9.0', got 'sm_90'")
 
 
 def test_cibw_env_format_evaluates_to_the_json(ci_recipes: Path, ci_source: Path, tmp_path: Path) -> None:

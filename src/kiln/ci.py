@@ -105,9 +105,9 @@ def workflow(recipes: str, toolchains: Toolchains, cells: list[Cell]) -> dict[st
         "# Everything the mirror lacks: this runner has no CUDA, so `not-buildable here` counts.\n"
         "missing=$(jq -c '[.[] | select(.status != \"published\") | .cell]' plan.json)\n"
         "projects=$(jq -c '[.[] | select(.status != \"published\") | .project] | unique' plan.json)\n"
-        "# A narrow cell (built for this host's archs only) is rebuilt for every arch under a higher build number.\n"
-        "builds=$(jq -c 'map(select(.rebuild_number != null) | {key: .cell, value: .rebuild_number}) | from_entries'"
-        " plan.json)\n"
+        "# A narrow cell (built for a host's archs only) is rebuilt for every arch under a higher build number.\n"
+        "builds=$(jq -c 'map(select(.rebuild_number != null) | {key: .cell, value: {number: .rebuild_number, "
+        "archs: .rebuild_archs}}) | from_entries' plan.json)\n"
         'echo "missing=$missing" >> "$GITHUB_OUTPUT"\n'
         'echo "projects=$projects" >> "$GITHUB_OUTPUT"\n'
         'echo "builds=$builds" >> "$GITHUB_OUTPUT"\n'
@@ -180,16 +180,16 @@ def _build_job(recipes: str, toolchains: Toolchains, cells: list[Cell], runs_on:
         {"name": "kiln source", "if": BUILD_IF,
          "run": f'kiln source "$CELL" --recipes {recipes} --out build/src\n'},
         {"name": "cibuildwheel", "if": BUILD_IF,
-         "run": (f'kiln cibw-env "$CELL" --recipes {recipes} --source build/src > build/cibw-env.sh\n'
+         "run": (f'kiln cibw-env "$CELL" --recipes {recipes} --source build/src --cuda-archs "$KILN_CUDA_ARCHS" '
+                 '> build/cibw-env.sh\n'
                  "cat build/cibw-env.sh\n"
                  ". build/cibw-env.sh\n"
                  "cd build/src && cibuildwheel --output-dir ../raw .\n")},
         {"name": "Python for the smoke test", "if": BUILD_IF,
          "run": 'uv python install "${{ matrix.python }}"\n'},
         {"name": "kiln finish (label, pin, provenance, tag; smoke test)", "if": BUILD_IF,
-         "env": {"KILN_BUILD_NUMBER": "${{ fromJSON(needs.plan.outputs.builds)[matrix.cell] }}"},
-         "run": (f'kiln finish build/raw/*.whl --cell "$CELL" --recipes {recipes} '
-                 '--source build/src --out wheelhouse --build-number "$KILN_BUILD_NUMBER"\n')},
+         "run": (f'kiln finish build/raw/*.whl --cell "$CELL" --recipes {recipes} --source build/src '
+                 '--out wheelhouse --build-number "$KILN_BUILD_NUMBER" --cuda-archs "$KILN_CUDA_ARCHS"\n')},
         {"name": "Upload the finished wheel", "if": BUILD_IF, "uses": UPLOAD,
          "with": {"name": ARTIFACT_PREFIX + "${{ matrix.cell }}", "path": "wheelhouse/*.whl",
                   "if-no-files-found": "error", "retention-days": 7}},
@@ -203,7 +203,10 @@ def _build_job(recipes: str, toolchains: Toolchains, cells: list[Cell], runs_on:
         "strategy": {"fail-fast": False,
                      "matrix": {"include": [MatrixEntry.of(c).to_yaml() for c in cells]}},
         "env": {"CELL": "${{ matrix.cell }}",
-                "KILN_BUILD": "${{ contains(fromJSON(needs.plan.outputs.missing), matrix.cell) }}"},
+                "KILN_BUILD": "${{ contains(fromJSON(needs.plan.outputs.missing), matrix.cell) }}",
+                # a narrow cell's rebuild: the plan's build number and archs; empty (the recipe's) for the rest
+                "KILN_BUILD_NUMBER": "${{ fromJSON(needs.plan.outputs.builds)[matrix.cell].number }}",
+                "KILN_CUDA_ARCHS": "${{ fromJSON(needs.plan.outputs.builds)[matrix.cell].archs }}"},
         "steps": steps,
     }
 

@@ -313,10 +313,17 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def _cell(args: argparse.Namespace) -> tuple[Toolchains, Cell]:
+    """The cell ``args.cell`` names, with ``--build-number``/``--cuda-archs`` where given (CI
+    passes the plan's for a narrow cell it rebuilds)."""
     from kiln.ci import find_cell, load_cells
 
     toolchains, cells = load_cells(Path(args.recipes))
-    return toolchains, find_cell(cells, args.cell)
+    cell = find_cell(cells, args.cell)
+    if getattr(args, "build_number", None) is not None:
+        cell = dataclasses.replace(cell, build=args.build_number)
+    if getattr(args, "cuda_archs", None) and cell.variant.cuda not in (None, "cpu"):
+        cell = dataclasses.replace(cell, cuda_archs=args.cuda_archs)
+    return toolchains, cell
 
 
 def cmd_source(args: argparse.Namespace) -> int:
@@ -347,8 +354,6 @@ def cmd_finish(args: argparse.Namespace) -> int:
     from kiln.build import finish_raw
 
     toolchains, cell = _cell(args)
-    if args.build_number is not None:
-        cell = dataclasses.replace(cell, build=args.build_number)
     home = Home(Path(args.home))
     out = Path(args.out) if args.out else home.wheelhouse
     dest = finish_raw(Path(args.wheel), cell, toolchains, home, out,
@@ -366,6 +371,18 @@ def _build_number(text: str) -> int | None:
     if not text.strip().isdigit():
         raise argparse.ArgumentTypeError(f"not a build number: {text!r} (a non-negative integer)")
     return int(text)
+
+
+def _archs(text: str) -> str | None:
+    """``--cuda-archs`` of a cell command: an arch list as recipes write it, or empty for the recipes'."""
+    from kiln.recipe import check_archs
+
+    if not text.strip():
+        return None
+    try:
+        return check_archs(text.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_ci(args: argparse.Namespace) -> int:
@@ -540,6 +557,14 @@ def parser() -> argparse.ArgumentParser:
                     "(default: $VIRTUAL_ENV's, else python3)")
     sp.set_defaults(func=cmd_config)
 
+    def rebuild_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--build-number", type=_build_number, metavar="N",
+                        help="the wheel's build number (default, or empty: the recipe's); CI passes the plan's "
+                             "rebuild_number for a narrow cell it rebuilds for every arch")
+        sp.add_argument("--cuda-archs", type=_archs, metavar="ARCHS",
+                        help="a CUDA cell's GPU architectures (default, or empty: the recipes'); CI passes the "
+                             "plan's rebuild_archs for a narrow cell")
+
     def cell_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--recipes", default="recipes", help="directory of recipes (default: recipes)")
         sp.add_argument("--home", default=str(default_home()), help="kiln home (default: $KILN_HOME or ./.kiln)")
@@ -560,6 +585,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--source", help="the tree `kiln source` made, whose [build-system] is read "
                     "(default: the cell's source, fetched)")
     sp.add_argument("--index-url", help="index sdists come from, without --source")
+    rebuild_args(sp)
     sp.set_defaults(func=cmd_cibw_env)
 
     sp = writer("finish", help="finish and smoke-test a raw wheel of one cell")
@@ -570,9 +596,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--source", help="the tree `kiln source` made (its record names the sdist)")
     sp.add_argument("--build-record", help="the build record (default: kiln-build-env.txt beside the wheel)")
     sp.add_argument("--index-url", help="index sdists come from, without --source")
-    sp.add_argument("--build-number", type=_build_number, metavar="N",
-                    help="the wheel's build number (default, or empty: the recipe's); CI passes the plan's "
-                         "rebuild_number for a narrow cell rebuilt for every arch")
+    rebuild_args(sp)
     sp.set_defaults(func=cmd_finish)
 
     sp = sub.add_parser("ci", help="the CI workflow rendered from the recipes")
