@@ -156,15 +156,17 @@ def _http(method: str, url: str, creds: Credentials | None, body: bytes | None =
         return status, raw.decode(errors="replace").strip().splitlines()[0]
 
 
-def _upload_form(wheel: Path) -> tuple[bytes, str]:
-    """A distutils upload (what `uv publish` sends), as multipart/form-data."""
-    name, version = wheel.name.split("-")[:2]
+def _upload_form(filename: str, content: bytes, action: str = "file_upload") -> tuple[bytes, str]:
+    """A distutils upload (what `uv publish` sends), as multipart/form-data: ``filename`` with
+    ``content``, its project and version read from the filename."""
+    name, _, rest = filename.partition("-")
+    version = rest.split("-")[0]
     boundary = uuid.uuid4().hex
-    parts = [(":action", "file_upload"), ("protocol_version", "1"), ("name", name), ("version", version)]
+    parts = [(":action", action), ("protocol_version", "1"), ("name", name), ("version", version)]
     body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
                     for k, v in parts)
-    body += (f'--{boundary}\r\nContent-Disposition: form-data; name="content"; filename="{wheel.name}"\r\n'
-             "Content-Type: application/octet-stream\r\n\r\n").encode() + wheel.read_bytes() + b"\r\n"
+    body += (f'--{boundary}\r\nContent-Disposition: form-data; name="content"; filename="{filename}"\r\n'
+             "Content-Type: application/octet-stream\r\n\r\n").encode() + content + b"\r\n"
     return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -231,7 +233,8 @@ def test_who_may_do_what(site: Site, released: str, token: str, who: str, action
     status, line = EXPECTED[(who, action)]
     if action == "upload":
         version = {"anonymous": "3.0.0", "kiln": "3.0.1", "token": "3.0.2", "root": "3.0.3"}[who]
-        body, ctype = _upload_form(kiln_wheel(tmp_path, "kilnfix", version))
+        wheel = kiln_wheel(tmp_path, "kilnfix", version)
+        body, ctype = _upload_form(wheel.name, wheel.read_bytes())
         got = _http("POST", f"{url}/kiln/main/", creds, body, ctype)
     elif action == "create user":
         got = _http("PUT", f"{url}/made-by-{who}", creds, json.dumps({"password": "x"}).encode())
@@ -262,16 +265,6 @@ def test_who_may_do_what(site: Site, released: str, token: str, who: str, action
 # ----------------------------------------------------------------------------- the mirror: what
 # The mirror itself asks of every upload to a kiln index what `kiln publish` asks, so that the
 # kiln password or a token used with another client cannot put a foreign file there.
-
-
-def _form(filename: str, content: bytes, action: str = "file_upload") -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [(":action", action), ("protocol_version", "1"), ("name", "kilnfix"), ("version", "4.0.0")]
-    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-                    for k, v in parts)
-    body += (f'--{boundary}\r\nContent-Disposition: form-data; name="content"; filename="{filename}"\r\n'
-             "Content-Type: application/octet-stream\r\n\r\n").encode() + content + b"\r\n"
-    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def _refusals(tmp_path: Path) -> dict[str, tuple[str, Path | None, str, str]]:
@@ -312,7 +305,7 @@ def test_the_mirror_refuses_what_kiln_did_not_build_for_the_index(site: Site, to
     index, path, action, line = _refusals(tmp_path)[case]
     creds = site.kiln if who == "kiln" else Credentials("__token__", token)
     before = site.published()
-    body, ctype = _form(path.name if path else "", path.read_bytes() if path else b"", action)
+    body, ctype = _upload_form(path.name if path else "", path.read_bytes() if path else b"", action)
     assert _http("POST", f"{site.url}/{index}/", creds, body, ctype) == (403, line)
     assert site.published() == before
 
@@ -326,7 +319,8 @@ def test_uv_publish_of_a_foreign_wheel_is_refused_in_one_line(site: Site, token:
     assert f"{plain.name}: no kiln provenance" in res.stderr, res.stderr
     assert plain.name not in site.published()["main"]
     # anonymous: devpi's own answer comes first, whatever the file
-    assert _http("POST", f"{site.url}/kiln/main/", None, *_form(plain.name, plain.read_bytes())) == (401, UNAUTHORIZED)
+    anonymous = _upload_form(plain.name, plain.read_bytes())
+    assert _http("POST", f"{site.url}/kiln/main/", None, *anonymous) == (401, UNAUTHORIZED)
 
 
 # ----------------------------------------------------------------------------- kiln publish: what
