@@ -17,7 +17,7 @@ from kiln.errors import ConfigError, KilnError
 from kiln.home import Home, default_home
 from kiln.matrix import Cell, Variant, expand
 from kiln.profile import PROFILES
-from kiln.recipe import load_recipes
+from kiln.recipe import Recipe, load_recipes
 from kiln.toolchains import Toolchains, load_toolchains
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -25,13 +25,19 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _load(args: argparse.Namespace) -> tuple[Toolchains, list[Cell]]:
+    toolchains, _, cells = _load_recipes(args)
+    return toolchains, cells
+
+
+def _load_recipes(args: argparse.Namespace) -> tuple[Toolchains, list[Recipe], list[Cell]]:
+    """The toolchain table, the recipes (``--only``) and their cells (``--variant``, ``--python``)."""
     recipes_dir = Path(args.recipes)
     toolchains = load_toolchains(recipes_dir)
     recipes = load_recipes(recipes_dir, getattr(args, "only", None))
     cells = expand(recipes, toolchains, getattr(args, "variant", None), getattr(args, "cuda_archs", None))
     if getattr(args, "python", None):
         cells = [c for c in cells if c.python in args.python]
-    return toolchains, cells
+    return toolchains, recipes, cells
 
 
 def _profile(args: argparse.Namespace, toolchains: Toolchains, cells: list[Cell]) -> list[Cell]:
@@ -44,11 +50,7 @@ def _profile(args: argparse.Namespace, toolchains: Toolchains, cells: list[Cell]
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    recipes_dir = Path(args.recipes)
-    toolchains = load_toolchains(recipes_dir)
-    recipes = load_recipes(recipes_dir, args.only)
-    cells = expand(recipes, toolchains, args.variant, args.cuda_archs)
-    cells = [c for c in cells if not args.python or c.python in args.python]
+    toolchains, recipes, cells = _load_recipes(args)
     if not (args.variant or args.python):  # with a filter, a recipe may have no cells in it on purpose
         for recipe in recipes:
             if not any(c.recipe is recipe for c in cells):
