@@ -31,6 +31,11 @@ For cells without CUDA the mount namespace also hides the CUDA toolkit:
 torch's ``cpp_extension`` then finds no CUDA_HOME and a setup.py that builds CUDA code "when a
 toolkit is found" builds its CPU extension.
 
+A CUDA cell built with the toolkit kiln assembled from the index's packages (kiln.cuda) has the
+host's toolkits hidden the same way (``hide_host_cuda``), so nothing of them can slip into its
+build; the caller's CUDA_HOME, CUDA_PATH, CUDA_ROOT, CUDA_TOOLKIT_ROOT_DIR and CUDACXX (which name
+the host's) are not passed on, while kiln's own, which name the assembled home, are.
+
 `Sandbox.wrap(cmd)` returns the command line: ``unshare`` (as root; as a mapped root in a user
 namespace when not root, or when root may not unshare) then ``python -P .../kiln/sandbox.py``,
 which hides the paths, drops the capabilities and runs ``cmd`` as the namespace's init (reaping
@@ -138,6 +143,9 @@ KILN_SECRET_ENV = ("KILN_*PASSWORD*", "KILN_*TOKEN*", "KILN_*SECRET*")
 CUDA_ENV = ("CUDA_HOME", "CUDA_PATH", "CUDACXX", "CUDA_ROOT", "CUDA_TOOLKIT_ROOT_DIR", "PYTORCH_NVCC",
             "TORCH_CUDA_ARCH_LIST", "FORCE_CUDA")
 """Variables that point a build at CUDA: a cell without CUDA gets none, not even kiln's own."""
+
+CUDA_HOME_ENV = ("CUDA_HOME", "CUDA_PATH", "CUDA_ROOT", "CUDA_TOOLKIT_ROOT_DIR", "CUDACXX")
+"""The caller's variables that name a CUDA toolkit: not passed on when the host's toolkits are hidden."""
 
 CUDA_GLOBS = ("/usr/local/cuda", "/usr/local/cuda-*", "/opt/cuda", "/opt/cuda-*", "/opt/nvidia/cuda*")
 
@@ -271,11 +279,15 @@ def _under(path: Path, top: Path) -> bool:
 @dataclass(frozen=True)
 class Sandbox:
     """How one step runs: ``network`` allowed or not, ``hide_cuda`` for cells without CUDA,
-    ``hide``: paths it must not see (`secret_paths`)."""
+    ``hide_host_cuda`` for CUDA cells built with a toolkit kiln assembled, ``hide``: paths it
+    must not see (`secret_paths`)."""
 
     network: bool = False
     hide_cuda: bool = False
     hide: tuple[Path, ...] = field(default=())
+    hide_host_cuda: bool = False
+    """The host's CUDA toolkits are hidden as for ``hide_cuda`` and the caller's variables naming
+    them dropped, but kiln's own CUDA variables (naming the toolkit it assembled) are kept."""
 
     def describe(self) -> str:
         parts = ["network" if self.network else "no network",
@@ -284,6 +296,8 @@ class Sandbox:
             parts.append(f"hidden: {', '.join(str(p) for p in self.hide)}")
         if self.hide_cuda:
             parts.append("no CUDA toolkit (private mount namespace)")
+        elif self.hide_host_cuda:
+            parts.append("the host's CUDA toolkit hidden (private mount namespace): only kiln's assembled one")
         return ", ".join(parts)
 
     def compose(self, own: Mapping[str, str], caller: Mapping[str, str] | None = None) -> StepEnv:
@@ -291,6 +305,8 @@ class Sandbox:
         then ``own`` (kiln's and the recipe's) over them; without CUDA's when CUDA is hidden."""
         caller = os.environ if caller is None else caller
         allowed = [*ALLOWED_ENV, *([] if self.hide_cuda else CUDA_ALLOWED_ENV)]
+        if self.hide_host_cuda:
+            allowed = [name for name in allowed if name not in CUDA_HOME_ENV]
         env: dict[str, str] = {}
         dropped: list[str] = []
         for name, value in caller.items():
@@ -311,7 +327,7 @@ class Sandbox:
         """The command line running ``cmd`` in this sandbox; ``stash`` is a directory of the
         step's own that the mount helper may use (it is left empty)."""
         hidden = list(self.hide)
-        if self.hide_cuda:
+        if self.hide_cuda or self.hide_host_cuda:
             dirs, files = cuda_toolkit_paths()
             hidden += [*dirs, *files]
         flags = ["--mount", "--pid", "--fork", "--kill-child", "--mount-proc"]
