@@ -69,3 +69,55 @@ def recipes_dir(dest: Path, *recipes: tuple[str, str]) -> Path:
     for name, text in recipes:
         (dest / name).write_text(text)
     return dest
+
+
+def make_kiln_wheel(name: str, version: str, variant: str, dest: Path, requires: tuple[str, ...] = (),
+                    **provenance: object) -> Path:
+    """A wheel as `kiln build` finishes it, without code: its version labelled with ``variant``
+    (``cu130-torch2.14``: ``1.7.0+cu130.torch2.14``), ``requires`` as its Requires-Dist and a
+    ``kiln.json`` provenance, whose fields ``provenance`` sets (``torch``, ``cuda_archs_found``,
+    ``archs_served``...)."""
+    import json
+    from dataclasses import asdict
+
+    from kiln.matrix import Variant
+    from kiln.wheel import PROVENANCE, Provenance
+
+    label = Variant.parse(variant).label
+    full = f"{version}+{label}" if label else version
+    module = name.replace("-", "_")
+    record = Provenance(kiln_version="0.1.0", cell=f"{name}-{version}-cp311-{variant}", variant=variant,
+                        recipe=f"{name}.yaml", recipe_sha256="0" * 64, source_url=f"{name}-{version}.tar.gz",
+                        source_sha256="0" * 64, python="3.11", torch=None, cuda_archs=None, nvcc=None,
+                        compiler="gcc 13")
+    for key, value in provenance.items():
+        setattr(record, key, value)
+    root = dest / f"{module}-{full}-tree"
+    info = root / f"{module}-{full}.dist-info"
+    (root / module).mkdir(parents=True, exist_ok=True)
+    (root / module / "__init__.py").write_text("")
+    info.mkdir(parents=True, exist_ok=True)
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {full}\n"
+    metadata += "".join(f"Requires-Dist: {req}\n" for req in requires)
+    (info / "METADATA").write_text(metadata)
+    (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    (info / PROVENANCE).write_text(json.dumps(asdict(record), indent=2) + "\n")
+    subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(dest), str(root)],
+                   check=True, capture_output=True)
+    return dest / f"{module}-{full}-py3-none-any.whl"
+
+
+def make_torch_build(version: str, cuda: str | None, dest: Path) -> Path:
+    """A ``torch`` wheel with no code whose ``torch/version.py`` says its build as torch's own does
+    (``cuda: Optional[str] = '13.0'``; None for a CPU build)."""
+    return make_wheel("torch", version, {
+        "torch/__init__.py": f"__version__ = {version!r}\n",
+        "torch/version.py": ("from typing import Optional\n\n"
+                             "__all__ = ['__version__', 'debug', 'cuda', 'git_version', 'hip', 'xpu']\n"
+                             f"__version__ = {version!r}\n"
+                             "debug = False\n"
+                             f"cuda: Optional[str] = {cuda!r}\n"
+                             "git_version = '0000000000000000000000000000000000000000'\n"
+                             "hip: Optional[str] = None\n"
+                             "xpu: Optional[str] = None\n"),
+    }, dest)

@@ -293,7 +293,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     from kiln import clientconfig
 
     if args.variant == "auto":
-        found = clientconfig.detect(args.python_exe)
+        found = clientconfig.detect(args.python_exe, args.mirror)
         err_console.print(f"found {found.describe()}", markup=False, highlight=False)
         variant = found.variant
     else:
@@ -301,6 +301,20 @@ def cmd_config(args: argparse.Namespace) -> int:
     formats = [args.format] if args.format else list(clientconfig.FORMATS)
     blocks = [clientconfig.render(variant, args.mirror or clientconfig.default_mirror(), f) for f in formats]
     print("\n\n".join(blocks))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from kiln.clientconfig import current_python
+    from kiln.doctor import doctor
+    from kiln.errors import DoctorProblems
+
+    report = doctor(args.python_exe or current_python(), args.mirror)
+    for line in report.render():
+        print(line)
+    if report.problems:
+        n = len(report.problems)
+        raise DoctorProblems(f"{n} problem{'s' if n > 1 else ''} with the kiln wheels in {report.python}")
     return 0
 
 
@@ -556,8 +570,16 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--mirror", help="mirror URL (default: $KILN_MIRROR_URL or http://127.0.0.1:3141)")
     sp.add_argument("--format", choices=["uv", "pip", "docker", "pixi"], help="one format (default: all)")
     sp.add_argument("--python", dest="python_exe", help="with --variant auto: the Python to look in "
-                    "(default: $VIRTUAL_ENV's, else python3)")
+                    "(default: $VIRTUAL_ENV's, $CONDA_PREFIX's, a .venv here or above, else python3); without "
+                    "torch there, the GPU's driver picks the newest variant on the mirror it runs")
     sp.set_defaults(func=cmd_config)
+
+    sp = sub.add_parser("doctor", help="check the kiln wheels installed in an environment against its torch, "
+                        "the GPUs and the driver")
+    sp.add_argument("--python", dest="python_exe", help="the Python whose environment to check (default: "
+                    "$VIRTUAL_ENV's, $CONDA_PREFIX's, a .venv here or above, else python3)")
+    sp.add_argument("--mirror", help="mirror URL, so that a fix names a variant it has (default: fixes by rule)")
+    sp.set_defaults(func=cmd_doctor)
 
     def rebuild_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--build-number", type=_build_number, metavar="N",

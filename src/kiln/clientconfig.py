@@ -14,7 +14,8 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from kiln.errors import ConfigError, HostError
+from kiln import archs
+from kiln.errors import ConfigError, HostError, MirrorError
 from kiln.matrix import Variant
 from kiln.mirror import DEFAULT_HOST, DEFAULT_PORT, simple_url, url_for
 
@@ -43,19 +44,28 @@ class Detected:
     torch: str | None
     cuda: str | None
     variant: Variant
+    why: str = ""
+    """Without torch: how the variant was chosen (the GPUs, the driver, the mirror's variants)."""
 
     def describe(self) -> str:
         if self.torch is None:
-            return f"no torch in {self.python}: variant {self.variant.name}"
+            return f"no torch in {self.python}; {self.why or 'variant'} {self.variant.name}"
         cuda = f"CUDA {self.cuda}" if self.cuda else "CPU"
         return f"torch {self.torch} ({cuda}) in {self.python}: variant {self.variant.name}"
 
 
 def current_python() -> str:
-    """The Python of the environment in use: $VIRTUAL_ENV's, else python3 on PATH."""
-    venv = os.environ.get("VIRTUAL_ENV")
-    if venv and (Path(venv) / "bin" / "python").exists():
-        return str(Path(venv) / "bin" / "python")
+    """The Python of the environment in use, found as uv finds it: $VIRTUAL_ENV's, else
+    $CONDA_PREFIX's, else a ``.venv`` in the working directory or above it; else python3 on PATH,
+    else kiln's own."""
+    for env in ("VIRTUAL_ENV", "CONDA_PREFIX"):
+        prefix = os.environ.get(env)
+        if prefix and (Path(prefix) / "bin" / "python").exists():
+            return str(Path(prefix) / "bin" / "python")
+    cwd = Path.cwd()
+    for parent in (cwd, *cwd.parents):
+        if (parent / ".venv" / "bin" / "python").exists():
+            return str(parent / ".venv" / "bin" / "python")
     return shutil.which("python3") or shutil.which("python") or sys.executable
 
 
@@ -72,8 +82,10 @@ def variant_for_torch(version: str, cuda: str | None) -> Variant:
     return Variant(torch=minor, cuda=cuda or "cpu")
 
 
-def detect(python: str | None = None) -> Detected:
-    """Import torch in ``python`` (default: the current environment's) and name its variant."""
+def detect(python: str | None = None, mirror: str | None = None) -> Detected:
+    """Import torch in ``python`` (default: the current environment's) and name its variant.
+    Without torch: no NVIDIA GPU -> ``main``; with one, the driver's CUDA -> the newest torch
+    variant ``mirror`` (default: default_mirror()) has of a CUDA the driver runs."""
     python = python or current_python()
     try:
         res = subprocess.run([python, "-c", TORCH_PROBE], capture_output=True, text=True, timeout=300)
@@ -84,12 +96,40 @@ def detect(python: str | None = None) -> Detected:
         raise HostError(f"{python}: importing torch failed: {last}")
     found = json.loads(res.stdout.strip().splitlines()[-1])
     if found is None:
-        return Detected(python, None, None, Variant())
+        variant, why = variant_for_machine(mirror or default_mirror())
+        return Detected(python, None, None, variant, why)
     if found.get("hip"):  # a ROCm build: torch.version.cuda is None there, yet it is no cpu torch
         raise HostError(f"torch {found['version']} in {python} is a ROCm build (HIP {found['hip']}); kiln "
                         "builds CUDA and cpu variants only, and neither fits it")
     return Detected(python, found["version"], found["cuda"],
                     variant_for_torch(found["version"], found["cuda"]))
+
+
+def variant_for_machine(mirror: str) -> tuple[Variant, str]:
+    """The variant for this machine when no torch is installed, and the words that say why:
+    no NVIDIA GPU -> main; else the newest torch variant ``mirror`` has of a CUDA the driver runs
+    (the probe of `kiln doctor`)."""
+    from kiln.doctor import mirror_variants, probe_machine, variant_for_driver
+
+    machine = probe_machine()
+    if not machine.gpus:
+        return Variant(), f"no NVIDIA GPU found (nvidia-smi: {machine.why_none}): variant"
+    gpus = ", ".join(archs.sm_name(cc) for cc in machine.ccs)
+    if not machine.driver_cuda:
+        raise HostError(f"GPU {gpus}, driver {machine.driver}: nvidia-smi does not say which CUDA the driver "
+                        "runs; name a variant with --variant")
+    said = f"GPU {gpus}, driver {machine.driver} runs CUDA <= {machine.driver_cuda}"
+    try:
+        variants = mirror_variants(mirror)
+    except MirrorError as exc:
+        raise MirrorError(f"{said}, but the mirror's variants cannot be listed: {exc.message}; "
+                          "name a variant with --variant") from None
+    best = variant_for_driver(machine.driver_cuda, variants)
+    if best is None:
+        have = ", ".join(v.name for v in variants if v.torch) or "none"
+        major = machine.driver_cuda.split(".")[0]
+        return Variant(), f"{said}; {mirror} has no variant of CUDA {major} or older (it has {have}): variant"
+    return best, f"{said}: the newest variant {mirror} has for it is"
 
 
 def render(variant: Variant, mirror: str, fmt: str) -> str:

@@ -50,3 +50,9 @@ class HomeBusy(KilnError):
     """Another kiln process holds the home's writer lock (and --no-wait was given)."""
 
     exit_code = 7
+
+
+class DoctorProblems(KilnError):
+    """`kiln doctor` found problems with the kiln wheels of an environment (each printed on its own line)."""
+
+    exit_code = 8

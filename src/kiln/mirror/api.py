@@ -116,6 +116,15 @@ class Devpi:
         res = self.request("GET", f"{name}?no_projects=")
         return res["result"] if res else None  # type: ignore[return-value]
 
+    def indexes(self, user: str) -> list[str] | None:
+        """The names of ``user``'s indexes (``main``, ``cu130-torch2.14``...); None when there is no such user."""
+        res = self.request("GET", user)
+        if res is None:
+            return None
+        result = res.get("result")
+        indexes = result.get("indexes") if isinstance(result, dict) else None
+        return sorted(indexes) if isinstance(indexes, dict) else []
+
     def ensure_user(self, user: str, password: str) -> None:
         if self.request("GET", user) is None:
             self.request("PUT", user, {"password": password})
