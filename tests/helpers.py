@@ -44,11 +44,12 @@ def make_helper_wheel(version: str, dest: Path) -> Path:
     }, dest)
 
 
-def make_torch_stand_in(version: str, dest: Path) -> Path:
-    """A ``torch`` wheel with no code: what a cpu cell of a torch-free fixture installs."""
+def make_torch_stand_in(version: str, dest: Path, cuda: str | None = None) -> Path:
+    """A ``torch`` wheel with no code: what a cell of a torch-free fixture installs; ``cuda``:
+    the CUDA build it claims to be (``torch.version.cuda``), None for a CPU build."""
     return make_wheel("torch", version, {
-        "torch/__init__.py": f"__version__ = {version!r}\n",
-        "torch/version.py": "cuda = None\n",
+        "torch/__init__.py": f"from torch import version\n__version__ = {version!r}\n",
+        "torch/version.py": f"cuda = {cuda!r}\n",
     }, dest)
 
 

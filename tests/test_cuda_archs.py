@@ -139,6 +139,7 @@ source:
   sha256: "%s"
 build:
   cuda_archs: "8.0;9.0"
+  gpus: {min: "8.0", reason: "the kernels use bf16"}
 matrix:
   torch: ["2.14"]
   cuda: ["13.0"]
@@ -193,6 +194,12 @@ def test_finish_records_the_archs_found_in_the_provenance(objects: dict[str, Pat
     found = read_provenance(finished)["cuda_archs_found"]
     assert found["sass"] == ["sm_80", "sm_90"] and found["ptx"] == ["compute_90"]  # type: ignore[index]
     assert "kiln: CUDA architectures found by" in log and "sm_80 sm_90 compute_90" in log
+    prov = read_provenance(finished)
+    assert prov["archs_served"] == ["8.0", "8.6", "8.9", "9.0", "10.0", "10.3", "12.0"]  # cut at build.gpus.min
+    assert prov["archs_code"] == {"8.0": "sass", "8.6": "sass", "8.9": "sass", "9.0": "sass", "10.0": "ptx",
+                                  "10.3": "ptx", "12.0": "ptx"}
+    assert prov["gpus_reason"] == "the kernels use bf16"
+    assert "kiln: GPUs kiln/cu130-torch2.14 serves: 8.0 sass, 8.6 sass, 8.9 sass, 9.0 sass, 10.0 ptx" in log
 
 
 def test_finish_fails_a_cuda_cell_without_device_code(objects: dict[str, Path], cuobjdump: Path,

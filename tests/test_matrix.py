@@ -91,8 +91,14 @@ def test_not_buildable_reasons(recipes_dir: Path, monkeypatch: pytest.MonkeyPatc
     nvcc13 = Host(cuda_home=Path("/usr/local/cuda"), nvcc_version="13.0")
     no_nvcc = Host(cuda_home=None, nvcc_version=None)
     assert not_buildable(cells["3.11", "cu130-torch2.14"], tc, nvcc13) is None
-    assert not_buildable(cells["3.11", "cu130-torch2.14"], tc, no_nvcc) == "no nvcc (set CUDA_HOME)"
-    assert "majors differ" in (not_buildable(cells["3.11", "cu128-torch2.8"], tc, nvcc13) or "")
+    # Without nvcc 13 here, CUDA 13.0 builds with NVIDIA's compiler packages from the index (kiln.cuda);
+    # CUDA 12.8 has none there, so a cu128 cell needs a host toolkit.
+    assert not_buildable(cells["3.11", "cu130-torch2.14"], tc, no_nvcc) is None
+    assert not_buildable(cells["3.11", "cu128-torch2.8"], tc, nvcc13) == (
+        "nvcc here is CUDA 13.0 (majors differ) and CUDA 12.8 has no compiler packages on the index (the 12.x "
+        "nvidia-cuda-nvcc-cu12 packages ship ptxas only): install a CUDA 12 toolkit and set CUDA_HOME")
+    assert (not_buildable(cells["3.11", "cu128-torch2.8"], tc, no_nvcc) or "").startswith(
+        "no nvcc here and CUDA 12.8 has no compiler packages on the index")
     assert not_buildable(cells["3.11", "cpu-torch2.14"], tc, no_nvcc) is None
     # A cell needing the PyTorch index plans, but says which setting it lacks.
     (recipes_dir / "idx.yaml").write_text(

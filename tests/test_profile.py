@@ -129,16 +129,39 @@ def test_host_nvcc_12_takes_a_torch_it_can_install(recipes: Path, monkeypatch: p
 
 
 @pytest.mark.parametrize(("facts", "why"), [
-    (HostFacts(python="3.11"), "no nvcc here"),
-    (HostFacts(python="3.11", nvcc="11.8"), "no variant has nvcc 11.8's CUDA major (the recipes have cu128, cu130)"),
+    (HostFacts(python="3.11", cuda_toolkit="host"), "no nvcc here"),
+    (HostFacts(python="3.11", nvcc="11.8", cuda_toolkit="host"),
+     "no variant has nvcc 11.8's CUDA major (the recipes have cu128, cu130)"),
     (HostFacts(python="3.11", nvcc="13.0", gpus=("9.0",), driver_cuda="12.4"),
-     "the GPU driver runs CUDA 12.4 at most, nvcc is 13.0"),
+     "the GPU driver runs CUDA 12.4 at most, nvcc is 13.0; the GPU driver runs CUDA 12.4 at most, older than "
+     "the index's compilers"),
 ])
 def test_host_without_a_usable_cuda_builds_no_cuda_cell(recipes: Path, facts: HostFacts, why: str) -> None:
     tc, cells = cells_of(recipes)
     picked = select(cells, tc, "host", facts)
     assert ids(picked.cells) == plain_ids(cells)
     assert f"no CUDA cells: {why}" in picked.describe()
+
+
+@pytest.mark.parametrize("facts", [HostFacts(python="3.11"), HostFacts(python="3.11", nvcc="11.8"),
+                                   HostFacts(python="3.11", nvcc="13.0", cuda_toolkit="index"),
+                                   HostFacts(python="3.11", gpus=("8.6",), driver_cuda="13.0")])
+def test_without_nvcc_of_a_major_the_index_s_compiler_packages_build_cu130(recipes: Path, facts: HostFacts) -> None:
+    """CUDA 13.0 has compiler packages on the index (toolchains.yaml's cuda."13.0".toolkit); 12.8 has none."""
+    tc, cells = cells_of(recipes)
+    picked = select(cells, tc, "host", facts)
+    assert picked.variant == "cu130-torch2.14"
+    assert "CUDA cells of cu130-torch2.14 (nvcc 13.0 from the index)" in picked.describe()
+
+
+def test_no_variant_without_nvcc_where_no_cuda_build_has_compiler_packages(recipes: Path) -> None:
+    tc, cells = cells_of(recipes)
+    cu128 = [c for c in cells if c.variant.cuda in (None, "cpu", "12.8")]
+    picked = select(cu128, tc, "host", HostFacts(python="3.11"))
+    assert picked.variant is None
+    assert picked.describe().endswith("no CUDA cells: no nvcc here (set CUDA_HOME); no CUDA build of the recipes "
+                                      "(cu128) has compiler packages on the index; 4 other CUDA cells are "
+                                      "left to --profile all")
 
 
 def test_a_driver_as_new_as_nvcc_is_enough(recipes: Path) -> None:
@@ -246,7 +269,7 @@ def test_a_host_wheel_is_narrow_for_profile_all_and_rebuilt_under_the_next_build
     home = Home(tmp_path / "home")
     cell = next(c for c in cells if c.id == CELL)
     narrow = fake_wheel(home.wheelhouse, "kilnkern-1.0.0+cu130.torch2.14-cp311-cp311-linux_x86_64.whl", cell,
-                        cuda_archs="9.0", cuda_archs_found={"sass": ["sm_90"], "ptx": []})
+                        cuda_archs="9.0", cuda_archs_found={"sass": ["sm_90"], "ptx": ["compute_75"]})
 
     (row,) = [r for r in plan_json(recipes, home.root, capsys, "--profile", "host") if r["cell"] == CELL]
     assert (row["status"], row["wheel"], row["wheel_archs"], row["cuda_archs"]) == ("built", narrow, "9.0", "9.0")
@@ -264,12 +287,38 @@ def test_a_host_wheel_is_narrow_for_profile_all_and_rebuilt_under_the_next_build
     (rebuild,) = [c for c in todo if c.id == CELL]
     assert (rebuild.build_number, rebuild.cuda_archs) == (1, "upstream")
     wide = fake_wheel(home.wheelhouse, "kilnkern-1.0.0+cu130.torch2.14-1-cp311-cp311-linux_x86_64.whl", cell,
-                      cuda_archs="upstream", cuda_archs_found={"sass": ["sm_80", "sm_90", "sm_100"], "ptx": []})
+                      cuda_archs="upstream",
+                      cuda_archs_found={"sass": ["sm_75", "sm_80", "sm_90", "sm_100", "sm_120"], "ptx": []})
     (row,) = [r for r in plan_json(recipes, home.root, capsys, "--profile", "all") if r["cell"] == CELL]
     assert (row["status"], row["wheel"], row["build_number"]) == ("built", wide, 1)
     # and the host profile is served by the wider wheel: nothing to build for it either
     (row,) = [r for r in plan_json(recipes, home.root, capsys, "--profile", "host") if r["cell"] == CELL]
     assert (row["status"], row["wheel"]) == ("built", wide)
+
+
+def test_a_wheel_without_code_for_every_served_gpu_is_unserved_and_rebuilt(
+        recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host wheel from before the arch contract (SASS for 9.0 alone), published: `unserved` under
+    either profile, rebuilt as the next build (the host one with PTX of the lowest served GPU)."""
+    monkeypatch.setattr(profile, "probe_facts", lambda: NO_GPU_13)
+    tc, cells = cells_of(recipes)
+    home = Home(tmp_path / "home")
+    cell = next(c for c in cells if c.id == CELL)
+    old = fake_wheel(home.wheelhouse, "kilnkern-1.0.0+cu130.torch2.14-cp311-cp311-linux_x86_64.whl", cell,
+                     cuda_archs="9.0", cuda_archs_found={"sass": ["sm_90"], "ptx": []})
+    for which in ("host", "all"):
+        (row,) = [r for r in plan_json(recipes, home.root, capsys, "--profile", which) if r["cell"] == CELL]
+        assert (row["status"], row["rebuild_number"]) == ("unserved", 1)
+        assert row["unserved"] == ["sm_75", "sm_80", "sm_86", "sm_89", "sm_100", "sm_103", "sm_120"]
+        assert row["detail"] == (f"{old} has no code for sm_75, sm_80, sm_86, sm_89, sm_100, sm_103, sm_120, which "
+                                 "kiln/cu130-torch2.14 serves: rebuilds as build 1")
+    host = select(cells, tc, "host", NO_GPU_13)
+    rows = cell_status(list(host.cells), tc, home, home.wheelhouse, {"cu130-torch2.14": [old]})
+    (row,) = [r for r in rows if r.cell == CELL]
+    assert row.detail.endswith("; kiln up moves it off the index")
+    todo, _ = to_build(list(host.cells), rows, home)
+    (rebuild,) = [c for c in todo if c.id == CELL]
+    assert (rebuild.build_number, rebuild.cuda_archs, rebuild.ptx_archs) == (1, "9.0", "7.5")
 
 
 def test_a_published_host_wheel_known_from_the_cell_result(recipes: Path, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ project: kilnkern
 versions: ["1.0.0"]
 build:
   cuda_archs: "8.0;9.0"
+  gpus: {min: "8.0", reason: "its kernels need Ampere"}
 matrix:
   torch: ["2.14"]
   cuda: ["13.0", "12.8", "cpu"]
@@ -137,7 +138,7 @@ def test_json_holds_every_cell_with_its_status_size_time_and_archs(fixture: Fixt
     assert {k: v["status"] for k, v in cells.items()} == {k: str(v) for k, v in EXPECTED.items()}
     assert data["kiln_version"] and data["mirror"] == MIRROR
     assert data["counts"] == {"published": 2, "built": 1, "stale": 1, "failed": 1, "not-buildable": 2, "missing": 1,
-                              "narrow": 0}
+                              "narrow": 0, "unserved": 0}
 
     built = cells["kilnkern-1.0.0-cp311-cu130-torch2.14"]
     assert built["size"] == (fixture.home.wheelhouse / built["wheel"]).stat().st_size > 300_000

@@ -22,7 +22,7 @@ from typing import TextIO
 from rich.console import Console
 
 import kiln
-from kiln import buildreqs, closure, smoke, source
+from kiln import archs, buildreqs, closure, cuda, smoke, source
 from kiln.backends import Backend, CompileJob, CompileResult
 from kiln.buildreqs import BuildRequirements
 from kiln.errors import BuildError, KilnError
@@ -36,6 +36,7 @@ from kiln.wheel import (
     CudaArchs,
     Provenance,
     check_cuda_archs,
+    check_served,
     cuda_archs_found,
     cuda_content,
     find_cuobjdump,
@@ -61,9 +62,10 @@ def parallelism(memory_per_job_gb: float, cores: int | None = None,
     return Parallelism(max_jobs=jobs, nvcc_threads=max(1, cores // jobs))
 
 
-def build_env(cell: Cell, toolchains: Toolchains, home: Home) -> dict[str, str]:
+def build_env(cell: Cell, toolchains: Toolchains, home: Home, toolkit: cuda.Toolkit | None = None) -> dict[str, str]:
     """kiln's and the recipe's variables for a cell's compile step, whoever runs it (the local
-    backend adds only the caller's variables on kiln.sandbox's allow-list)."""
+    backend adds only the caller's variables on kiln.sandbox's allow-list). ``toolkit``: the CUDA
+    toolkit a CUDA cell builds with (kiln.cuda.prepare); None: the host's, if any."""
     recipe = cell.recipe
     par = parallelism(recipe.build.memory_per_job_gb)
     env = {
@@ -75,18 +77,33 @@ def build_env(cell: Cell, toolchains: Toolchains, home: Home) -> dict[str, str]:
     if cell.variant.torch:
         env["KILN_CXX_STD"] = str(toolchains.torch[cell.variant.torch].cxx_std)
     if cell.variant.cuda_major:
-        host = probe_host()
-        if host.cuda_home:
-            env["CUDA_HOME"] = str(host.cuda_home)
+        cuda_home = toolkit.home if toolkit else probe_host().cuda_home
+        if cuda_home:
+            env["CUDA_HOME"] = str(cuda_home)
+        if toolkit and toolkit.source == "index":  # every name a build may look for it by
+            env["CUDA_PATH"] = str(toolkit.home)
+            env["CUDACXX"] = str(toolkit.nvcc)
         if cell.cuda_archs != "upstream":
             env["TORCH_CUDA_ARCH_LIST"] = cell.cuda_archs
-    env.update(compiler_cache_env(home))
+        if cell.ptx_archs:
+            env["NVCC_APPEND_FLAGS"] = ptx_flags(cell.ptx_archs)
+    env.update(compiler_cache_env(home, toolkit.nvcc if toolkit else None))
     env.update(recipe.build.env)
+    if cell.ptx_archs and "NVCC_APPEND_FLAGS" in recipe.build.env:
+        env["NVCC_APPEND_FLAGS"] = f"{recipe.build.env['NVCC_APPEND_FLAGS']} {ptx_flags(cell.ptx_archs)}"
     return env
 
 
-def compiler_cache_env(home: Home) -> dict[str, str]:
-    """ccache in front of cc, c++ and nvcc, its cache in the kiln home.
+def ptx_flags(ptx_archs: str) -> str:
+    """nvcc flags that add PTX alone (no SASS) for each compute capability: ``7.5`` ->
+    ``-gencode=arch=compute_75,code=compute_75``. Set as NVCC_APPEND_FLAGS, which nvcc appends to
+    every command line, whoever builds it (torch's cpp_extension, CMake, a hand-written setup.py)."""
+    return " ".join(f"-gencode=arch=compute_{c},code=compute_{c}"
+                    for c in (a.strip().replace(".", "") for a in ptx_archs.split(";")) if c)
+
+
+def compiler_cache_env(home: Home, nvcc: Path | None = None) -> dict[str, str]:
+    """ccache in front of cc, c++ and nvcc (``nvcc``, else the host's), its cache in the kiln home.
 
     cc and c++ go through ccache's masquerade links (a `c++` that is ccache), because torch runs
     `$CXX -dumpversion` and cannot take a CXX with a space in it; nvcc goes through PYTORCH_NVCC."""
@@ -112,9 +129,10 @@ def compiler_cache_env(home: Home) -> dict[str, str]:
         # torch >= 2.14 prepends any ccache on PATH itself; kiln has wired it already.
         "TORCH_NO_COMPILER_WRAPPER": "1",
     }
-    host = probe_host()
-    if host.cuda_home:
-        env["PYTORCH_NVCC"] = f"{exe} {host.cuda_home / 'bin' / 'nvcc'}"
+    if nvcc is None and (host := probe_host()).cuda_home:
+        nvcc = host.cuda_home / "bin" / "nvcc"
+    if nvcc is not None:
+        env["PYTORCH_NVCC"] = f"{exe} {nvcc}"
     return env
 
 
@@ -192,14 +210,16 @@ def _steps(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: B
            closure_built: list[str]) -> tuple[Path, str | None]:
     src, srcdir = prepare_source(cell, home, work / "src", index_url, log)
     constraints = write_constraints(cell, work / "constraints.txt")
-    env = build_env(cell, toolchains, home)
+    toolkit = (cuda.prepare(cell.variant.cuda, toolchains, home.root, work, index_url, log)
+               if cell.variant.cuda and cell.variant.cuda_major and not backend.own_cuda else None)
+    env = build_env(cell, toolchains, home, toolkit)
     env["PIP_CONSTRAINT"] = str(constraints)
     env["UV_CONSTRAINT"] = str(constraints)
     for key in sorted(env):
         print(f"kiln: env {key}={'(not shown)' if is_secret_name(key) else env[key]}", file=log, flush=True)
     job = CompileJob(cell=cell, toolchains=toolchains, source_dir=srcdir, work_dir=work, env=env,
                      constraints=constraints, log=log, timeout_s=cell.recipe.build.timeout_minutes * 60,
-                     index_url=index_url, hidden=secret_paths(home.root))
+                     index_url=index_url, hidden=secret_paths(home.root), toolkit=toolkit)
     res = backend.compile(job)
     finished, archs = finish_cell(cell, toolchains, res, src, backend.name, work, log)
     closure_built += build_closure(cell, finished, toolchains, home, out, backend, index_url, work, log, building)
@@ -327,10 +347,13 @@ def finish_cell(cell: Cell, toolchains: Toolchains, res: CompileResult, src: sou
         raise BuildError(f"{res.wheel.name} was built without CUDA but holds CUDA: {found[0]}"
                          + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
     host = probe_host()
-    archs = cell.cuda_archs if cell.variant.cuda_major else None
+    built_for = cell.cuda_archs if cell.variant.cuda_major else None
     device: CudaArchs | None = None
     if cell.variant.cuda_major:
         cuobjdump = find_cuobjdump(host.cuda_home)
+        if cuobjdump is None and cell.archs_served:
+            raise BuildError(f"{res.wheel.name}: no cuobjdump (CUDA_HOME/bin, PATH, nvidia-cuda-cuobjdump) to "
+                             f"check it runs on the GPUs kiln/{cell.variant.name} serves")
         if cuobjdump is None:
             print("kiln: no cuobjdump (CUDA_HOME/bin, PATH, nvidia-cuda-cuobjdump): CUDA architectures not "
                   "checked", file=log, flush=True)
@@ -339,20 +362,30 @@ def finish_cell(cell: Cell, toolchains: Toolchains, res: CompileResult, src: sou
             print(f"kiln: CUDA architectures found by {cuobjdump}: {device}", file=log, flush=True)
             if why := check_cuda_archs(device, cell.cuda_archs):
                 raise BuildError(f"{res.wheel.name}: {why}")
+            if why := check_served(device, cell.archs_served, f"kiln/{cell.variant.name}"):
+                raise BuildError(f"{res.wheel.name}: {why}")
+            code = archs.coverage(cell.archs_served, device.sass, device.ptx)
+            print(f"kiln: GPUs kiln/{cell.variant.name} serves: "
+                  + ", ".join(f"{cc} {how}" for cc, how in code.items()), file=log, flush=True)
     prov = Provenance(
         kiln_version=kiln.__version__, cell=cell.id, variant=cell.variant.name,
         recipe=cell.recipe.path.name, recipe_sha256=cell.recipe.sha256, source_url=src.url,
         source_sha256=src.sha256, python=res.python, torch=res.installed.get("torch"),
-        cuda_archs=archs, nvcc=res.nvcc if res.nvcc is not None else (
+        cuda_archs=built_for, nvcc=res.nvcc if res.nvcc is not None else (
             host.nvcc_version if cell.variant.cuda_major else None),
         compiler=res.compiler, build_env=res.freeze, backend=backend_name,
         build_requires=res.build_requires.to_json() if res.build_requires else None,
-        closure_of=cell.closure_of, cuda_archs_found=device.to_json() if device else None)
+        closure_of=cell.closure_of, cuda_archs_found=device.to_json() if device else None,
+        archs_served=list(cell.archs_served) if device and cell.archs_served else None,
+        archs_code={cc: str(how) for cc, how in archs.coverage(cell.archs_served, device.sass, device.ptx).items()}
+        if device and cell.archs_served else None,
+        gpus_reason=cell.recipe.build.gpus.reason if cell.recipe.build.gpus and cell.variant.cuda_major else None,
+        cuda_toolkit=res.cuda_toolkit if cell.variant.cuda_major else None)
     pins = pins_for(cell, toolchains, res.installed)
     if pins:
         print(f"kiln: run-exports: {', '.join(pins)}", file=log, flush=True)
     finished = finish(res.wheel, cell, prov, pins, work / "finished", res.ld_paths, work / "finish")
-    return finished, archs
+    return finished, built_for
 
 
 _PROGRESS: ContextVar[CellProgress | None] = ContextVar("kiln_progress", default=None)

@@ -79,10 +79,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     found = any(r.cuda_archs_found for r in rows)  # the archs cuobjdump found, for CUDA cells built
     table = Table("cell", "variant", "archs", *(["archs found"] if found else []), "status", "detail")
     colors = {"published": "green", "built": "cyan", "stale": "magenta", "narrow": "dark_orange",
-              "failed": "red", "not-buildable": "yellow"}
+              "unserved": "red", "failed": "red", "not-buildable": "yellow"}
     for r in rows:
         color = colors.get(r.status, "white")
-        detail = r.detail if r.status in ("stale", "narrow") else (r.wheel or r.detail)
+        detail = r.detail if r.status in ("stale", "narrow", "unserved") else (r.wheel or r.detail)
         if r.wheel_archs and r.status in ("published", "built") and r.wheel_archs != r.cuda_archs:
             detail = f"{detail} (built for {r.wheel_archs})"
         if r.closure_of:

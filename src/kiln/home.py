@@ -45,6 +45,11 @@ class Home:
         return self.root / "wheelhouse"
 
     @property
+    def attic(self) -> Path:
+        """Wheels kiln took off an index they no longer belong on (``<index>/<wheel>``), kept, never deleted."""
+        return self.root / "attic"
+
+    @property
     def failed(self) -> Path:
         """Wheels that built but failed their smoke test: kept aside, never published."""
         return self.root / "failed"

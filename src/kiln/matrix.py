@@ -9,6 +9,7 @@ from typing import Literal
 
 from packaging.utils import canonicalize_name
 
+from kiln.cuda import choose as choose_toolkit
 from kiln.errors import ConfigError
 from kiln.recipe import Recipe
 from kiln.toolchains import Host, Toolchains, find_python, probe_host
@@ -84,6 +85,12 @@ class Cell:
     variant: Variant
     torch_release: str | None = None
     cuda_archs: str = "upstream"
+    archs_served: tuple[str, ...] = ()
+    """For a CUDA cell: the compute capabilities its variant index serves (toolchains.yaml's
+    ``cuda.<version>.serves``, cut at the recipe's ``build.gpus.min``); the wheel must run on each."""
+    ptx_archs: str = ""
+    """For a CUDA cell: compute capabilities compiled as PTX alone, beside ``cuda_archs`` (the host
+    profile's floor, so a wheel built for this host's GPUs still runs on every served one)."""
     closure_of: str | None = None
     """For a runtime dependency built without a recipe: the id of the cell that needed it."""
     build: int | None = None
@@ -150,7 +157,8 @@ def _expand_one(recipe: Recipe, tc: Toolchains, cuda_archs: str | None) -> list[
                     continue
                 out.append(Cell(recipe, recipe.project, version, py, Variant(torch, cuda),
                                 torch_release=spec.release,
-                                cuda_archs=archs if cuda != "cpu" else "upstream"))
+                                cuda_archs=archs if cuda != "cpu" else "upstream",
+                                archs_served=tc.archs_served(cuda, recipe.build.gpus) if cuda != "cpu" else ()))
     return out
 
 
@@ -159,7 +167,8 @@ def _excluded(rules: list[dict[Literal["torch", "cuda", "python"], str]], **valu
 
 
 def not_buildable(cell: Cell, toolchains: Toolchains, host: Host | None = None) -> str | None:
-    """Why this host cannot build the cell, or None when it can."""
+    """Why this host cannot build the cell, or None when it can. A CUDA cell needs nvcc of its
+    CUDA major: the host's, or NVIDIA's compiler packages from the index (kiln.cuda.choose)."""
     host = host or probe_host()
     if find_python(cell.python) is None:
         return f"Python {cell.python} not found (PATH, uv, pyenv)"
@@ -172,8 +181,7 @@ def not_buildable(cell: Cell, toolchains: Toolchains, host: Host | None = None) 
         index = toolchains.indexes[spec.builds[v.cuda]]
         return f"torch {spec.release} {v.accelerator} comes from index {spec.builds[v.cuda]!r}: set {index.url_env}"
     if v.cuda_major is not None:
-        if host.cuda_home is None or host.nvcc_version is None:
-            return "no nvcc (set CUDA_HOME)"
-        if host.cuda_major != v.cuda_major:
-            return f"nvcc is CUDA {host.nvcc_version}, torch's build is CUDA {v.cuda}: majors differ"
+        choice = choose_toolkit(v.cuda, toolchains, host)
+        if choice.source is None:
+            return choice.why
     return None

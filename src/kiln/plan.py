@@ -25,7 +25,7 @@ from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from kiln import closure
+from kiln import archs, closure, cuda
 from kiln.home import CellResult, Home, set_aside
 from kiln.matrix import Cell, not_buildable
 from kiln.toolchains import Toolchains
@@ -41,11 +41,14 @@ class Status(StrEnum):
     MISSING = "missing"
     NARROW = "narrow"
     """Its wheel holds fewer CUDA architectures than the cell wants: rebuilt under the next build number."""
+    UNSERVED = "unserved"
+    """Its wheel holds no code for some GPU its variant index serves (built before the arch contract, or
+    for a wider list since): rebuilt under the next build number, and `kiln up` moves it off the index."""
 
 
-PUBLISHED, BUILT, STALE, FAILED, NOT_BUILDABLE, MISSING, NARROW = (
+PUBLISHED, BUILT, STALE, FAILED, NOT_BUILDABLE, MISSING, NARROW, UNSERVED = (
     Status.PUBLISHED, Status.BUILT, Status.STALE, Status.FAILED, Status.NOT_BUILDABLE, Status.MISSING,
-    Status.NARROW)
+    Status.NARROW, Status.UNSERVED)
 
 
 @dataclass
@@ -77,7 +80,17 @@ class CellStatus:
     rebuild_number: int | None = None
     """For a narrow cell: the build number its rebuild takes, above every wheel of the cell."""
     rebuild_archs: str | None = None
-    """For a narrow cell: the architectures its rebuild is built for (both lists)."""
+    """For a narrow or unserved cell: the architectures its rebuild is built for (both lists)."""
+    unserved: list[str] | None = None
+    """For an unserved cell: the GPUs its index serves that its wheel holds no code for (``sm_75``)."""
+    on_mirror: bool = False
+    """Whether the cell's wheel is on the mirror's index (an unserved one is moved off it)."""
+    not_here: str | None = None
+    """For an unserved cell: why this host cannot rebuild it (another host, or CI, does)."""
+    cuda_toolkit: str | None = None
+    """For a CUDA cell: the nvcc a build here uses (kiln.cuda): ``host nvcc 13.0 (/usr/local/cuda)``,
+    or NVIDIA's compiler packages from the index, ``index CUDA 13.0.* (...)`` (``index CUDA 13.0.88``
+    once in the home's cache); None when there is none here (the cell is not buildable)."""
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -228,6 +241,7 @@ def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhous
         here = wheelhouse / wheel if wheel in built else None
         if v.cuda_major:
             row.cuda_archs_found = archs_found(here, result)
+            row.cuda_toolkit = toolkit_line(v.cuda, toolchains, home)
         if wheel is not None:
             row.wheel, row.build_number = wheel, build_number(wheel)
             row.wheel_archs = wheel_archs(here, wheel, result) if v.cuda_major else None
@@ -236,14 +250,53 @@ def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhous
             row.detail = f"{wheel} was built from another {cell.recipe.path.name}: rebuild"
         elif wheel is not None:
             row.status = PUBLISHED if wheel in on_mirror else BUILT
-            if archs is not None and not archs_cover(row.wheel_archs, row.cuda_archs_found, archs):
+            row.on_mirror = wheel in on_mirror
+            if archs is not None and (gaps := unserved(row.cuda_archs_found, cell.archs_served)):
+                _unserved(row, cell, toolchains, archs, gaps)
+            elif archs is not None and not archs_cover(row.wheel_archs, row.cuda_archs_found, archs):
                 _narrow(row, cell, toolchains, archs)
         elif result and result.status == "failed":
             row.status, row.detail = FAILED, f"{result.error} (log: {result.log})"
         elif reason := not_buildable(cell, toolchains):
             row.status, row.detail = NOT_BUILDABLE, reason
+        elif row.cuda_toolkit:
+            row.detail = f"nvcc: {row.cuda_toolkit}"
         rows.append(row)
     return rows
+
+
+def toolkit_line(cuda_version: str | None, toolchains: Toolchains, home: Home) -> str | None:
+    """The nvcc a CUDA cell of ``cuda_version`` builds with here (kiln.cuda.choose), the index's
+    with the versions in the home's cache once it is there; None when there is none."""
+    if cuda_version is None:
+        return None
+    choice = cuda.choose(cuda_version, toolchains)
+    if choice.source != "index":
+        return choice.describe() if choice.source else None
+    found = cuda.cached(cuda.cache_dir(home.root), cuda_version, toolchains.cuda[cuda_version])
+    return f"index CUDA {found.release} (in the home's cache)" if found else choice.describe()
+
+
+def unserved(found: dict[str, list[str]] | None, served: tuple[str, ...]) -> list[str]:
+    """The GPUs of ``served`` a wheel holding ``found`` (cuobjdump's record) has no code for; none
+    when the record is unknown (a wheel known by neither its provenance nor a cell result)."""
+    record = CudaArchs.from_json(found)
+    if record is None or not served:
+        return []
+    return archs.missing(served, record.sass, record.ptx)
+
+
+def _unserved(row: CellStatus, cell: Cell, toolchains: Toolchains, wanted: str, gaps: list[str]) -> None:
+    """Mark a row whose wheel breaks its index's arch contract unserved, rebuilt as the next build."""
+    assert row.wheel is not None and row.build_number is not None
+    row.status, row.unserved = UNSERVED, gaps
+    rebuild = widen(row.wheel_archs, wanted) or wanted
+    index = f"kiln/{cell.variant.name}"
+    row.rebuild_number, row.rebuild_archs = row.build_number + 1, rebuild
+    row.not_here = not_buildable(cell, toolchains)
+    row.detail = (f"{row.wheel} has no code for {', '.join(gaps)}, which {index} serves: rebuilds as build "
+                  f"{row.rebuild_number}" + (f" (not here: {row.not_here})" if row.not_here else "")
+                  + ("; kiln up moves it off the index" if row.on_mirror else ""))
 
 
 def _narrow(row: CellStatus, cell: Cell, toolchains: Toolchains, wanted: str) -> None:
@@ -281,7 +334,9 @@ def to_build(cells: list[Cell], rows: list[CellStatus], home: Home,
             skipped.append(f"{cell.id}: already published ({row.wheel})")
         elif row.status == BUILT and not force:
             skipped.append(f"{cell.id}: already built ({row.wheel})")
-        elif row.status == NARROW:
+        elif row.status == UNSERVED and row.not_here:
+            skipped.append(f"{cell.id}: not rebuilt here: {row.not_here}")
+        elif row.status in (NARROW, UNSERVED):
             todo.append(replace(cell, build=row.rebuild_number, cuda_archs=row.rebuild_archs or cell.cuda_archs))
         elif row.status == STALE and row.build_number is not None:
             todo.append(replace(cell, build=row.build_number))  # the stale wheel is replaced, never published

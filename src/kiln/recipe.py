@@ -96,6 +96,24 @@ class GitSource(_Model):
         return value
 
 
+class GpusSpec(_Model):
+    """The GPUs a project supports, where it supports fewer than its variant index serves."""
+
+    min: str
+    """The oldest compute capability the project runs on, e.g. `"8.0"` (Ampere): the variant
+    index's served list (toolchains.yaml's `cuda.<version>.serves`) is cut below it, so its
+    wheels need no code for older GPUs, and the index's page says which GPUs it serves."""
+    reason: str = Field(min_length=1)
+    """Why, for people reading the recipe and the wheel's provenance (upstream's own words)."""
+
+    @field_validator("min")
+    @classmethod
+    def _cc(cls, v: str) -> str:
+        if not re.fullmatch(r"\d+\.\d+", v):
+            raise ValueError(f"expected a compute capability like \"8.0\", got {short(v)}")
+        return v
+
+
 class BuildSpec(_Model):
     """How to build: what upstream forgot to declare, and the environment around it."""
 
@@ -118,6 +136,9 @@ class BuildSpec(_Model):
     """Peak memory of one compile job; MAX_JOBS = min(cores, free memory / this)."""
     cuda_archs: Annotated[str, Field(default="")] = ""
     """GPU architectures for this project (overrides toolchains.yaml), e.g. `8.0;9.0`."""
+    gpus: GpusSpec | None = None
+    """For a project that supports fewer GPUs than its variant index serves: the oldest it runs
+    on, and why (`{min: "8.0", reason: "FlashAttention 2 needs Ampere or newer"}`)."""
     timeout_minutes: int = Field(default=60, gt=0, le=7 * 24 * 60)
     """How long one cell may take in CI before it is cancelled."""
     host_profile: bool = True

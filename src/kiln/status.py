@@ -47,6 +47,7 @@ COLORS: dict[Status, tuple[str, str]] = {  # status -> (background, border)
     Status.FAILED: ("#fbd5d5", "#c62828"),
     Status.STALE: ("#ecdcf7", "#7b1fa2"),
     Status.NARROW: ("#fde3cf", "#e65100"),
+    Status.UNSERVED: ("#fbd5d5", "#ad1457"),
     Status.NOT_BUILDABLE: ("#fdf1c7", "#a67c00"),
     Status.MISSING: ("#ececec", "#757575"),
 }
@@ -289,7 +290,8 @@ def _cell_html(c: CellView | None) -> str:
         parts.append(f'<div class="archs" title="asked for">wants {html.escape(c.cuda_archs)}</div>')
     if c.closure_of:
         parts.append(f'<div class="facts">closure of {html.escape(c.closure_of)}</div>')
-    if c.detail and c.status in (Status.FAILED, Status.NOT_BUILDABLE, Status.STALE, Status.NARROW):
+    if c.detail and c.status in (Status.FAILED, Status.NOT_BUILDABLE, Status.STALE, Status.NARROW,
+                                  Status.UNSERVED):
         parts.append(f'<div class="why">{html.escape(c.detail)}</div>')
     if c.log_href:
         parts.append(f'<div class="facts"><a class="log" href="{html.escape(c.log_href, quote=True)}">log</a></div>')

@@ -18,8 +18,9 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kiln.archs import cc_tuple, sort_ccs
 from kiln.errors import ConfigError
-from kiln.recipe import TOOLCHAINS_FILE, check_archs, check_run_export
+from kiln.recipe import TOOLCHAINS_FILE, GpusSpec, check_archs, check_run_export
 from kiln.yamlsrc import load_yaml, pydantic_error
 
 PYPI = "pypi"
@@ -65,6 +66,30 @@ class TorchSpec(_Model):
             if key != "cpu" and not re.fullmatch(r"\d+\.\d+", key):
                 raise ValueError(f"expected CUDA versions like \"13.0\" or \"cpu\", got {key!r}")
         return v
+
+
+class CudaSpec(_Model):
+    """One CUDA build: the GPUs its variant indexes serve, and where its compiler comes from
+    on a host without one."""
+
+    serves: list[str]
+    """The compute capabilities (`"8.0"`) every wheel on a variant index of this CUDA build must
+    run on: SASS for that GPU (or a lower minor of its major), or PTX of an arch at or below it.
+    `wheel.finish` refuses a wheel that falls short, naming the missing archs."""
+    toolkit: list[str] = []
+    """NVIDIA's compiler packages on the index (`nvidia-cuda-nvcc`, ...) that make a CUDA home
+    of this release, installed (all `==<version>.*`) when the host has no nvcc of its major; empty
+    when none can be had (the 12.x `nvidia-cuda-nvcc-cu12` packages ship ptxas only)."""
+
+    @field_validator("serves")
+    @classmethod
+    def _ccs(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not re.fullmatch(r"\d+\.\d+", str(item)):
+                raise ValueError(f"expected compute capabilities like \"8.0\", got {item!r}")
+        if not v:
+            raise ValueError("expected at least one compute capability")
+        return sort_ccs(v)
 
 
 class CiSpec(_Model):
@@ -117,6 +142,9 @@ class Toolchains(_Model):
     """The GPU architectures `kiln up --profile host` builds CUDA cells for on a host without a
     GPU (with GPUs, theirs: `nvidia-smi`'s compute_cap); `--cuda-archs` overrides it. One
     datacenter arch keeps a host build short; `--profile all` builds the full list."""
+    cuda: dict[str, CudaSpec] = {}
+    """CUDA version (`"13.0"`) -> the GPUs its variant indexes serve and its compiler packages;
+    every CUDA build in `torch` needs an entry."""
     indexes: dict[str, IndexSpec] = {}
     """Named package indexes that carry torch builds the default index lacks."""
     torch: dict[str, TorchSpec]
@@ -135,6 +163,14 @@ class Toolchains(_Model):
     def _archs(cls, v: str) -> str:
         return check_archs(v)
 
+    @field_validator("cuda")
+    @classmethod
+    def _cuda_versions(cls, v: dict[str, CudaSpec]) -> dict[str, CudaSpec]:
+        for key in v:
+            if not re.fullmatch(r"\d+\.\d+", key):
+                raise ValueError(f"expected CUDA versions like \"13.0\", got {key!r}")
+        return v
+
     @field_validator("host_archs")
     @classmethod
     def _host_archs(cls, v: str) -> str:
@@ -149,6 +185,15 @@ class Toolchains(_Model):
 
     def torch_spec(self, minor: str) -> TorchSpec | None:
         return self.torch.get(minor)
+
+    def archs_served(self, cuda: str, gpus: GpusSpec | None = None) -> tuple[str, ...]:
+        """The compute capabilities a variant index of ``cuda`` serves, cut below a recipe's
+        ``build.gpus.min``; () for cpu and for a CUDA build the table lacks."""
+        spec = self.cuda.get(cuda)
+        if spec is None:
+            return ()
+        floor = cc_tuple(gpus.min) if gpus else (0, 0)
+        return tuple(cc for cc in spec.serves if cc_tuple(cc) >= floor)
 
     def index_url(self, torch_minor: str, cuda: str) -> str | None:
         """The index URL for this build of torch; None means the default index."""
@@ -167,7 +212,7 @@ def load_toolchains(recipes_dir: Path) -> Toolchains:
     if not isinstance(doc.data, dict):
         raise doc.error((), "expected a mapping with a 'torch' table")
     data = doc.data
-    tables: list[tuple[tuple[str, ...], object]] = [(("torch",), data.get("torch"))]
+    tables: list[tuple[tuple[str, ...], object]] = [(("torch",), data.get("torch")), (("cuda",), data.get("cuda"))]
     if isinstance(data.get("ci"), dict):
         tables.append((("ci", "images"), data["ci"].get("images")))
     for where, table in tables:
@@ -180,6 +225,9 @@ def load_toolchains(recipes_dir: Path) -> Toolchains:
         raise pydantic_error(doc, exc) from None
     for minor, spec in tc.torch.items():
         for cuda, source in spec.builds.items():
+            if cuda != "cpu" and cuda not in tc.cuda:
+                raise doc.error(("torch", minor, "builds", cuda), f"CUDA {cuda} has no entry in 'cuda' "
+                                f"(the GPUs its indexes serve): add cuda: {{\"{cuda}\": {{serves: [...]}}}}")
             if source != PYPI and source not in tc.indexes:
                 raise doc.error(("torch", minor, "builds", cuda), f"unknown index {source!r}; "
                                 f"expected 'pypi' or one of {sorted(tc.indexes)}")

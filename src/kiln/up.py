@@ -16,7 +16,7 @@ from kiln.build import build_cells
 from kiln.errors import KilnError
 from kiln.home import Home
 from kiln.matrix import MAIN, Cell
-from kiln.plan import BUILT, NOT_BUILDABLE, PUBLISHED, cell_status, to_build
+from kiln.plan import BUILT, NOT_BUILDABLE, PUBLISHED, UNSERVED, cell_status, to_build
 from kiln.toolchains import Toolchains
 
 
@@ -34,6 +34,8 @@ class UpReport:
     planned: list[estimate.Estimate] = field(default_factory=list)
     """What was to be built, each cell with its estimate, said before the build started."""
     notes: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
+    """One line per wheel taken off its index (it has no code for GPUs the index serves), kept in the attic."""
     install: list[str] = field(default_factory=list)
     status_page: str | None = None
     """Where the mirror serves the status page (rewritten at the end of every run)."""
@@ -83,6 +85,7 @@ def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: i
     report.already = [r.wheel or r.cell for r in status if r.status == PUBLISHED]
     report.skipped = [f"{r.cell}: {r.detail}" for r in status if r.status == NOT_BUILDABLE]
     todo, _ = to_build(cells, status, home)
+    unserved = [r for r in status if r.status == UNSERVED and r.wheel and r.on_mirror]
     if todo:
         report.planned = estimate.estimate(todo, home)
         say_plan(todo, report.planned, console)
@@ -95,6 +98,12 @@ def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: i
         say(f"kiln up: publishing {len(wheels)} wheel{'s' if len(wheels) != 1 else ''} to {served.url}")
         for res in mirror.publish(wheels, served.url, home, [*all_variants, *cells]):
             (report.uploaded if res.uploaded else report.already).append(res.wheel)
+    for row in unserved:  # after publishing: an index never goes without a wheel it could have
+        assert row.wheel is not None and row.unserved is not None
+        moved = mirror.move_off(served.url, home, mirror.index_name(row.variant), row.wheel,
+                                f"no code for {', '.join(row.unserved)}, which the index serves")
+        report.moved.append(moved.line())
+        say(f"kiln up: {moved.line()}")
     ok = {c.cell for c in rows.values() if c.status in (BUILT, PUBLISHED)}
     report.install = install_lines(served.url, [c for c in cells if c.id in ok])
     try:

@@ -29,6 +29,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+from kiln import archs
 from kiln.errors import BuildError
 from kiln.matrix import Cell
 from kiln.toolchains import Toolchains
@@ -68,6 +69,19 @@ class Provenance:
     """What the wheel's shared objects hold, as cuobjdump lists it (CudaArchs.to_json):
     ``{"sass": ["sm_80", "sm_90"], "ptx": ["compute_90"], ...}``; None for a wheel without CUDA,
     or when no cuobjdump was found."""
+    archs_served: list[str] | None = None
+    """For a CUDA wheel: the compute capabilities its variant index serves (``["7.5", "8.0", ...]``,
+    toolchains.yaml's ``cuda.<version>.serves`` cut at the recipe's ``build.gpus.min``), every one of
+    which the wheel was checked to run on."""
+    archs_code: dict[str, str] | None = None
+    """For a CUDA wheel: each served compute capability -> ``sass`` (machine code for it, or for a
+    lower minor of its major) or ``ptx`` (compiled by the driver on first use)."""
+    gpus_reason: str | None = None
+    """Why the recipe serves fewer GPUs than the index's table (its ``build.gpus.reason``)."""
+    cuda_toolkit: str | None = None
+    """For a CUDA wheel: the CUDA toolkit that compiled it (kiln.cuda): ``host /usr/local/cuda-13.0
+    (nvcc 13.0)``, or NVIDIA's packages from the index, ``index: nvidia-cuda-nvcc 13.0.88,
+    nvidia-nvvm 13.0.88, ...``, or a CI image's."""
 
 
 def run_export(name: str, kind: str, version: str) -> str:
@@ -364,6 +378,16 @@ def wanted_archs(cuda_archs: str) -> tuple[list[str], list[str]]:
         if plus_ptx:
             ptx.append(f"compute_{code}")
     return sass, ptx
+
+
+def check_served(found: CudaArchs, served: tuple[str, ...] | list[str], index: str) -> str | None:
+    """Why a CUDA wheel holding ``found`` may not enter ``index``, which serves the compute
+    capabilities ``served``: the GPUs it holds no code for (neither SASS nor PTX that runs there);
+    None when it runs on all of them."""
+    if gaps := archs.missing(served, found.sass, found.ptx):
+        return (f"no code for {', '.join(gaps)}, which {index} serves (found {found}); build them "
+                "(cuda_archs, or PTX of the lowest) or cut the recipe's build.gpus.min, with a reason")
+    return None
 
 
 def check_cuda_archs(found: CudaArchs, wanted: str) -> str | None:

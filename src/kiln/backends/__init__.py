@@ -12,6 +12,7 @@ from kiln.toolchains import Toolchains
 
 if TYPE_CHECKING:
     from kiln.buildreqs import BuildRequirements
+    from kiln.cuda import Toolkit
 
 
 @dataclass
@@ -30,6 +31,9 @@ class CompileJob:
     """The index build requirements come from (sdists come from it too)."""
     hidden: tuple[Path, ...] = ()
     """What the package's own code must not see (kiln.sandbox.secret_paths of the kiln home)."""
+    toolkit: Toolkit | None = None
+    """For a CUDA cell compiled on this host: the CUDA toolkit it builds with (kiln.cuda.prepare),
+    the host's or the index's; None for cells without CUDA and for backends with their own."""
 
 
 @dataclass
@@ -48,10 +52,16 @@ class CompileResult:
     """The nvcc release that compiled it, when the backend knows (None: this host's nvcc)."""
     build_requires: BuildRequirements | None = None
     """The build requirements, tier by tier, when the backend knows them."""
+    cuda_toolkit: str | None = None
+    """The CUDA toolkit that compiled it, as the provenance records it (kiln.cuda.Toolkit.describe:
+    ``host /usr/local/cuda (nvcc 13.0)``, ``index: nvidia-cuda-nvcc 13.0.88, ...``)."""
 
 
 class Backend(Protocol):
     name: str
+    own_cuda: bool
+    """Whether the compile step brings its own CUDA toolkit (a container image's) instead of
+    building with the one kiln picks on this host (kiln.cuda)."""
 
     def compile(self, job: CompileJob) -> CompileResult: ...
 

@@ -285,6 +285,7 @@ def container_engine() -> str:
 
 class CibuildwheelBackend:
     name = "cibuildwheel"
+    own_cuda = True  # the manylinux image's toolkit (toolchains.yaml's ci.images)
 
     def compile(self, job: CompileJob) -> CompileResult:
         from kiln.backends.local import run_logged
@@ -311,4 +312,6 @@ class CibuildwheelBackend:
             raise BuildError(f"cibuildwheel made {len(wheels)} wheels for {cell.id}, expected 1")
         result = BuildRecord.load(out / RECORD).result(wheels[0])
         result.build_requires = reqs
+        if cell.variant.cuda_major:
+            result.cuda_toolkit = f"image {image_for(cell, job.toolchains)} ({job.toolchains.ci.cuda_home})"
         return result

@@ -1,8 +1,9 @@
 """The local backend: a fresh uv environment with the cell's exact Python, torch and build
 requirements (kiln.buildreqs), then `python -m build --wheel --no-isolation` in the sandbox
 (kiln.sandbox: no network, an allow-listed environment, the kiln home's secrets hidden; no CUDA
-toolkit for cells without CUDA). The backend hook runs the package's code too: in the same
-sandbox, with network."""
+toolkit for cells without CUDA; for a CUDA cell built with the index's compiler packages
+(kiln.cuda), its own CUDA home, made once the build environment exists, and the host's toolkits
+hidden). The backend hook runs the package's code too: in the same sandbox, with network."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import TextIO
 
 from packaging.utils import canonicalize_name
 
-from kiln import buildreqs
+from kiln import buildreqs, cuda
 from kiln.backends import CompileJob, CompileResult
 from kiln.errors import BuildError, HostError
 from kiln.logs import decisive_line, read_from
@@ -111,20 +112,27 @@ def installed(python: Path) -> tuple[dict[str, str], list[str]]:
     return versions, lines
 
 
-def check_torch_cuda(cell: Cell, python: Path, log: TextIO) -> None:
-    """The installed torch's CUDA major must be the variant's and nvcc's (CUDA_HOME's)."""
+def check_torch_cuda(cell: Cell, python: Path, log: TextIO, toolkit: cuda.Toolkit | None = None) -> None:
+    """The installed torch's CUDA major must be the variant's and nvcc's (the toolkit's, else the
+    host's CUDA_HOME's)."""
     if cell.variant.cuda_major is None:
         return
     res = subprocess.run([str(python), "-c", "import torch; print(torch.version.cuda or 'cpu')"],
                          capture_output=True, text=True)
     torch_cuda = res.stdout.strip() or "unknown"
-    host = probe_host()
-    print(f"kiln: torch's CUDA {torch_cuda}, nvcc {host.nvcc_version} at {host.cuda_home}", file=log, flush=True)
+    version: str | None
+    home: Path | None
+    if toolkit is not None:
+        version, home = toolkit.nvcc_version, toolkit.home
+    else:
+        host = probe_host()
+        version, home = host.nvcc_version, host.cuda_home
+    print(f"kiln: torch's CUDA {torch_cuda}, nvcc {version} at {home}", file=log, flush=True)
     if torch_cuda.split(".")[0] != cell.variant.cuda_major:
         raise BuildError(f"the installed torch is a CUDA {torch_cuda} build, "
                          f"the variant wants CUDA {cell.variant.cuda}")
-    if host.cuda_major != cell.variant.cuda_major:
-        raise BuildError(f"nvcc at {host.cuda_home} is CUDA {host.nvcc_version}, torch's is CUDA {torch_cuda}")
+    if (version or "").split(".")[0] != cell.variant.cuda_major:
+        raise BuildError(f"nvcc at {home} is CUDA {version}, torch's is CUDA {torch_cuda}")
 
 
 def site_packages(python: Path) -> Path:
@@ -142,23 +150,31 @@ def index_host(index_url: str) -> tuple[str, int] | None:
 
 class LocalBackend:
     name = "local"
+    own_cuda = False  # this host's toolkit, or the one kiln.cuda assembles from the index
 
     def compile(self, job: CompileJob) -> CompileResult:
-        cell, log = job.cell, job.log
+        cell, log, toolkit = job.cell, job.log, job.toolkit
         env_dir = job.work_dir / "env"
         stash = job.work_dir / "sandbox"
         hide_cuda = cell.variant.cuda_major is None
-        compile_box = Sandbox(network=False, hide_cuda=hide_cuda, hide=job.hidden)
-        hook_box = Sandbox(network=True, hide_cuda=hide_cuda, hide=job.hidden)
+        # A cell built with the index's toolkit must not see the host's: it is built with the index's.
+        assembled = toolkit is not None and toolkit.source == "index"
+        compile_box = Sandbox(network=False, hide_cuda=hide_cuda, hide=job.hidden, hide_host_cuda=assembled)
+        hook_box = Sandbox(network=True, hide_cuda=hide_cuda, hide=job.hidden, hide_host_cuda=assembled)
         reqs = buildreqs.static(job.source_dir, cell.recipe)
         first = ["build", *reqs.installed_first]
         if cell.torch_release:
             first.insert(0, f"torch=={cell.torch_release}")
         indexes = index_args(cell, job.toolchains, job.index_url)
         python = make_env(cell.python, env_dir, first, job.constraints, indexes, log)
-        check_torch_cuda(cell, python, log)
-
         path = job.env.get("PATH", os.environ.get("PATH", ""))
+        if toolkit is not None and assembled:
+            home = cuda.cell_home(toolkit, site_packages(python), toolkit.home)
+            print(f"kiln: CUDA home {home}: {toolkit.describe()} from {toolkit.root}, with the CUDA "
+                  "headers and libraries of the build environment's nvidia packages", file=log, flush=True)
+            path = f"{home / 'bin'}{os.pathsep}{path}"
+        check_torch_cuda(cell, python, log, toolkit)
+
         own = {**job.env, "PATH": f"{env_dir / 'bin'}{os.pathsep}{path}"}
         composed = compile_box.compose(own)
         print(f"kiln: the build step's environment: {composed.describe()}", file=log, flush=True)
@@ -197,4 +213,6 @@ class LocalBackend:
         py_version = subprocess.run([str(python), "-c", "import platform;print(platform.python_version())"],
                                     capture_output=True, text=True).stdout.strip()
         return CompileResult(wheel=wheels[0], installed=versions, freeze=freeze, python=py_version,
-                             compiler=compiler, ld_paths=ld_paths, build_requires=reqs)
+                             compiler=compiler, ld_paths=ld_paths, build_requires=reqs,
+                             nvcc=toolkit.nvcc_version if toolkit else None,
+                             cuda_toolkit=toolkit.describe() if toolkit else None)

@@ -28,7 +28,7 @@ from kiln.mirror.layout import (
     simple_url,
     variant_of_wheel,
 )
-from kiln.mirror.publish import Published, mirror_url, publish, published, published_for
+from kiln.mirror.publish import Moved, Published, mirror_url, move_off, publish, published, published_for
 from kiln.mirror.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -47,10 +47,10 @@ from kiln.mirror.server import (
 )
 from kiln.toolchains import Toolchains
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Published", "Running", "Served", "ServerFiles", "configure", "export",
-           "import_",
-           "index_name", "layout", "mirror_url", "publish", "published", "published_for", "running", "serve",
-           "simple_url", "start", "stop", "url_for", "variant_of_wheel", "wait", "wait_replicated"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Moved", "Published", "Running", "Served", "ServerFiles", "configure",
+           "export", "import_", "index_name", "layout", "mirror_url", "move_off", "publish", "published",
+           "published_for", "running", "serve", "simple_url", "start", "stop", "url_for", "variant_of_wheel", "wait",
+           "wait_replicated"]
 
 
 @dataclass

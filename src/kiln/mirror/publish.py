@@ -15,7 +15,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 from argparse import Namespace
 from dataclasses import dataclass
@@ -25,7 +29,7 @@ from typing import IO
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from kiln import closure
+from kiln import archs, closure
 from kiln.errors import ConfigError, MirrorError
 from kiln.home import Home
 from kiln.matrix import Cell, Variant
@@ -39,7 +43,7 @@ from kiln.mirror.server import (
     upload_credentials,
 )
 from kiln.source import sha256_of
-from kiln.wheel import PROVENANCE
+from kiln.wheel import PROVENANCE, CudaArchs
 
 TOKEN_ENV = "KILN_MIRROR_TOKEN"
 
@@ -89,6 +93,8 @@ class _Origin:
     cell: str
     variant: str
     closure_of: str | None
+    device: CudaArchs | None = None
+    """The device code cuobjdump found in it (its ``cuda_archs_found``); None for a wheel without CUDA."""
 
 
 def check(wheels: list[Path], cells: list[Cell], home: Home) -> list[Checked]:
@@ -118,6 +124,13 @@ def check(wheels: list[Path], cells: list[Cell], home: Home) -> list[Checked]:
         refused[wheel] = (f"{wheel.name}: no recipe names project {name}, nor is it the recorded closure of a "
                           f"recipe's cell: publishing it would hide every upstream release of {name} on kiln's "
                           "indexes")
+    by_id = {c.id: c for c in cells}
+    for wheel, (index, origin) in ok.items():
+        cell = by_id.get(origin.cell)
+        if cell is not None and cell.archs_served and origin.device is not None and (
+                gaps := archs.missing(cell.archs_served, origin.device.sass, origin.device.ptx)):
+            refused[wheel] = (f"{wheel.name}: no code for {', '.join(gaps)}, which {index} serves: every GPU "
+                              "the index serves must run it (`kiln up` rebuilds it; `kiln plan` says unserved)")
     if refused:
         raise MirrorError("; ".join(refused[w] for w in sorted(refused)) + "; nothing was uploaded")
     return [Checked(w, index, sha256_of(w)) for w, (index, _) in sorted(ok.items())]
@@ -185,7 +198,7 @@ def _provenance(filename: str, wheel: Path | IO[bytes]) -> _Origin:
     closure_of = data.get("closure_of") if isinstance(data, dict) else None
     if not isinstance(cell, str) or not isinstance(variant, str) or not isinstance(closure_of, str | None):
         raise MirrorError(f"{filename}: its {PROVENANCE} names no cell and variant")
-    return _Origin(cell, variant, closure_of)
+    return _Origin(cell, variant, closure_of, CudaArchs.from_json(data.get("cuda_archs_found")))
 
 
 def _names_wheel(cell_id: str, variant: str, name: str, version: Version) -> bool:
@@ -359,3 +372,53 @@ def published_for(args: Namespace, variants: list[str]) -> dict[str, list[str]] 
     if current is None:
         return None
     return published(current.url, variants)
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A wheel taken off an index: where it was, where it is kept, and why."""
+
+    wheel: str
+    index: str
+    kept: Path
+    why: str
+
+    def line(self) -> str:
+        return f"moved {self.wheel} off {self.index} into {self.kept}: {self.why}"
+
+
+def move_off(url: str, home: Home, index: str, filename: str, why: str) -> Moved:
+    """Take ``filename`` off ``index`` (one that breaks its index's contract): downloaded into the
+    home's attic (its sha256 checked), then deleted from the index (``?force``: kiln's indexes are
+    non-volatile), and the wheelhouse's copy moved beside it so it is never published again."""
+    who = uploader(home)
+    api = Devpi(url, who.credentials)
+    there = api.files(index).get(filename)
+    dest = home.attic / index / filename
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if there is not None:
+        part = dest.with_name(f".{filename}.part")
+        try:
+            with urllib.request.urlopen(there.url, timeout=api.timeout) as resp, part.open("wb") as out:
+                shutil.copyfileobj(resp, out)
+        except (urllib.error.URLError, OSError) as exc:
+            raise MirrorError(f"{there.url}: cannot download it to keep it before moving it off {index} "
+                              f"({getattr(exc, 'reason', exc)}); nothing was moved") from None
+        if sha256_of(part) != there.sha256:
+            part.unlink()
+            raise MirrorError(f"{there.url}: downloaded bytes differ from its sha256 {there.sha256[:16]}; "
+                              "nothing was moved")
+        os.replace(part, dest)
+        path = urllib.parse.urlparse(there.url).path
+        prefix = urllib.parse.urlparse(api.url).path.rstrip("/")
+        try:
+            api.request("DELETE", f"{path.removeprefix(prefix)}?force")
+        except HTTPRefused as exc:
+            raise MirrorError(f"{url}/{index} refused to remove {filename} ({who.what}): HTTP {exc.status} "
+                              f"{exc.detail}; it is kept in {dest} and still on the index") from None
+    local = home.wheelhouse / filename
+    if local.exists() and there is None:
+        os.replace(local, dest)
+    elif local.exists():
+        local.unlink()  # the attic holds the index's copy of it, its sha256 checked
+    return Moved(filename, index, dest, why)
