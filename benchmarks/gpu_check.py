@@ -18,6 +18,12 @@ failed; 4 no GPU visible (one line).
     python benchmarks/gpu_check.py --here [--runs 20]
 
 runs the checks in this interpreter, with whatever torch, causal-conv1d and mamba-ssm it has.
+
+Before the checks, `kiln doctor` of the venv says how this GPU runs each wheel: its SASS, or the
+PTX the driver compiles. To prove the PTX path that `kiln up --profile host` adds for the GPUs it
+did not compile SASS for, build on a host without that GPU (e.g. `./dev up --cuda-archs 8.0`:
+SASS sm_80 plus PTX compute_75) and run this on a newer GPU (an H100 or H200, sm_90): doctor then
+says "through PTX compute_75", and the checks run the JIT-compiled kernels.
 """
 
 from __future__ import annotations
@@ -252,6 +258,18 @@ def run_uv(args: list[str], what: str) -> None:
         fail(INSTALL_FAILED, f"{what} failed: {' '.join(lines[-3:]) or f'exit {res.returncode}'}")
 
 
+def doctor(py: Path) -> None:
+    """`kiln doctor` of the venv, when kiln is at hand: how this GPU runs each wheel (its own SASS, or
+    PTX the driver compiles), so a run on a GPU newer than a wheel's SASS says it proved the PTX path."""
+    kiln = shutil.which("kiln") or str(Path(sys.executable).parent / "kiln")
+    if not Path(kiln).exists():
+        print("gpu_check: no kiln here to say how this GPU runs each wheel (kiln doctor)", flush=True)
+        return
+    res = subprocess.run([kiln, "doctor", "--python", str(py)], capture_output=True, text=True, check=False)
+    for line in res.stdout.splitlines():
+        print(f"gpu_check: kiln doctor: {line}", flush=True)
+
+
 def in_venv(mirror: str, variant: str, python: str, runs: int, venv: Path | None) -> int:
     """A fresh venv with both projects from the mirror (no builds), then the checks in it."""
     if why := gpu_missing():
@@ -264,6 +282,7 @@ def in_venv(mirror: str, variant: str, python: str, runs: int, venv: Path | None
         print(f"gpu_check: installing {' '.join(PROJECTS)} from {index} (--no-build) into {root}", flush=True)
         run_uv(["pip", "install", "--quiet", "--python", str(py), "--no-build", "--index-url", index, *PROJECTS],
                f"uv pip install --no-build --index-url {index} {' '.join(PROJECTS)}")
+        doctor(py)
         return subprocess.run([str(py), __file__, "--here", "--runs", str(runs)], check=False).returncode
     finally:
         if venv is None:
