@@ -10,11 +10,9 @@ to a real devpi-server and installs with uv.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from kiln.mirror.api import Devpi
 from kiln.profile import HostFacts, ptx_floor, select
 from kiln.recipe import load_recipes
 from kiln.toolchains import load_toolchains, probe_host
-from kiln.wheel import CudaArchs, check_served
+from kiln.wheel import CudaArchs, check_served, read_provenance
 
 CELL = "kilnkernel-1.0.0-cp311-cu130-torch2.14"
 SERVED_13 = ("7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "10.3", "12.0")
@@ -172,14 +170,6 @@ def _nvcc_here() -> None:
         pytest.skip("no CUDA toolkit on this host (CUDA_HOME, /usr/local/cuda, nvcc on PATH)")
 
 
-def _provenance(wheel: Path) -> dict[str, object]:
-    with zipfile.ZipFile(wheel) as zf:
-        (name,) = [n for n in zf.namelist() if n.endswith(".dist-info/kiln.json")]
-        data = json.loads(zf.read(name))
-    assert isinstance(data, dict)
-    return data
-
-
 def test_a_wheel_for_9_0_alone_is_refused_with_one_line(tmp_path: Path, cuda_upstream: StaticIndex,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     _nvcc_here()
@@ -245,7 +235,7 @@ def test_host_profile_wheel_holds_ptx_for_every_other_gpu_and_is_published(
     assert "+ PTX 7.5 (every other GPU kiln/cu130-torch2.14 serves, compiled by the driver)" in out
     (wheel,) = (dep.home / "wheelhouse").glob("kilnkernel-*.whl")
     assert "-1-cp311-" in wheel.name  # the rebuild takes the next build number
-    prov = _provenance(wheel)
+    prov = read_provenance(wheel)
     assert prov["archs_served"] == list(SERVED_13)
     assert prov["archs_code"] == {"7.5": "ptx", "8.0": "ptx", "8.6": "ptx", "8.9": "ptx", "9.0": "sass",
                                   "10.0": "ptx", "10.3": "ptx", "12.0": "ptx"}

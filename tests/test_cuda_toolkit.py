@@ -16,7 +16,6 @@ import json
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from kiln.matrix import expand
 from kiln.recipe import load_recipes
 from kiln.sandbox import Sandbox
 from kiln.toolchains import Host, load_toolchains
-from kiln.wheel import find_cuobjdump, list_device_code
+from kiln.wheel import find_cuobjdump, list_device_code, read_provenance
 
 TC = load_toolchains(FIXTURE_RECIPES)
 NVCC13 = Host(Path("/usr/local/cuda"), "13.0")
@@ -228,14 +227,6 @@ def index_built(tmp_path_factory: pytest.TempPathFactory, cuda_index: StaticInde
     yield rc, home, time.monotonic() - started
 
 
-def _provenance(wheel: Path) -> dict[str, object]:
-    with zipfile.ZipFile(wheel) as zf:
-        (name,) = [n for n in zf.namelist() if n.endswith(".dist-info/kiln.json")]
-        data = json.loads(zf.read(name))
-    assert isinstance(data, dict)
-    return data
-
-
 def test_a_cu130_cell_builds_with_the_index_s_nvcc(index_built: tuple[int, Path, float]) -> None:
     rc, home, _ = index_built
     log = (home / "logs" / f"{CELL}.log").read_text()
@@ -246,7 +237,7 @@ def test_a_cu130_cell_builds_with_the_index_s_nvcc(index_built: tuple[int, Path,
     assert f"kiln: env CUDA_HOME={work_home}" in log
     assert f"kilnkernel: {work_home / 'bin' / 'nvcc'} -shared" in log  # the fixture's setup.py ran that nvcc
     (wheel,) = (home / "wheelhouse").glob("kilnkernel-*.whl")
-    prov = _provenance(wheel)
+    prov = read_provenance(wheel)
     toolkit = str(prov["cuda_toolkit"])
     assert toolkit.startswith("index: nvidia-cuda-nvcc 13.0.")
     assert [part.split()[0] for part in toolkit.removeprefix("index: ").split(", ")] == PACKAGES

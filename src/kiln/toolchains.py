@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,6 +25,17 @@ from kiln.recipe import TOOLCHAINS_FILE, GpusSpec, check_archs, check_run_export
 from kiln.yamlsrc import load_yaml, pydantic_error
 
 PYPI = "pypi"
+
+
+_T = TypeVar("_T")
+
+
+def cuda_keys(table: dict[str, _T]) -> dict[str, _T]:
+    """``table`` when every key is a CUDA version like ``13.0``."""
+    for key in table:
+        if not re.fullmatch(r"\d+\.\d+", key):
+            raise ValueError(f"expected CUDA versions like \"13.0\", got {key!r}")
+    return table
 
 
 class _Model(BaseModel):
@@ -114,10 +126,7 @@ class CiSpec(_Model):
     @field_validator("images")
     @classmethod
     def _cuda_keys(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
-            if not re.fullmatch(r"\d+\.\d+", key):
-                raise ValueError(f"expected CUDA versions like \"13.0\", got {key!r}")
-        return v
+        return cuda_keys(v)
 
     @field_validator("runs_on", mode="before")
     @classmethod
@@ -166,10 +175,7 @@ class Toolchains(_Model):
     @field_validator("cuda")
     @classmethod
     def _cuda_versions(cls, v: dict[str, CudaSpec]) -> dict[str, CudaSpec]:
-        for key in v:
-            if not re.fullmatch(r"\d+\.\d+", key):
-                raise ValueError(f"expected CUDA versions like \"13.0\", got {key!r}")
-        return v
+        return cuda_keys(v)
 
     @field_validator("host_archs")
     @classmethod
