@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from kiln import archs
@@ -282,7 +283,8 @@ def parse_environment(data: dict[str, object]) -> Environment:
     unreadable: list[str] = []
     raw_kiln = data.get("kiln")
     for item in raw_kiln if isinstance(raw_kiln, list) else []:
-        name, version = str(item.get("name")), str(item.get("version"))
+        # the project's name as indexes and users write it: causal_conv1d -> causal-conv1d
+        name, version = canonicalize_name(str(item.get("name"))), str(item.get("version"))
         try:
             wheels.append(_kiln_wheel(name, version, str(item.get("kiln_json")), item.get("requires") or []))
         except (ValueError, TypeError, ConfigError) as exc:
