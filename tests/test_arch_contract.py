@@ -218,6 +218,7 @@ def mirror_up(tmp_path_factory: pytest.TempPathFactory,
         dep.close()
 
 
+@pytest.mark.e2e
 def test_up_moves_a_wheel_that_breaks_the_contract_off_the_index(mirror_up: tuple[Embedded, str, str]) -> None:
     dep, out, old = mirror_up
     kept = dep.home / "attic" / "kiln" / "cu130-torch2.14" / old
@@ -229,6 +230,7 @@ def test_up_moves_a_wheel_that_breaks_the_contract_off_the_index(mirror_up: tupl
     assert sorted(files) == [old.replace("-1.0.0+cu130.torch2.14-", "-1.0.0+cu130.torch2.14-1-")]
 
 
+@pytest.mark.e2e
 def test_host_profile_wheel_holds_ptx_for_every_other_gpu_and_is_published(
         mirror_up: tuple[Embedded, str, str], tmp_path: Path) -> None:
     dep, out, _ = mirror_up
@@ -254,6 +256,7 @@ def test_host_profile_wheel_holds_ptx_for_every_other_gpu_and_is_published(
     assert f"+ {wheel.name.split('-')[0]}=={wheel.name.split('-')[1]}" in res.stderr
 
 
+@pytest.mark.e2e
 def test_publish_refuses_a_wheel_without_code_for_every_served_gpu(mirror_up: tuple[Embedded, str, str],
                                                                   tmp_path: Path) -> None:
     """The wheel moved off the index cannot be published back: one line, nothing uploaded."""
