@@ -107,9 +107,11 @@ def test_the_build_env_names_the_cell_s_own_cuda_home(tmp_path: Path) -> None:
     if "PYTORCH_NVCC" in env:  # ccache found
         assert env["PYTORCH_NVCC"].endswith(f" {home / 'bin' / 'nvcc'}")
     assert toolkit.describe() == "index: nvidia-cuda-nvcc 13.0.88"
-    host = cuda.Toolkit("host", Path("/usr/local/cuda-13.0"), "13.0")
-    assert host.for_cell(tmp_path / "work") == host
-    assert build_env(cell, TC, Home(tmp_path / "home"), host)["CUDA_HOME"] == "/usr/local/cuda-13.0"  # type: ignore[arg-type]
+    # the host's toolkit too is seen through the cell's own home (with the env's cuSPARSE... headers)
+    host = cuda.Toolkit("host", Path("/usr/local/cuda-13.0"), "13.0").for_cell(tmp_path / "work")
+    assert host.home == tmp_path / "work" / "cuda" and host.root == Path("/usr/local/cuda-13.0")
+    host_env = build_env(cell, TC, Home(tmp_path / "home"), host)  # type: ignore[arg-type]
+    assert host_env["CUDA_HOME"] == str(tmp_path / "work" / "cuda") and "CUDACXX" not in host_env
     assert host.describe() == "host /usr/local/cuda-13.0 (nvcc 13.0)"
 
 
@@ -265,3 +267,23 @@ def test_plan_names_the_cached_toolkit(index_built: tuple[int, Path, float], cap
     (row,) = json.loads(capsys.readouterr().out)
     assert row["status"] == "not-buildable" and row["cuda_toolkit"] is None
     assert row["detail"] == "no nvcc here and KILN_CUDA_TOOLKIT=host: install a CUDA 13 toolkit and set CUDA_HOME"
+
+
+def test_a_host_toolkit_without_the_cuda_libraries_gets_them_from_the_build_environment(tmp_path: Path) -> None:
+    """A host toolkit of nvcc and the runtime alone (many images): torch's headers include cusparse.h,
+    which only the build environment's nvidia packages carry; the cell's home has both, the host's first."""
+    root = tmp_path / "usr-local-cuda"
+    for rel in ("bin/nvcc", "include/cuda_runtime.h", "lib64/libcudart.so.13"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("host")
+    site = tmp_path / "site-packages"
+    for rel in ("nvidia/cu13/include/cusparse.h", "nvidia/cu13/include/cuda_runtime.h",
+                "nvidia/cu13/lib/libcusparse.so.12"):
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text("env")
+    toolkit = cuda.Toolkit("host", root, "13.0").for_cell(tmp_path / "work")
+    home = cuda.cell_home(toolkit, site, toolkit.home)
+    assert (home / "include" / "cusparse.h").read_text() == "env"
+    assert (home / "include" / "cuda_runtime.h").read_text() == "host"
+    assert (home / "lib64" / "libcusparse.so.12").read_text() == "env"
+    assert (home / "bin" / "nvcc").read_text() == "host"

@@ -169,9 +169,12 @@ class Toolkit:
         return self.packages[0][1] if self.packages else self.nvcc_version
 
     def for_cell(self, work: Path) -> Toolkit:
-        """This toolkit as a cell in ``work`` sees it: the index's through the cell's own home
-        (``work/cuda``, filled by ``cell_home`` once the build environment exists)."""
-        return self if self.source == "host" else replace(self, cuda_home=work / "cuda")
+        """This toolkit as a cell in ``work`` sees it: through the cell's own home (``work/cuda``,
+        filled by ``cell_home`` once the build environment exists). The host's too: a toolkit
+        installed without the CUDA libraries (nvcc and the runtime alone, as in many images) lacks
+        the cuSPARSE and cuBLAS headers torch's own headers include, which the build environment's
+        nvidia packages carry; older torch releases do not look for them there themselves."""
+        return replace(self, cuda_home=work / "cuda")
 
 
 @dataclass(frozen=True)
@@ -360,7 +363,7 @@ def prepare(cuda: str, toolchains: Toolchains, home_root: Path, work: Path, inde
         host = choice.host
         assert host.cuda_home is not None and host.nvcc_version is not None
         print(f"kiln: CUDA toolkit: {choice.describe()}", file=log, flush=True)
-        return Toolkit("host", host.cuda_home, host.nvcc_version)
+        return Toolkit("host", host.cuda_home, host.nvcc_version).for_cell(work)
     spec = toolchains.cuda[cuda]
     why = ("KILN_CUDA_TOOLKIT=index" if mode() == "index" else
            f"no nvcc {cuda.split('.')[0]} here" if choice.host.nvcc_version is None

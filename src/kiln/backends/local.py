@@ -168,7 +168,7 @@ class LocalBackend:
         indexes = index_args(cell, job.toolchains, job.index_url)
         python = make_env(cell.python, env_dir, first, job.constraints, indexes, log)
         path = job.env.get("PATH", os.environ.get("PATH", ""))
-        if toolkit is not None and assembled:
+        if toolkit is not None:
             home = cuda.cell_home(toolkit, site_packages(python), toolkit.home)
             print(f"kiln: CUDA home {home}: {toolkit.describe()} from {toolkit.root}, with the CUDA "
                   "headers and libraries of the build environment's nvidia packages", file=log, flush=True)
