@@ -3,17 +3,24 @@
 For each release, builds its cells from its hand-written recipe (benchmarks/corpus/<name>.yaml)
 or, with --infer, from nothing (`kiln infer`, one Python), then installs each built wheel as a
 user does (a fresh venv, `uv pip install --no-build`, its top-level modules imported) and prints
-a table: package, cells built, smoke test, installed with --no-build, tries, seconds, and the
-totals. A benchmark, not a test: it may take an hour.
+a table: package, set, cells built, smoke test, installed with --no-build, tries, seconds, and the
+totals, overall and per set. A benchmark, not a test: it may take an hour.
 
-    python benchmarks/corpus.py [--infer] [--only NAME ...] [--python 3.12] [--home DIR]
+The corpus has sets: `held-out` and `tuning` (the halves of the later releases, split by a fixed
+rule before any was built: tune infer's rules on `tuning`, measure them on `held-out`) and
+`original` (the releases without a `set`). Each package's kiln infer / build gets --timeout seconds.
+
+    python benchmarks/corpus.py [--infer] [--set held-out|tuning|original] [--only NAME ...]
+                                [--python 3.12] [--timeout 1200] [--home DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +41,7 @@ CORPUS = HERE / "corpus.toml"
 RECIPES = HERE / "corpus"
 TOOLCHAINS = HERE.parent / "recipes" / "toolchains.yaml"
 KILN = [sys.executable, "-m", "kiln.cli"]
+SETS = ("held-out", "tuning", "original")
 
 
 @dataclass
@@ -41,6 +49,7 @@ class Row:
     name: str
     version: str
     kind: str
+    set: str = "original"
     cells: int = 0
     built: int = 0
     smoke: bool = False
@@ -59,6 +68,28 @@ def uv() -> str:
 def lines_of(recipe: Path) -> int:
     """A recipe's length without comments and blank lines."""
     return sum(1 for ln in recipe.read_text().splitlines() if ln.split("#")[0].strip())
+
+
+def set_of(entry: dict[str, Any]) -> str:
+    """The corpus set an entry belongs to: its `set`, or `original` for the releases without one."""
+    return str(entry.get("set", "original"))
+
+
+def run_bounded(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str] | None:
+    """``cmd`` run to its end with its output captured, or None when it ran past ``timeout`` seconds:
+    then its whole process group (uv, the compilers under it) is killed, so nothing keeps building."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=max(1.0, timeout))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:  # a descendant in a session of its own still holds the pipes
+                pass
+            return None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def install_check(wheel: Path, wheelhouse: Path, work: Path, pythons: list[str]) -> str | None:
@@ -87,7 +118,7 @@ def install_check(wheel: Path, wheelhouse: Path, work: Path, pythons: list[str])
 
 def run_one(entry: dict[str, Any], args: argparse.Namespace, home: Path) -> Row:
     name, version = entry["name"], entry["version"]
-    row = Row(name, version, entry.get("kind", ""))
+    row = Row(name, version, entry.get("kind", ""), set_of(entry))
     project = canonicalize_name(name)
     work = home / "corpus" / project
     shutil.rmtree(work, ignore_errors=True)
@@ -95,12 +126,18 @@ def run_one(entry: dict[str, Any], args: argparse.Namespace, home: Path) -> Row:
     recipes.mkdir(parents=True)
     shutil.copy(TOOLCHAINS, recipes / "toolchains.yaml")
     started = time.monotonic()
+    deadline = started + args.timeout  # one budget per package, for its kiln infer / plan / build together
+    timed_out = f"timed out after {args.timeout} s"
     for extra in entry.get("also", []):  # recipes of runtime dependencies that need one
         shutil.copy(RECIPES / f"{extra}.yaml", recipes / f"{extra}.yaml")
     if args.infer:
         python = entry.get("python", args.python)
-        res = subprocess.run([*KILN, "infer", f"{name}=={version}", "--recipes", str(recipes), "--home", str(home),
-                              "--python", python], capture_output=True, text=True)
+        res = run_bounded([*KILN, "infer", f"{name}=={version}", "--recipes", str(recipes), "--home", str(home),
+                           "--python", python], deadline - time.monotonic())
+        if res is None:
+            row.failure = timed_out
+            row.seconds = time.monotonic() - started
+            return row
         print(res.stdout, end="", flush=True)
         row.tries = sum(1 for ln in res.stdout.splitlines() if ln.startswith("try ") and not ln.startswith("try 0"))
         if res.returncode != 0:
@@ -113,6 +150,7 @@ def run_one(entry: dict[str, Any], args: argparse.Namespace, home: Path) -> Row:
         row.recipe_lines = lines_of(recipes / f"{project}.yaml")
         row.tries = 1
     wheelhouse = work / "wheelhouse"
+    planned: list[dict[str, Any]] = []  # kiln plan's cells (without --infer)
     if args.infer:  # infer built and smoke-tested one cell: its wheel is the result
         built = sorted((home / "infer" / f"{project}-{version}" / "wheelhouse").glob("*.whl"))
         wheelhouse.mkdir(parents=True, exist_ok=True)
@@ -121,11 +159,20 @@ def run_one(entry: dict[str, Any], args: argparse.Namespace, home: Path) -> Row:
         row.cells = 1
         row.built = 1
     else:
-        plan = subprocess.run([*KILN, "plan", "--recipes", str(recipes), "--home", str(work / "home"), "--json"],
-                              capture_output=True, text=True)
-        row.cells = len([r for r in json.loads(plan.stdout or "[]") if r["closure_of"] is None])
-        res = subprocess.run([*KILN, "build", "--recipes", str(recipes), "--home", str(work / "home"),
-                              "--out", str(wheelhouse)], capture_output=True, text=True)
+        plan = run_bounded([*KILN, "plan", "--recipes", str(recipes), "--home", str(work / "home"), "--json"],
+                           deadline - time.monotonic())
+        if plan is None:
+            row.failure = timed_out
+            row.seconds = time.monotonic() - started
+            return row
+        planned = json.loads(plan.stdout or "[]")
+        row.cells = len([r for r in planned if r["closure_of"] is None])
+        res = run_bounded([*KILN, "build", "--recipes", str(recipes), "--home", str(work / "home"),
+                           "--out", str(wheelhouse)], deadline - time.monotonic())
+        if res is None:
+            row.failure = timed_out
+            row.seconds = time.monotonic() - started
+            return row
         failed = [ln for ln in res.stdout.splitlines() if ln.startswith("FAILED")]
         row.built = row.cells - len(failed)
         if failed:
@@ -134,7 +181,7 @@ def run_one(entry: dict[str, Any], args: argparse.Namespace, home: Path) -> Row:
     row.smoke = row.built == row.cells and row.cells > 0
     own = [w for w in wheelhouse.glob("*.whl") if parse_wheel_filename(w.name)[0] == project]
     pythons = [entry.get("python", args.python)] if args.infer else \
-        [r["python"] for r in json.loads(plan.stdout or "[]")] or [args.python]
+        [r["python"] for r in planned] or [args.python]
     for wheel in own:
         problem = install_check(wheel, wheelhouse, work, pythons)
         if problem is None:
@@ -147,12 +194,17 @@ def run_one(entry: dict[str, Any], args: argparse.Namespace, home: Path) -> Row:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--infer", action="store_true", help="draft each recipe with `kiln infer` instead")
+    p.add_argument("--set", choices=SETS, help="only this set of the corpus (original: the entries without a set)")
     p.add_argument("--only", nargs="+", help="only these packages")
     p.add_argument("--python", default="3.12", help="the Python --infer builds for, unless the corpus names one "
                    "(default: 3.12)")
+    p.add_argument("--timeout", type=int, default=1200, help="seconds each package's kiln infer / build may take "
+                   "before it is killed and recorded as timed out (default: 1200)")
     p.add_argument("--home", default=str(Path(".kiln-corpus").absolute()), help="kiln home (default: ./.kiln-corpus)")
     args = p.parse_args()
     entries = tomllib.loads(CORPUS.read_text())["package"]
+    if args.set:
+        entries = [e for e in entries if set_of(e) == args.set]
     if args.only:
         wanted = {canonicalize_name(n) for n in args.only}
         entries = [e for e in entries if canonicalize_name(e["name"]) in wanted]
@@ -161,10 +213,10 @@ def main() -> int:
     for entry in entries:
         print(f"== {entry['name']} {entry['version']}", flush=True)
         rows.append(run_one(entry, args, home))
-    table = Table("package", "kind", "cells built", "smoke test", "--no-build install", "tries", "recipe lines",
+    table = Table("package", "set", "kind", "cells built", "smoke test", "--no-build install", "tries", "recipe lines",
                   "seconds", "failure", title=f"kiln corpus ({'kiln infer' if args.infer else 'hand-written recipes'})")
     for r in rows:
-        table.add_row(f"{r.name}=={r.version}", r.kind, f"{r.built}/{r.cells}", "yes" if r.smoke else "no",
+        table.add_row(f"{r.name}=={r.version}", r.set, r.kind, f"{r.built}/{r.cells}", "yes" if r.smoke else "no",
                       f"{r.installed}", str(r.tries), str(r.recipe_lines or "-"), f"{r.seconds:.0f}", r.failure)
     console = Console(width=250)
     console.print(table)
@@ -172,6 +224,12 @@ def main() -> int:
     console.print(f"working: {len(ok)}/{len(rows)} ({100 * len(ok) / max(1, len(rows)):.0f}%), "
                   f"cells built {sum(r.built for r in rows)}/{sum(r.cells for r in rows)}, "
                   f"{sum(r.seconds for r in rows) / 60:.1f} minutes")
+    for name in SETS:
+        in_set = [r for r in rows if r.set == name]
+        if in_set:
+            working = [r for r in in_set if r.smoke and r.installed]
+            console.print(f"  {name}: working {len(working)}/{len(in_set)} "
+                          f"({100 * len(working) / len(in_set):.0f}%)")
     return 0
 
 
