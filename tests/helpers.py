@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_RECIPES = FIXTURES / "recipes"
 MORE_RECIPES = FIXTURES / "more"
+REPO_RECIPES = Path(__file__).parent.parent / "recipes"
 FIXTURE_SDIST = FIXTURES / "kilnfix-1.0.0.tar.gz"
 FIXTURE_SDISTS = sorted(FIXTURES.glob("*.tar.gz"))
 
@@ -44,13 +47,34 @@ def make_helper_wheel(version: str, dest: Path) -> Path:
     }, dest)
 
 
-def make_torch_stand_in(version: str, dest: Path, cuda: str | None = None) -> Path:
+def make_torch_stand_in(version: str, dest: Path, cuda: str | None = None,
+                        gpus: tuple[str, ...] | None = None) -> Path:
     """A ``torch`` wheel with no code: what a cell of a torch-free fixture installs; ``cuda``:
-    the CUDA build it claims to be (``torch.version.cuda``), None for a CPU build."""
-    return make_wheel("torch", version, {
+    the CUDA build it claims to be (``torch.version.cuda``), None for a CPU build; ``gpus``: the
+    compute capabilities of the GPUs its ``torch.cuda`` says the machine has (``()``: none; None:
+    no ``torch.cuda`` at all)."""
+    files = {
         "torch/__init__.py": f"from torch import version\n__version__ = {version!r}\n",
         "torch/version.py": f"cuda = {cuda!r}\n",
-    }, dest)
+    }
+    if gpus is not None:
+        files["torch/__init__.py"] += "from torch import cuda\n"
+        files["torch/cuda/__init__.py"] = (
+            f"_GPUS = {[tuple(int(n) for n in cc.split('.')) for cc in gpus]!r}\n"
+            "def is_available():\n    return bool(_GPUS)\n"
+            "def device_count():\n    return len(_GPUS)\n"
+            "def current_device():\n    return get_device_properties().index\n"
+            "def get_device_capability(device=None):\n"
+            "    props = get_device_properties(device)\n    return props.major, props.minor\n"
+            "def get_device_name(device=None):\n    return get_device_properties(device).name\n"
+            "class _Props:\n"
+            "    def __init__(self, index):\n"
+            "        self.index, (self.major, self.minor) = index, _GPUS[index]\n"
+            "        self.name = f'stand-in torch GPU {self.major}.{self.minor}'\n"
+            "def get_device_properties(device=None):\n"
+            "    if not _GPUS:\n        raise RuntimeError('Found no NVIDIA driver on your system.')\n"
+            "    return _Props(device or 0)\n")
+    return make_wheel("torch", version, files, dest)
 
 
 def kilnfix_recipe(**replace: str) -> str:
@@ -122,3 +146,37 @@ def make_torch_build(version: str, cuda: str | None, dest: Path) -> Path:
                              "hip: Optional[str] = None\n"
                              "xpu: Optional[str] = None\n"),
     }, dest)
+
+
+@dataclass
+class Container:
+    """A cibuildwheel container played on the host: its Python (a seeded venv, pip in it as the
+    images have it), the shell environment of its steps, and the directory raw wheels go to."""
+
+    python: Path
+    env: dict[str, str]
+    raw: Path
+
+    def before_build(self, cibw_env: dict[str, str], src: Path) -> subprocess.CompletedProcess[str]:
+        """Run CIBW_BEFORE_BUILD in ``src`` as the container would; cibuildwheel mounts the host's /
+        at /host, which the host's own paths play here."""
+        from kiln.backends.cibuildwheel import HOST_MOUNT
+
+        line = cibw_env["CIBW_BEFORE_BUILD"].replace("/output", str(self.raw)).replace(HOST_MOUNT + "/", "/")
+        return subprocess.run(["sh", "-c", line], cwd=src, capture_output=True, text=True, env=self.env)
+
+    def build(self, src: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        """The frontend's build of the raw wheel (``args``: the frontend's own)."""
+        return subprocess.run([str(self.python), "-m", "build", "--wheel", *args, "--outdir", str(self.raw), "."],
+                              cwd=src, capture_output=True, text=True, env=self.env)
+
+
+def container(dest: Path, index_url: str, python: str = "3.11") -> Container:
+    """A `Container` under ``dest`` whose pip installs from ``index_url`` alone."""
+    py = dest / "env" / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "uv", "venv", "--quiet", "--seed", "--python", python,
+                    str(py.parent.parent)], check=True)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))},
+           "PATH": f"{py.parent}{os.pathsep}{os.environ['PATH']}", "PIP_INDEX_URL": index_url,
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONFIG_FILE": os.devnull}
+    return Container(py, env, dest / "build" / "raw")

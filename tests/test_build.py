@@ -385,6 +385,59 @@ def test_a_run_export_bounds_the_runtime(tmp_path: Path, upstream: StaticIndex) 
     assert "Requires-Dist: kilnfix-helper<2,>=1.4" in metadata(wheel)
 
 
+KILNOLD = 'project: kilnold\nversions: ["1.0.0"]\nmatrix:\n  python: ["3.11"]\n'
+"""kilnold's Requires-Dist: `kilnfix-helper<1.0` (no such release) and `kilnlib>=1.0; python_version < "3.6"`."""
+
+
+def test_an_upstream_bound_no_release_satisfies_fails_the_cell(tmp_path: Path, upstream: StaticIndex,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    assert build(recipes_dir(tmp_path / "recipes", ("kilnold.yaml", KILNOLD)), home, upstream) == 4
+    out = capsys.readouterr().out
+    assert ("FAILED kilnold-1.0.0-cp311-main: the runtime requirements of kilnold-1.0.0-py3-none-any.whl do not "
+            "resolve: Because only kilnfix-helper>=1.4.0 is available and kilnold==1.0.0 depends on "
+            "kilnfix-helper<1.0, ") in out
+    assert not list(home.glob("wheelhouse/*.whl"))
+
+
+def test_runtime_replace_rewrites_upstream_requirements_and_the_smoke_test_installs_them(
+        tmp_path: Path, upstream: StaticIndex) -> None:
+    text = KILNOLD + 'runtime:\n  replace: {"kilnfix-helper<1.0": kilnfix-helper, kilnlib: null}\n'
+    home = tmp_path / "home"
+    assert build(recipes_dir(tmp_path / "recipes", ("kilnold.yaml", text)), home, upstream) == 0
+    (wheel,) = (home / "wheelhouse").glob("kilnold-*.whl")
+    requires = [ln for ln in metadata(wheel) if ln.startswith("Requires-Dist:")]
+    assert requires == ["Requires-Dist: kilnfix-helper"]
+    assert read_provenance(wheel)["runtime_replaced"] == {"kilnfix-helper<1.0": "kilnfix-helper",
+                                                          'kilnlib>=1.0; python_version < "3.6"': None}
+    log = (home / "logs" / "kilnold-1.0.0-cp311-main.log").read_text()
+    assert "kiln: runtime.replace: kilnfix-helper<1.0 -> kilnfix-helper\n" in log
+    assert 'kiln: runtime.replace: kilnlib>=1.0; python_version < "3.6" -> (dropped)\n' in log
+    py = venv(tmp_path / "v")
+    assert install(py, upstream, "--find-links", str(home / "wheelhouse"), "kilnold").returncode == 0
+    res = subprocess.run([str(py), "-c", "import kilnold; print(kilnold.HELPER_ABI)"], capture_output=True, text=True)
+    assert res.stdout.strip() == "2"  # the newest kilnfix-helper, which upstream's bound refused
+
+
+def test_runtime_replace_keeps_upstream_s_marker_when_its_value_has_none(tmp_path: Path, upstream: StaticIndex) -> None:
+    text = KILNOLD + ('runtime:\n  replace:\n    "kilnfix-helper<1.0": kilnfix-helper\n'
+                      '    "kilnlib>=1.0": "kilnlib>=2"\n')
+    home = tmp_path / "home"
+    assert build(recipes_dir(tmp_path / "recipes", ("kilnold.yaml", text)), home, upstream) == 0
+    (wheel,) = (home / "wheelhouse").glob("kilnold-*.whl")
+    assert 'Requires-Dist: kilnlib>=2; python_version < "3.6"' in metadata(wheel)
+
+
+def test_a_runtime_replace_key_that_matches_nothing_fails_the_cell_naming_its_line(
+        tmp_path: Path, upstream: StaticIndex, capsys: pytest.CaptureFixture[str]) -> None:
+    text = KILNOLD + 'runtime:\n  replace:\n    "kilnfix-helper<1.0": kilnfix-helper\n    "scipy<1": null\n'
+    recipes = recipes_dir(tmp_path / "recipes", ("kilnold.yaml", text))
+    assert build(recipes, tmp_path / "home", upstream) == 4
+    assert (f"FAILED kilnold-1.0.0-cp311-main: {recipes / 'kilnold.yaml'}:8: runtime.replace: scipy<1 matches none "
+            "of kilnold 1.0.0's requirements (kilnfix-helper<1.0, kilnlib>=1.0; python_version < \"3.6\")"
+            ) in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- stale wheels, build numbers
 
 

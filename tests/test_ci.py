@@ -19,7 +19,7 @@ import yaml
 from cibuildwheel.environment import parse_environment
 from cibuildwheel.frontend import BuildFrontendConfig
 from conftest import StaticIndex
-from helpers import FIXTURE_RECIPES, FIXTURES
+from helpers import FIXTURE_RECIPES, FIXTURES, container
 
 from kiln import ci
 from kiln.backends.cibuildwheel import BuildRecord, CibuildwheelBackend, environment
@@ -385,21 +385,13 @@ def test_source_then_raw_build_then_finish(tmp_path: Path, upstream: StaticIndex
     assert res.returncode == 0, res.stderr
     env = json.loads(kiln("cibw-env", cell, "--recipes", str(FIXTURE_RECIPES), "--format", "json",
                           "--source", str(src), *home).stdout)
-    # The container's python, with pip as cibuildwheel's images have it; the index is the upstream.
-    py = tmp_path / "env" / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "uv", "venv", "--quiet", "--seed", "--python", "3.11",
-                    str(py.parent.parent)], check=True)
-    raw = tmp_path / "build" / "raw"
-    shell_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))},
-                 "PATH": f"{py.parent}{os.pathsep}{os.environ['PATH']}", "PIP_INDEX_URL": upstream.simple,
-                 "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONFIG_FILE": os.devnull}
-    before = env["CIBW_BEFORE_BUILD"].replace("/output", str(raw))
-    ran = subprocess.run(["sh", "-c", before], cwd=src, capture_output=True, text=True, env=shell_env)
+    box = container(tmp_path, upstream.simple)  # cibuildwheel's container; its index is the upstream
+    ran = box.before_build(env, src)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     frontend = BuildFrontendConfig.from_config_string(env["CIBW_BUILD_FRONTEND"])
-    built = subprocess.run([str(py), "-m", "build", "--wheel", *frontend.args, "--outdir", str(raw), "."],
-                           cwd=src, capture_output=True, text=True, env=shell_env)
+    built = box.build(src, *frontend.args)
     assert built.returncode == 0, built.stdout + built.stderr
+    raw = box.raw
     (wheel,) = raw.glob("*.whl")
     out = tmp_path / "wheelhouse"
     fin = kiln("finish", str(wheel), "--cell", cell, "--recipes", str(FIXTURE_RECIPES),

@@ -17,18 +17,24 @@ from kiln.infer import (
     Context,
     Draft,
     Failure,
+    bundled_library_knob,
     cmake_policy,
+    compiler_strictness,
     cuda_knob,
     cython,
     knobs,
     missing_module,
+    needs_cuda,
     numpy_removed_api,
     pkg_resources,
     required_by_message,
     setup_requires_fetch,
     static_draft,
+    unbounded,
     unconditional_imports,
+    upstream_bound,
 )
+from kiln.matrix import Variant
 from kiln.recipe import load_recipe
 from kiln.toolchains import load_toolchains
 
@@ -41,6 +47,9 @@ class OfflineContext(Context):
     def __init__(self, known: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         super().__init__("http://127.0.0.1:9/simple/", TC, "3.12")
         self.known = known
+
+    def cuda_variant(self) -> Variant | None:
+        return Variant("2.14", "13.0")
 
     def distribution(self, module: str) -> str | None:
         top = module.split(".")[0]
@@ -76,6 +85,14 @@ def fail(line: str, log: str = "", stage: str = "build") -> Failure:
 def test_missing_module(failure: Failure, expected: str) -> None:
     change = missing_module(failure, draft(), OfflineContext({"kilnfix_helper", "torch"}))
     assert change is not None and change.describe() == expected
+
+
+def test_torch_s_warning_about_a_missing_numpy_is_not_a_missing_module() -> None:
+    log = ("UserWarning: Failed to initialize NumPy: No module named 'numpy' (Triggered internally at "
+           "torch/csrc/utils/tensor_numpy.cpp:84.)\n"
+           "binding.cpp:4:10: fatal error: THC/THC.h: No such file or directory\n")
+    assert missing_module(fail("binding.cpp:4:10: fatal error: THC/THC.h: No such file or directory", log), draft(),
+                          OfflineContext()) is None
 
 
 def test_a_module_no_index_has_is_no_change() -> None:
@@ -202,6 +219,89 @@ def test_a_change_already_made_does_not_apply_twice() -> None:
     assert d.requires == ["cython<3"]
 
 
+UNRESOLVABLE = ("the runtime requirements of demo-1.0-py3-none-any.whl do not resolve: Because only numpy>=1.22 "
+                "has wheels for cp312 and demo==1.0 depends on numpy>=1.16,<1.20, we can conclude that demo==1.0 "
+                "cannot be used.")
+
+
+def test_an_upstream_bound_no_release_satisfies_is_rewritten_to_its_lower_bounds() -> None:
+    change = upstream_bound(fail(UNRESOLVABLE), draft(), OfflineContext())
+    assert change is not None and change.describe() == "runtime.replace: numpy<1.20,>=1.16 -> numpy>=1.16"
+    d = draft()
+    change.apply(d)
+    assert d.runtime_replace == {"numpy<1.20,>=1.16": "numpy>=1.16"}
+    assert '  replace: {"numpy<1.20,>=1.16": "numpy>=1.16"}    # no release satisfies upstream\'s' in d.yaml()
+    # another project's bound, or a bound that is not an upper one, is not this package's to rewrite
+    assert upstream_bound(fail(UNRESOLVABLE.replace("demo==1.0 depends", "other==2 depends")), draft(),
+                          OfflineContext()) is None
+    assert upstream_bound(fail(UNRESOLVABLE.replace(">=1.16,<1.20", ">=1.30")), draft(), OfflineContext()) is None
+    assert upstream_bound(fail("error: x.c: No such file", stage="build"), draft(), OfflineContext()) is None
+
+
+@pytest.mark.parametrize(("requirement", "expected"), [
+    ("numpy<1.20", "numpy"), ("numpy>=1.16,<1.20", "numpy>=1.16"), ("scipy~=1.4", "scipy>=1.4"),
+    ("torch==1.*", "torch>=1"), ("x!=1.1,<=2", "x!=1.1")])
+def test_unbounded(requirement: str, expected: str) -> None:
+    from packaging.requirements import Requirement
+
+    assert unbounded(Requirement(requirement)) == expected
+
+
+CUDA_ONLY = """\
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+if not torch.cuda.is_available():
+    raise Exception("CPU version is not implemented")
+setup(ext_modules=[CUDAExtension("demo._C", ["demo/kernel.cu"])], cmdclass={"build_ext": BuildExtension})
+"""
+
+
+def test_a_cpu_draft_that_needs_cuda_moves_to_the_host_s_cuda_variant() -> None:
+    d = draft()
+    line = "Exception: CPU version is not implemented (the build backend's get_requires_for_build_wheel failed)"
+    assert needs_cuda(fail(line), d, OfflineContext()) is None  # no torch: not a torch extension
+    d.torch = "2.14"
+    d.env = {"DEMO_SKIP_CUDA_BUILD": "TRUE", "DEMO_FORCE_BUILD": "TRUE"}
+    change = needs_cuda(fail(line), d, OfflineContext())
+    assert change is not None and change.describe() == "matrix.torch = [2.14], cuda = [13.0]"
+    assert change.apply(d) and d.cuda == "13.0" and d.env == {"DEMO_FORCE_BUILD": "TRUE"}
+    assert needs_cuda(fail(line), d, OfflineContext()) is None  # a CUDA cell already
+    assert '  cuda: ["13.0"]    # the extension needs CUDA: Exception: CPU version is not implemented' in d.yaml()
+    assert needs_cuda(fail("error: x.c: No such file"), draft(), OfflineContext()) is None
+
+
+def test_code_a_newer_compiler_rejects_gets_the_diagnostic_back_as_a_warning() -> None:
+    narrowing = ("cld/x.cc:7089:1: error: narrowing conversion of '-14' from 'int' to 'uint8' [-Wnarrowing] "
+                 "(`python -m build ...` exited 1)")
+    d = draft()
+    first = compiler_strictness(fail(narrowing), d, OfflineContext())
+    assert first is not None and first.describe() == "build.env.CXXFLAGS = -Wno-narrowing"
+    first.apply(d)
+    assert compiler_strictness(fail(narrowing), d, OfflineContext()) is None  # set already: nothing more to try
+    implicit = "x.c:3:5: error: implicit declaration of function 'foo' [-Wimplicit-function-declaration]"
+    second = compiler_strictness(fail(implicit), d, OfflineContext())
+    assert second is not None and second.describe() == "build.env.CFLAGS = -Wno-error=implicit-function-declaration"
+    second.apply(d)
+    assert compiler_strictness(fail(implicit), d, OfflineContext()) is None
+    assert compiler_strictness(fail("x.c:1: error: unknown type name 'foo'"), draft(), OfflineContext()) is None
+
+
+def test_a_missing_library_header_sets_the_knob_that_builds_the_bundled_one() -> None:
+    ctx = OfflineContext()
+    ctx.setup_py = ('import os\nif os.environ.get("BUILD_LIB") == "1":\n    pass\n'
+                    'FORCE = os.getenv("X_SKIP_CUDA_BUILD")\n')
+    line = "src/x/_x_cffi.c:258:14: fatal error: fuzzy.h: No such file or directory (`python -m build ...` exited 1)"
+    change = bundled_library_knob(fail(line), draft(), ctx)
+    assert change is not None and change.describe() == "build.env.BUILD_LIB = 1"
+    d = draft()
+    change.apply(d)
+    assert bundled_library_knob(fail(line), d, ctx) is None  # no other knob to try
+    assert bundled_library_knob(fail("error: x.c: No such file"), draft(), ctx) is None
+    ctx.setup_py = "import os\n"
+    assert bundled_library_knob(fail(line), draft(), ctx) is None
+
+
 # ----------------------------------------------------------------------------- the sdist read statically
 
 
@@ -280,6 +380,23 @@ def test_an_import_a_declared_build_requirement_brings_in_is_not_drafted(tmp_pat
     assert {"build", "setuptools", "pyproject-hooks", "packaging"} <= ctx.declared_closure()
 
 
+def test_a_setup_py_that_builds_cuda_code_only_is_drafted_as_a_cuda_cell(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "setup.py").write_text(CUDA_ONLY)
+    d = draft()
+    said: list[str] = []
+    static_draft(d, src, OfflineContext(), said.append)
+    assert said == ["try 0 (setup.py): imports torch -> matrix.torch = [2.14], cuda = [13.0]"]
+    assert ('  cuda: ["13.0"]    # setup.py builds CUDA code only (line 4: it refuses to run unless '
+            'torch.cuda.is_available())') in d.yaml()
+    (src / "setup.py").write_text(SETUP_PY.replace("try:\n    import torch\nexcept ImportError:\n    torch = None\n",
+                                                   "import torch\n"))
+    d = draft()
+    static_draft(d, src, OfflineContext({"demo"}), lambda line: None)
+    assert d.torch == "2.14" and d.cuda is None  # a torch extension with a cpu build: a cpu cell
+
+
 def test_infer_finds_a_build_and_a_runtime_requirement(tmp_path: Path, upstream: StaticIndex,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     recipes = recipes_with_toolchains(tmp_path)
@@ -356,3 +473,14 @@ def test_infer_fails_when_a_dependency_cannot_be_fixed(tmp_path: Path, upstream:
     assert err.startswith("kiln: kilnneeds 1.0.0: its runtime dependency kilnbroken==1.0.0 has no working recipe: "
                           "kilnbroken 1.0.0: no working recipe; last failure: RuntimeError: kilnbroken")
     assert sorted(p.name for p in recipes.iterdir()) == ["toolchains.yaml"]
+
+
+def test_infer_rewrites_an_upstream_bound_no_release_satisfies(tmp_path: Path, upstream: StaticIndex,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    recipes = recipes_with_toolchains(tmp_path)
+    assert infer("kilnold", recipes, tmp_path, upstream) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("try 1: the runtime requirements of kilnold-1.0.0-py3-none-any.whl do not resolve: ")
+    assert out[0].endswith(" -> runtime.replace: kilnfix-helper<1.0 -> kilnfix-helper")
+    assert out[1] == f"try 2: built and smoke-tested kilnold-1.0.0-cp311-main -> wrote {recipes / 'kilnold.yaml'}"
+    assert load_recipe(recipes / "kilnold.yaml").runtime.replace == {"kilnfix-helper<1.0": "kilnfix-helper"}

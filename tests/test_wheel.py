@@ -8,14 +8,14 @@ import sys
 import zipfile
 from pathlib import Path
 
-from helpers import FIXTURE_RECIPES, make_helper_wheel, make_wheel
+from helpers import FIXTURE_RECIPES, REPO_RECIPES, make_helper_wheel, make_wheel
 from packaging.utils import parse_wheel_filename
 
 from kiln.matrix import Cell, Variant
 from kiln.recipe import load_recipe
 from kiln.smoke import extension_modules, top_level_modules
 from kiln.toolchains import load_toolchains
-from kiln.wheel import Provenance, finish, pins_for, read_provenance, rewrite_metadata
+from kiln.wheel import Pin, Provenance, finish, pins_for, read_provenance, rewrite_metadata
 
 
 def torch_cell() -> Cell:
@@ -34,7 +34,7 @@ def test_label_goes_into_filename_metadata_and_record(tmp_path: Path) -> None:
     raw = make_helper_wheel("1.4.0", tmp_path / "raw")
     cell = torch_cell()
     pins = pins_for(cell, load_toolchains(FIXTURE_RECIPES), {"kilnfix-helper": "1.4.0", "torch": "2.14.1"})
-    assert pins == ["torch==2.14.*", "kilnfix-helper==1.4.*"]
+    assert [str(p) for p in pins] == ["torch==2.14.*", "kilnfix-helper==1.4.*"]
     out = finish(raw, cell, provenance(cell), pins, tmp_path / "out", [], tmp_path / "w")
     assert out.name == "kilnfix_helper-1.4.0+cu130.torch2.14-py3-none-any.whl"
     _, version, _, _ = parse_wheel_filename(out.name)
@@ -108,3 +108,93 @@ def test_rewrite_metadata_keeps_the_description_and_unicode_as_written(tmp_path:
     assert rest == body
     assert "Summary: Ünïcode — summary\n" in head + "\n" and "Author: José Ñ" in head
     assert "Requires-Dist: torch==2.14.*" in head and "torch>=2" not in head
+
+
+# ----------------------------------------------------------------------------- numpy's ABI rule
+
+USES_C_API = 'const char *kiln_lookup(void) { return "_ARRAY_API"; }\n'
+"""What numpy's import_array() compiles into an extension: its table looked up by name."""
+NO_C_API = "int kiln_add(int a, int b) { return a + b; }\n"
+
+
+def wheel_with_extension(tmp_path: Path, c_source: str, requires: str = "numpy>=1.16") -> Path:
+    """A wheel of kilnfix-helper 1.4.0 holding one shared object compiled from ``c_source``."""
+    root = tmp_path / "tree"
+    (root / "kilnfix_helper").mkdir(parents=True)
+    (root / "kilnfix_helper" / "__init__.py").write_text("")
+    (tmp_path / "ext.c").write_text(c_source)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(root / "kilnfix_helper" / "_ext.so"), str(tmp_path / "ext.c")],
+                   check=True)
+    info = root / "kilnfix_helper-1.4.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: kilnfix-helper\nVersion: 1.4.0\n"
+                                   f"Requires-Dist: {requires}\n")
+    (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(tmp_path), str(root)], check=True,
+                   capture_output=True)
+    return tmp_path / "kilnfix_helper-1.4.0-py3-none-any.whl"
+
+
+def numpy_cell() -> Cell:
+    """A torch cell whose recipe has no run-exports of its own."""
+    cell = torch_cell()
+    runtime = cell.recipe.runtime.model_copy(update={"pin": None})
+    return Cell(cell.recipe.model_copy(update={"runtime": runtime}), cell.project, cell.version, cell.python,
+                cell.variant, torch_release=cell.torch_release)
+
+
+def finished_requires(tmp_path: Path, raw: Path, numpy: str) -> list[str]:
+    """The Requires-Dist of ``raw`` finished under the repository's toolchains.yaml, built with ``numpy``."""
+    cell = numpy_cell()
+    pins = pins_for(cell, load_toolchains(REPO_RECIPES), {"numpy": numpy, "torch": "2.14.1"}, raw)
+    out = finish(raw, cell, provenance(cell), pins, tmp_path / "out", [], tmp_path / "w")
+    with zipfile.ZipFile(out) as zf:
+        meta = zf.read(next(n for n in zf.namelist() if n.endswith("/METADATA"))).decode()
+    return [ln.split(": ", 1)[1] for ln in meta.splitlines() if ln.startswith("Requires-Dist:")]
+
+
+def test_built_against_numpy_1_an_extension_using_its_c_api_requires_numpy_below_2(tmp_path: Path) -> None:
+    raw = wheel_with_extension(tmp_path, USES_C_API)
+    pins = pins_for(numpy_cell(), load_toolchains(REPO_RECIPES), {"numpy": "1.26.4"}, raw)
+    assert [(p.requirement, p.why) for p in pins] == [
+        ("numpy<2", "built against numpy 1.26.4; kilnfix_helper/_ext.so uses its C API")]
+    # upstream's own bound is kept and narrowed, not replaced
+    assert finished_requires(tmp_path, raw, "1.26.4") == ["numpy<2,>=1.16", "torch==2.14.*"]
+
+
+def test_built_against_numpy_2_the_wheel_gets_no_bound_from_kiln(tmp_path: Path) -> None:
+    raw = wheel_with_extension(tmp_path, USES_C_API)
+    assert pins_for(numpy_cell(), load_toolchains(REPO_RECIPES), {"numpy": "2.1.3"}, raw) == []
+    assert finished_requires(tmp_path, raw, "2.1.3") == ["numpy>=1.16", "torch==2.14.*"]
+
+
+def test_an_extension_that_does_not_use_numpy_s_c_api_gets_no_bound(tmp_path: Path) -> None:
+    raw = wheel_with_extension(tmp_path, NO_C_API)
+    assert pins_for(numpy_cell(), load_toolchains(REPO_RECIPES), {"numpy": "1.26.4"}, raw) == []
+
+
+def test_numpy_s_bound_is_added_when_upstream_forgot_numpy(tmp_path: Path) -> None:
+    raw = wheel_with_extension(tmp_path, USES_C_API, requires="einops")
+    assert finished_requires(tmp_path, raw, "1.26.4") == ["einops", "torch==2.14.*", "numpy<2"]
+
+
+def test_a_recipe_s_own_numpy_run_export_overrides_the_table_s_rule(tmp_path: Path) -> None:
+    raw = wheel_with_extension(tmp_path, NO_C_API)
+    cell = numpy_cell()
+    runtime = cell.recipe.runtime.model_copy(update={"run_exports": {"numpy": "major"}})
+    cell = Cell(cell.recipe.model_copy(update={"runtime": runtime}), cell.project, cell.version, cell.python,
+                cell.variant, torch_release=cell.torch_release)
+    assert [str(p) for p in pins_for(cell, load_toolchains(REPO_RECIPES), {"numpy": "1.26.4"}, raw)] == [
+        "numpy>=1.26,<2"]
+
+
+def test_a_pin_is_not_merged_into_a_requirement_only_an_extra_asks_for(tmp_path: Path) -> None:
+    """lap 0.4.0 declares numpy only as `numpy>=1.10.1; extra == "alldeps"`: the pin must hold for
+    every install, not only for those that ask for the extra."""
+    meta = tmp_path / "METADATA"
+    meta.write_text('Metadata-Version: 2.1\nName: x\nVersion: 1\nRequires-Dist: numpy>=1.10.1; extra == "alldeps"\n'
+                    "Provides-Extra: alldeps\n\n")
+    rewrite_metadata(meta, [Pin("numpy<2", narrows=True), "torch==2.14.*", "numpy"])  # runtime.requires: numpy
+    requires = [ln for ln in meta.read_text().splitlines() if ln.startswith("Requires-Dist:")]
+    assert requires == ['Requires-Dist: numpy>=1.10.1; extra == "alldeps"', "Requires-Dist: numpy<2",
+                        "Requires-Dist: torch==2.14.*"]

@@ -22,10 +22,10 @@ from typing import TextIO
 from rich.console import Console
 
 import kiln
-from kiln import archs, buildreqs, closure, cuda, smoke, source
+from kiln import archs, buildreqs, closure, cuda, feasible, gpushim, smoke, source
 from kiln.backends import Backend, CompileJob, CompileResult
 from kiln.buildreqs import BuildRequirements
-from kiln.errors import BuildError, KilnError
+from kiln.errors import BuildError, KilnError, NotBuildable
 from kiln.home import CellResult, Home
 from kiln.host import available_memory_gb, usable_cores
 from kiln.logs import CellProgress, progress_for
@@ -91,6 +91,9 @@ def build_env(cell: Cell, toolchains: Toolchains, home: Home, toolkit: cuda.Tool
     env.update(recipe.build.env)
     if cell.ptx_archs and "NVCC_APPEND_FLAGS" in recipe.build.env:
         env["NVCC_APPEND_FLAGS"] = f"{recipe.build.env['NVCC_APPEND_FLAGS']} {ptx_flags(cell.ptx_archs)}"
+    # torch answers about GPUs for the cell's target architectures, never this machine's (kiln.gpushim);
+    # a recipe's build.env may set the answer itself
+    env.setdefault(gpushim.ENV, gpushim.answer_for(cell, toolchains, env.get("TORCH_CUDA_ARCH_LIST")))
     return env
 
 
@@ -154,6 +157,12 @@ def build_cell(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backen
         try:
             wheel, archs = _steps(cell, toolchains, home, out, backend, index, work, log, building | {cell.id},
                                   closure_built)
+        except NotBuildable as exc:  # not a failure: the cell cannot exist (kiln.feasible)
+            print(f"kiln: not buildable: {exc.message}", file=log, flush=True)
+            shutil.rmtree(work, ignore_errors=True)
+            result = CellResult(cell=cell.id, status="not-buildable", log=str(log_path),
+                                seconds=time.monotonic() - started, error=exc.message,
+                                closure_of=cell.closure_of, recipe_sha256=cell.recipe.sha256)
         except KilnError as exc:
             message = exc.message
             if oom := oom_killed(log_path):
@@ -209,6 +218,7 @@ def _steps(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: B
            index_url: str, work: Path, log: TextIO, building: frozenset[str],
            closure_built: list[str]) -> tuple[Path, str | None]:
     src, srcdir = prepare_source(cell, home, work / "src", index_url, log)
+    feasible.check_python(cell, srcdir)
     constraints = write_constraints(cell, work / "constraints.txt")
     toolkit = (cuda.prepare(cell.variant.cuda, toolchains, home.root, work, index_url, log)
                if cell.variant.cuda and cell.variant.cuda_major and not backend.own_cuda else None)
@@ -267,6 +277,9 @@ def _build_need(need: closure.Need, cell: Cell, toolchains: Toolchains, home: Ho
     result = build_cell(dep, toolchains, home, out, backend, index_url, building)
     if progress:
         progress.end(result)
+    if result.status == "not-buildable":
+        raise NotBuildable(f"{need.project} {need.version}, a runtime requirement with no wheel for "
+                           f"{cell.python_tag}, is not buildable: {result.error}")
     if result.status != "built":
         advice = "its recipe" if dep.recipe.sha256 else "it needs a recipe"
         raise BuildError(f"{need.project} {need.version}, a runtime requirement with no wheel for "
@@ -380,11 +393,15 @@ def finish_cell(cell: Cell, toolchains: Toolchains, res: CompileResult, src: sou
         archs_code={cc: str(how) for cc, how in archs.coverage(cell.archs_served, device.sass, device.ptx).items()}
         if device and cell.archs_served else None,
         gpus_reason=cell.recipe.build.gpus.reason if cell.recipe.build.gpus and cell.variant.cuda_major else None,
-        cuda_toolkit=res.cuda_toolkit if cell.variant.cuda_major else None)
-    pins = pins_for(cell, toolchains, res.installed)
-    if pins:
-        print(f"kiln: run-exports: {', '.join(pins)}", file=log, flush=True)
+        cuda_toolkit=res.cuda_toolkit if cell.variant.cuda_major else None,
+        cython_regenerated=dict(res.cython.removed) if res.cython and res.cython.removed else None,
+        cython_regenerated_by=res.cython.cython if res.cython and res.cython.removed else None)
+    pins = pins_for(cell, toolchains, res.installed, res.wheel)
+    for pin in pins:
+        print(f"kiln: run-export: {pin}" + (f" ({pin.why})" if pin.why else ""), file=log, flush=True)
     finished = finish(res.wheel, cell, prov, pins, work / "finished", res.ld_paths, work / "finish")
+    for old, new in (prov.runtime_replaced or {}).items():
+        print(f"kiln: runtime.replace: {old} -> {new if new is not None else '(dropped)'}", file=log, flush=True)
     return finished, built_for
 
 

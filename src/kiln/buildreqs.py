@@ -78,31 +78,36 @@ class BuildRequirements:
 
 def replace(requirements: Sequence[str], rules: Mapping[str, str | None],
             replaced: dict[str, str | None]) -> list[str]:
-    """``requirements`` with the recipe's ``build.replace`` applied.
-
-    A rule's key matches an upstream requirement by project name when it is a bare name
-    (``numpy``), else exactly (``numpy==1.19.*``, compared as parsed requirements); its value
-    replaces it, or drops it when null. What changed is added to ``replaced``."""
+    """``requirements`` with the recipe's ``build.replace`` applied (`rule_for`); its value
+    replaces a requirement, or drops it when null. What changed is added to ``replaced``."""
     out: list[str] = []
     for text in requirements:
-        req = Requirement(text)
         new: str | None = text
-        for key, value in rules.items():
-            rule = Requirement(key)
-            if canonicalize_name(rule.name) != canonicalize_name(req.name):
-                continue
-            if str(rule) == rule.name or _same(rule, req):
-                new = value
-                replaced[text] = value
-                break
+        if (key := rule_for(rules, Requirement(text))) is not None:
+            new = rules[key]
+            replaced[text] = new
         if new is not None:
             out.append(str(Requirement(new)))
     return out
 
 
+def rule_for(rules: Mapping[str, object], req: Requirement) -> str | None:
+    """The key of ``rules`` (a recipe's ``build.replace`` or ``runtime.replace``) that matches
+    ``req``: a bare name (``numpy``) matches any requirement of that project, else the key must
+    be the same requirement (``numpy==1.19.*``, compared as parsed requirements; a key without a
+    marker matches whatever marker upstream's has); None when none matches."""
+    for key in rules:
+        rule = Requirement(key)
+        if canonicalize_name(rule.name) != canonicalize_name(req.name):
+            continue
+        if str(rule) == rule.name or _same(rule, req):
+            return key
+    return None
+
+
 def _same(a: Requirement, b: Requirement) -> bool:
     return (canonicalize_name(a.name) == canonicalize_name(b.name) and a.specifier == b.specifier
-            and a.extras == b.extras and str(a.marker) == str(b.marker) and a.url == b.url)
+            and a.extras == b.extras and (a.marker is None or str(a.marker) == str(b.marker)) and a.url == b.url)
 
 
 def static(source_dir: Path, recipe: Recipe) -> BuildRequirements:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import kiln
@@ -88,7 +89,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if r.closure_of:
             detail = f"{detail} (closure of {r.closure_of})".lstrip()
         archs_found = [str(CudaArchs.from_json(r.cuda_archs_found) or "")] if found else []
-        table.add_row(r.cell, r.variant, r.cuda_archs or "", *archs_found, f"[{color}]{r.status}", detail)
+        table.add_row(r.cell, r.variant, r.cuda_archs or "", *archs_found, f"[{color}]{r.status}", escape(detail))
     console.print(table)
     return 0
 
@@ -138,7 +139,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     rows = cell_status(cells, toolchains, home, out)
     todo, skipped = to_build(cells, rows, home, args.force)
     for line in skipped:
-        err_console.print(f"[dim]skip {line}")
+        err_console.print(f"[dim]skip {escape(line)}")
     results = build_cells(todo, toolchains, home, out, get_backend(args.backend), args.index_url, err_console)
     failed = [r for r in results if r.status == "failed"]
     for r in results:
@@ -146,6 +147,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             console.print(f"built {out / r.wheel}  ({r.seconds:.0f}s)")
             for wheel in r.closure_built:
                 console.print(f"built {out / wheel}  (closure of {r.cell})")
+        elif r.status == "not-buildable":  # the cell cannot exist: said, not counted as a failure
+            console.print(f"not buildable {r.cell}: {r.error}", markup=False, highlight=False)
         else:
             console.print(f"FAILED {r.cell}: {r.error} (log: {r.log})")
     return 4 if failed else 0
@@ -277,7 +280,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     for note in report.notes:
         err_console.print(f"[yellow]note:[/] {note}")
     for line in report.skipped:
-        console.print(f"not buildable here: {line}")
+        console.print(f"not buildable here: {line}", markup=False, highlight=False)
+    for line in report.impossible:
+        console.print(f"not buildable: {line}", markup=False, highlight=False)
     console.print(f"built {len(report.built)}, uploaded {len(report.uploaded)}, "
                   f"already published {len(report.already)}, failed {len(report.failed)}")
     for line in report.failed:

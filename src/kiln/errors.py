@@ -56,3 +56,11 @@ class DoctorProblems(KilnError):
     """`kiln doctor` found problems with the kiln wheels of an environment (each printed on its own line)."""
 
     exit_code = 8
+
+
+class NotBuildable(KilnError):
+    """A cell that cannot exist: the package's Requires-Python excludes the cell's Python, or a
+    build requirement whose project publishes wheels has none for it (kiln.feasible). `kiln build`
+    records the cell as not buildable, with this message as its reason; it is no failure."""
+
+    exit_code = 9

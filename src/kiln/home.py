@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from kiln.errors import HomeBusy
 
@@ -160,16 +160,22 @@ def read_json(path: Path) -> Any:
         return None
 
 
+CellOutcome = Literal["built", "failed", "not-buildable"]
+"""How a cell's build ended: a wheel, a failure, or the cell found impossible (kiln.feasible:
+the package's Requires-Python excludes its Python, or a build requirement has no wheel for it)."""
+
+
 @dataclass
 class CellResult:
     """What happened to one cell when it was last built here."""
 
     cell: str
-    status: str  # "built" | "failed"
+    status: CellOutcome
     log: str
     seconds: float
     wheel: str | None = None
     error: str | None = None
+    """Why it failed; for a cell found not buildable, the reason (the requirement and the Python)."""
     cuda_archs: str | None = None
     cuda_archs_found: dict[str, list[str]] | None = None
     """For a CUDA cell: the SASS and PTX cuobjdump found in its wheel (kiln.wheel.CudaArchs.to_json)."""
@@ -177,6 +183,9 @@ class CellResult:
     """For a closure cell: the cell whose runtime requirement it is."""
     closure_built: list[str] = field(default_factory=list)
     """The wheels of runtime requirements built for this cell (its closure), in this build."""
+    recipe_sha256: str | None = None
+    """For a cell found not buildable: the sha256 of the recipe it was found with; the finding
+    holds until the recipe changes (or `kiln build --force`)."""
 
     def save(self, home: Home) -> None:
         write_atomic(home.cells / f"{self.cell}.json", json.dumps(asdict(self), indent=2) + "\n")
@@ -193,7 +202,7 @@ class CellResult:
             if not isinstance(data, dict):
                 raise TypeError("not an object")
             result = cls(**{k: v for k, v in data.items() if k in known})
-            if not isinstance(result.cell, str) or result.status not in ("built", "failed"):
+            if not isinstance(result.cell, str) or result.status not in get_args(CellOutcome):
                 raise TypeError(f"status {result.status!r}")
         except TypeError as exc:
             set_aside(path, f"not a cell result ({exc})")

@@ -29,10 +29,12 @@ from kiln import buildreqs, source
 from kiln.backends.local import LocalBackend, uv
 from kiln.build import build_cell
 from kiln.errors import ConfigError, KilnError
+from kiln.gpushim import cuda_only
 from kiln.home import CellResult, Home
-from kiln.matrix import expand
+from kiln.matrix import DEFAULT_PYTHONS, Variant, expand
+from kiln.profile import HOST, pick_variant, probe_facts, select
 from kiln.recipe import TOOLCHAINS_FILE, Recipe, load_recipe
-from kiln.toolchains import Toolchains, load_toolchains
+from kiln.toolchains import Toolchains, find_python, load_toolchains
 
 
 class InferError(KilnError):
@@ -54,7 +56,7 @@ NOT_DEPENDENCIES = {"setuptools", "distutils", "__future__", "pkg_resources"}
 """Modules a setup.py may import that its build system provides already."""
 
 Field = Literal["build.requires", "build.constraints", "build.replace", "build.env", "runtime.requires",
-                "runtime.run_exports", "matrix.torch"]
+                "runtime.run_exports", "runtime.replace", "matrix.torch", "matrix.cuda"]
 Stage = Literal["build", "smoke"]
 
 
@@ -71,7 +73,10 @@ class Draft:
     env: dict[str, str] = field(default_factory=dict)
     runtime_requires: list[str] = field(default_factory=list)
     run_exports: dict[str, str] = field(default_factory=dict)
+    runtime_replace: dict[str, str] = field(default_factory=dict)
     torch: str | None = None
+    cuda: str | None = None
+    """The CUDA build of a draft whose extension cannot be built without CUDA; None: cpu."""
     why: dict[str, str] = field(default_factory=dict)
 
     def yaml(self) -> str:
@@ -99,10 +104,12 @@ class Draft:
             lines += ["build:", *(b for b in build if b)]
         lines.append("matrix:")
         if self.torch:
-            lines += [line("  ", "torch", f'["{self.torch}"]', [self.why.get("matrix.torch", "")]), '  cuda: ["cpu"]']
-        lines.append(f'  python: ["{self.python}"]')
+            lines += [line("  ", "torch", f'["{self.torch}"]', [self.why.get("matrix.torch", "")]),
+                      line("  ", "cuda", f'["{self.cuda or "cpu"}"]', [self.why.get("matrix.cuda", "")])]
+        lines.append(line("  ", "python", f'["{self.python}"]', [self.why.get("matrix.python", "")]))
         runtime = [listed("  ", "requires", "runtime.requires", self.runtime_requires) if self.runtime_requires else "",
-                   mapping("  ", "run_exports", "runtime.run_exports", self.run_exports) if self.run_exports else ""]
+                   mapping("  ", "run_exports", "runtime.run_exports", self.run_exports) if self.run_exports else "",
+                   mapping("  ", "replace", "runtime.replace", self.runtime_replace) if self.runtime_replace else ""]
         if any(runtime):
             lines += ["runtime:", *(r for r in runtime if r)]
         return "\n".join(lines) + "\n"
@@ -129,10 +136,12 @@ class Change:
     def describe(self) -> str:
         if self.field in ("build.env", "runtime.run_exports"):
             return f"{self.field}.{self.key} = {self.value}"
-        if self.field == "build.replace":
-            return f"build.replace: {self.key} -> {self.value}"
+        if self.field in ("build.replace", "runtime.replace"):
+            return f"{self.field}: {self.key} -> {self.value}"
         if self.field == "matrix.torch":
             return f"matrix.torch = [{self.value}], cuda = [cpu]"
+        if self.field == "matrix.cuda":
+            return f"matrix.torch = [{self.key}], cuda = [{self.value}]"
         return f"{self.field} += {self.value}"
 
     def apply(self, draft: Draft) -> bool:
@@ -143,9 +152,16 @@ class Change:
             draft.torch = self.value
             draft.why["matrix.torch"] = self.why
             return True
-        if self.field in ("build.env", "runtime.run_exports", "build.replace"):
+        if self.field == "matrix.cuda":
+            if draft.cuda:
+                return False
+            draft.torch, draft.cuda = self.key, self.value
+            draft.why["matrix.cuda"] = self.why
+            draft.env = {k: v for k, v in draft.env.items() if not k.endswith(CPU_KNOBS)}
+            return True
+        if self.field in ("build.env", "runtime.run_exports", "build.replace", "runtime.replace"):
             target = {"build.env": draft.env, "runtime.run_exports": draft.run_exports,
-                      "build.replace": draft.replace}[self.field]
+                      "build.replace": draft.replace, "runtime.replace": draft.runtime_replace}[self.field]
             if target.get(self.key) == self.value:
                 return False
             target[self.key] = self.value
@@ -230,6 +246,14 @@ class Context:
                     continue
         return names
 
+    def cuda_variant(self) -> Variant | None:
+        """The CUDA variant the host profile builds for the draft's Python (kiln.profile.pick_variant:
+        nvcc's CUDA major here, else NVIDIA's compiler packages from the index); None without one."""
+        variants = [Variant(minor, build) for minor, spec in self.toolchains.torch.items()
+                    for build in spec.builds if build != "cpu" and self.python in spec.python]
+        variant, _ = pick_variant(variants, self.toolchains, probe_facts())
+        return variant
+
     def torch_minor(self) -> str | None:
         """The newest torch minor with a cpu build for the draft's Python."""
         minors = [m for m, spec in self.toolchains.torch.items() if "cpu" in spec.builds and self.python in spec.python]
@@ -239,11 +263,15 @@ class Context:
 Rule = Callable[[Failure, Draft, Context], Change | None]
 
 _NO_MODULE = re.compile(r"No module named '([\w.]+)'")
+_QUIET_NO_MODULE = "Failed to initialize NumPy"
 
 
 def missing_module(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
-    """`No module named 'X'`: a build requirement (while building) or a runtime one (smoke test)."""
-    m = _NO_MODULE.search(failure.line) or _NO_MODULE.search(failure.log[-20000:])
+    """`No module named 'X'`: a build requirement (while building) or a runtime one (smoke test).
+    torch's own warning when numpy is absent (`Failed to initialize NumPy: No module named 'numpy'`)
+    is no failure of the build's and is not read."""
+    log = "\n".join(ln for ln in failure.log[-20000:].splitlines() if _QUIET_NO_MODULE not in ln)
+    m = _NO_MODULE.search(failure.line) or _NO_MODULE.search(log)
     if not m:
         return None
     module = m.group(1)
@@ -285,7 +313,8 @@ def numpy_removed_api(failure: Failure, draft: Draft, ctx: Context) -> Change | 
 
 
 _CYTHON3 = re.compile(r"Error compiling Cython file|Cython\.Compiler\.Errors|\.pyx:\d+:\d+: ")
-_OLD_GENERATED_C = re.compile(r"error: .*(longintrepr\.h|curexc_\w+|exc_type|_PyLong_AsByteArray|tp_print|ob_shash|"
+_OLD_GENERATED_C = re.compile(r"error: .*(longintrepr\.h|lvalue required as increment operand|"
+                              r"curexc_\w+|exc_type|_PyLong_AsByteArray|tp_print|ob_shash|"
                               r"_PyGen_Send|PyUnicode_AS_UNICODE|Py_UNICODE|'PyFrameObject'|f_lasti|"
                               r"_PyErr_StackItem|ma_version_tag|_Py_IsFinalizing)")
 
@@ -377,13 +406,109 @@ def cuda_knob(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
     return None
 
 
+_DEPENDS_ON = re.compile(r"(?P<who>[A-Za-z0-9][\w.-]*)==\S+ depends on (?P<req>[^\s,]+(?:,[^\s,]+)*)")
+
+
+def upstream_bound(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """The wheel's own runtime requirements do not resolve because of an upstream upper bound no
+    release satisfies for this Python (`numpy<1.20` on 3.12): rewrite it (runtime.replace) to its
+    lower bounds alone; the smoke test then says whether the package runs with what installs."""
+    if failure.stage != "smoke" and "do not resolve" not in failure.line:
+        return None
+    for m in _DEPENDS_ON.finditer(f"{failure.line}\n{failure.log[-20000:]}"):
+        if canonicalize_name(m["who"]) != canonicalize_name(draft.project):
+            continue
+        try:
+            req = Requirement(m["req"])
+        except InvalidRequirement:
+            continue
+        if not any(sp.operator in ("<", "<=", "==", "~=") for sp in req.specifier):
+            continue
+        return Change("runtime.replace", unbounded(req), f"no release satisfies upstream's {req} on Python "
+                      f"{draft.python}", key=str(req))
+    return None
+
+
+def unbounded(req: Requirement) -> str:
+    """``req`` without its upper bounds: ``numpy>=1.16,<1.20`` -> ``numpy>=1.16``, ``x~=1.2`` ->
+    ``x>=1.2``, ``x==1.*`` -> ``x>=1``."""
+    kept = []
+    for sp in req.specifier:
+        if sp.operator in (">=", ">", "!="):
+            kept.append(str(sp))
+        elif sp.operator in ("~=", "=="):
+            kept.append(f">={sp.version.removesuffix('.*')}")
+    return req.name + ",".join(sorted(kept))
+
+
+_STRICT = re.compile(r"error: .*\[-W(?:error=)?(?P<flag>narrowing|implicit-function-declaration|implicit-int|"
+                     r"incompatible-pointer-types|int-conversion|return-mismatch|declaration-missing-parameter-type)\]")
+
+
+def compiler_strictness(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """Old code that newer compilers reject by default (C++11's narrowing rules, GCC 14's C errors:
+    an implicit declaration, incompatible pointer types): the diagnostic turned back into a warning,
+    through CXXFLAGS for C++ (setuptools compiles C++ with CXXFLAGS) and CFLAGS for C."""
+    if failure.stage != "build" or not (m := _STRICT.search(failure.line) or _STRICT.search(failure.log[-40000:])):
+        return None
+    cxx = m["flag"] == "narrowing"
+    flag, key = ("-Wno-narrowing", "CXXFLAGS") if cxx else (f"-Wno-error={m['flag']}", "CFLAGS")
+    have = draft.env.get(key, "")
+    if flag in have.split():
+        return None
+    return Change("build.env", f"{have} {flag}".strip(), f"the compiler rejects old code: [-W{m['flag']}]", key=key)
+
+
+_MISSING_HEADER = re.compile(r"fatal error: (?P<header>[\w./+-]+\.h(?:pp)?): No such file or directory")
+_BUNDLE_KNOB = re.compile(r"""(?:getenv|environ\.get|environ\[)\(?\s*['"](?P<name>[A-Z0-9_]*(?:BUILD|BUNDLE|EMBED|"""
+                          r"""VENDOR|INTERNAL|STATIC)[A-Z0-9_]*)['"]\s*(?:,[^)]*)?\)?\]?\s*(?:==\s*['"](?P<value>[^'"]+)['"])?""")
+
+
+def bundled_library_knob(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """A header of a system library the build box lacks (`fuzzy.h`), from a setup.py that can
+    build the library it bundles when a variable says so (`os.environ.get("BUILD_LIB") == "1"`):
+    set that variable (to the value setup.py compares it with, else 1)."""
+    if failure.stage != "build" or not (_MISSING_HEADER.search(failure.line) or
+                                        _MISSING_HEADER.search(failure.log[-40000:])):
+        return None
+    for m in _BUNDLE_KNOB.finditer(ctx.setup_py):
+        name = m["name"]
+        if name not in draft.env and not name.endswith(CPU_KNOBS) and "CUDA" not in name:
+            return Change("build.env", m["value"] or "1", "a library header is missing; setup.py builds the one it "
+                          "bundles when told", key=name)
+    return None
+
+
+_NEEDS_CUDA = re.compile(r"CUDA_HOME environment variable is not set|CPU version is not implemented|"
+                         r"torch\.cuda\.is_available\(\)|No CUDA runtime is found|requires CUDA|"
+                         r"CUDA (?:is )?(?:required|not available|not found)|nvcc (?:was )?not found", re.IGNORECASE)
+
+
+def needs_cuda(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """A torch extension that cannot be built without CUDA, failing in a cpu cell (its setup.py
+    refuses, or asks for CUDA_HOME): build it in the host profile's CUDA variant instead. After
+    `cuda_knob`: a knob that turns CUDA off is the package's own way to a cpu build."""
+    if failure.stage != "build" or not draft.torch or draft.cuda:
+        return None
+    if not _NEEDS_CUDA.search(failure.line) and not _NEEDS_CUDA.search(failure.log[-20000:]):
+        return None
+    variant = ctx.cuda_variant()
+    if variant is None or variant.torch is None or variant.cuda is None:
+        return None
+    return Change("matrix.cuda", variant.cuda, f"the extension needs CUDA: {_short(failure.line, 100)}",
+                  key=variant.torch)
+
+
 RULES: list[Rule] = [pkg_resources, missing_module, numpy_removed_api, cython, setup_requires_fetch,
-                     required_by_message, cmake_policy, cuda_knob]
+                     required_by_message, upstream_bound, compiler_strictness, bundled_library_knob, cmake_policy,
+                     cuda_knob, needs_cuda]
 
 
 # ----------------------------------------------------------------------------- what the sdist says
 
 
+CPU_KNOBS = ("SKIP_CUDA_BUILD", "FORCE_ONLY_CPU", "FORCE_CPU")
+"""The knobs of `knobs` that turn CUDA off: dropped when a draft moves to a CUDA cell."""
 _KNOB = re.compile(r"""(?:getenv|environ\.get|environ\[)\(?\s*['"]([A-Z0-9_]*(?:FORCE_BUILD|SKIP_CUDA_BUILD|"""
                    r"""FORCE_ONLY_CPU|FORCE_CPU))['"]""")
 
@@ -427,6 +552,11 @@ def static_draft(draft: Draft, srcdir: Path, ctx: Context, say: Callable[[str], 
             if minor is None:
                 continue
             change = Change("matrix.torch", minor, "setup.py imports torch")
+            why = cuda_only(text)
+            variant = ctx.cuda_variant() if why else None
+            if variant is not None and variant.torch is not None and variant.cuda is not None:
+                change = Change("matrix.cuda", variant.cuda, f"setup.py builds CUDA code only ({why})",
+                                key=variant.torch)
         else:
             dist = ctx.distribution(module)
             if dist is None:
@@ -510,6 +640,7 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
     last = ""
     deps: list[Path] = []
     tried: set[str] = set()
+    tried_pythons = [python]
     for attempt in range(1, max_tries + 1):
         state = draft.yaml() + "".join(f"\n{d.name}" for d in deps)  # the draft and the recipes beside it
         if state in tried:
@@ -519,8 +650,14 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
         (drafts / f"{project}.yaml").write_text(draft.yaml())
         recipe = load_recipe(drafts / f"{project}.yaml")
         cells = expand([recipe], toolchains)
+        if draft.cuda:  # built as `kiln up` builds it here: the host's GPU archs (+ PTX of the lowest served)
+            picked = select(cells, toolchains, HOST, probe_facts(), pythons=[draft.python])
+            cells = [c for c in picked.cells if c.variant.cuda_major]
+            if not cells:
+                raise InferError(f"{project} {version}: needs CUDA, and this host builds no CUDA cell: "
+                                 f"{picked.why_none or picked.describe()}")
         if not cells:
-            raise InferError(f"{project} {version}: the draft has no cell for Python {python}")
+            raise InferError(f"{project} {version}: the draft has no cell for Python {draft.python}")
         result = build_cell(cells[0], toolchains, trial_home, work / "wheelhouse", LocalBackend(), index)
         if result.status == "built":
             recipes_dir.mkdir(parents=True, exist_ok=True)
@@ -531,6 +668,19 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
             target.write_text(draft.yaml())
             say(f"try {attempt}: built and smoke-tested {cells[0].id} -> wrote {target}")
             return InferResult(target, attempt, draft)
+        if result.status == "not-buildable":  # impossible on this Python: try another one
+            reason = result.error or "not buildable"
+            last = f"not buildable on Python {draft.python}: {reason}"
+            other = next_python(draft, ctx, tried_pythons)
+            if other is None:
+                raise InferError(f"{project} {version}: not buildable on any Python kiln builds here "
+                                 f"({', '.join(tried_pythons)}); last: {reason}")
+            say(f"try {attempt}: not buildable on Python {draft.python}: {_short(reason)} -> matrix.python = [{other}]")
+            draft.why["matrix.python"] = "; ".join(w for w in (draft.why.get("matrix.python"), f"not {draft.python}: "
+                                                   f"{reason}") if w)
+            draft.python = ctx.python = other
+            tried_pythons.append(other)
+            continue
         failure = Failure.of(result)
         last = f"{failure.line} (log: {result.log})"
         if (m := _CLOSURE_FAILURE.match(failure.line)) and depth < MAX_DEPTH \
@@ -553,6 +703,18 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
             say(f"try {attempt}: {_short(failure.line)} -> no rule applies")
             raise InferError(f"{project} {version}: no working recipe; last failure: {last}")
     raise InferError(f"{project} {version}: no working recipe after {max_tries} tries; last failure: {last}")
+
+
+def next_python(draft: Draft, ctx: Context, tried: list[str]) -> str | None:
+    """The Python a draft tries after a cell found not buildable: of those kiln builds it for (the
+    torch minor's, else every Python a recipe defaults to) and this host has, the newest below the
+    Pythons tried (an old package fails on new Pythons), else the oldest above them."""
+    pool = ctx.toolchains.torch[draft.torch].python if draft.torch else DEFAULT_PYTHONS
+    here = [p for p in pool if p not in tried and find_python(p) is not None]
+    lower = [p for p in here if Version(p) < min(Version(t) for t in tried)]
+    if lower:
+        return max(lower, key=Version)
+    return min(here, key=Version) if here else None
 
 
 def _short(line: str, width: int = 160) -> str:

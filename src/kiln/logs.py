@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import IO, Protocol, Self, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from kiln.errors import ConfigError
@@ -230,7 +231,12 @@ class RichProgress:
         if result.cell not in self._tasks:
             return
         task, label = self._tasks.pop(result.cell)
-        mark = "[green]built" if result.status == "built" else f"[red]FAILED ({result.error}) log: {result.log}"
+        if result.status == "built":
+            mark = "[green]built"
+        elif result.status == "not-buildable":
+            mark = f"[yellow]not buildable ({escape(result.error or '')})"
+        else:
+            mark = f"[red]FAILED ({escape(result.error or '')}) log: {escape(result.log)}"
         self._progress.update(task, completed=1, description=f"{label}: {mark}")
         self._progress.stop_task(task)
 

@@ -12,6 +12,12 @@ rebuilt for the union of both lists under the next build number, and the narrowe
 published. What a wheel was built for is its provenance's `cuda_archs` (and `cuda_archs_found`),
 read from the wheelhouse, else from the cell's last result here; a wheel known by neither counts
 as wide enough.
+
+A cell is not buildable for a reason of this host (no such Python, no nvcc of its CUDA major, its
+torch's index unset), or because its last build here found it impossible (kiln.feasible: the
+package's Requires-Python excludes its Python, or a build requirement publishes wheels but none for
+it). The second holds for the recipe that build had (its sha256): `kiln build` and `kiln up` skip
+the cell until the recipe changes, or `kiln build --force` tries it again.
 """
 
 from __future__ import annotations
@@ -91,6 +97,9 @@ class CellStatus:
     """For a CUDA cell: the nvcc a build here uses (kiln.cuda): ``host nvcc 13.0 (/usr/local/cuda)``,
     or NVIDIA's compiler packages from the index, ``index CUDA 13.0.* (...)`` (``index CUDA 13.0.88``
     once in the home's cache); None when there is none here (the cell is not buildable)."""
+    impossible: bool = False
+    """For a not-buildable cell: whether its last build here found it impossible (kiln.feasible), with
+    the recipe it has now, rather than this host lacking something."""
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -257,12 +266,22 @@ def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhous
                 _narrow(row, cell, toolchains, archs)
         elif result and result.status == "failed":
             row.status, row.detail = FAILED, f"{result.error} (log: {result.log})"
+        elif impossible(result, cell):
+            assert result is not None
+            row.status, row.impossible = NOT_BUILDABLE, True
+            row.detail = result.error or "found not buildable by its last build"
         elif reason := not_buildable(cell, toolchains):
             row.status, row.detail = NOT_BUILDABLE, reason
         elif row.cuda_toolkit:
             row.detail = f"nvcc: {row.cuda_toolkit}"
         rows.append(row)
     return rows
+
+
+def impossible(result: CellResult | None, cell: Cell) -> bool:
+    """Whether the cell's last build found it not buildable (kiln.feasible) with the recipe it has
+    now; a changed recipe (another sha256) makes it a cell to try again."""
+    return result is not None and result.status == "not-buildable" and result.recipe_sha256 == cell.recipe.sha256
 
 
 def toolkit_line(cuda_version: str | None, toolchains: Toolchains, home: Home) -> str | None:
@@ -328,7 +347,13 @@ def to_build(cells: list[Cell], rows: list[CellStatus], home: Home,
         row = by_id[cell.id]
         if cell.closure_of is not None and any(t.id == cell.closure_of for t in todo):
             continue
-        if row.status == NOT_BUILDABLE:
+        if row.status == NOT_BUILDABLE and row.impossible:
+            if force:
+                todo.append(cell)
+            else:
+                skipped.append(f"{cell.id}: not buildable: {row.detail} (found by its last build; "
+                               "a changed recipe, or --force, tries again)")
+        elif row.status == NOT_BUILDABLE:
             skipped.append(f"{cell.id}: not buildable here: {row.detail}")
         elif row.status == PUBLISHED and not force:
             skipped.append(f"{cell.id}: already published ({row.wheel})")

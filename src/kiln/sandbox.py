@@ -36,6 +36,17 @@ host's toolkits hidden the same way (``hide_host_cuda``), so nothing of them can
 build; the caller's CUDA_HOME, CUDA_PATH, CUDA_ROOT, CUDA_TOOLKIT_ROOT_DIR and CUDACXX (which name
 the host's) are not passed on, while kiln's own, which name the assembled home, are.
 
+In the build steps (the compile step and the backend hook, which runs the same setup.py; not the
+smoke test) torch answers about GPUs for the cell, never for the build box (kiln.gpushim): in a CUDA
+cell as one GPU per target architecture, lowest first (the cell's TORCH_CUDA_ARCH_LIST when kiln
+sets one, else the GPUs its variant index serves), so a setup.py that refuses to run without CUDA
+or reads ``torch.cuda.get_device_capability()`` builds on a machine without a GPU; in a cell
+without CUDA as a machine without a GPU, even on a box that has some. The answer is kiln's own
+variable KILN_GPU_SHIM; ``_kiln_gpu_shim.pth`` in the build environment's site-packages makes each
+Python process there replace ``torch.cuda``'s device functions once it is imported, and say so in
+the log. torch's files are not touched; the smoke test's fresh environment has no shim, and the
+wheel holds none of it.
+
 `Sandbox.wrap(cmd)` returns the command line: ``unshare`` (as root; as a mapped root in a user
 namespace when not root, or when root may not unshare) then ``python -P .../kiln/sandbox.py``,
 which hides the paths, drops the capabilities and runs ``cmd`` as the namespace's init (reaping

@@ -74,6 +74,8 @@ class IndexFile:
     filename: str
     url: str
     sha256: str | None
+    requires_python: str | None = None
+    """The file's PEP 691 ``requires-python`` (its Requires-Python metadata), when the index says."""
 
 
 def index_files(project: str, index_url: str) -> list[IndexFile]:
@@ -92,7 +94,8 @@ def index_files(project: str, index_url: str) -> list[IndexFile]:
         raise SourceError(f"{page}: unreachable ({getattr(exc, 'reason', exc)})") from None
     if SIMPLE_JSON not in ctype:
         raise SourceError(f"{page}: the index did not answer with the JSON simple API ({ctype})")
-    return [IndexFile(f["filename"], urllib.parse.urljoin(page, f["url"]), f.get("hashes", {}).get("sha256"))
+    return [IndexFile(f["filename"], urllib.parse.urljoin(page, f["url"]), f.get("hashes", {}).get("sha256"),
+                      f.get("requires-python") or None)
             for f in json.loads(body)["files"]]
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -104,6 +105,31 @@ class CudaSpec(_Model):
         return sort_ccs(v)
 
 
+class RunExportRule(_Model):
+    """A run-export that depends on the version the build used and on what the wheel's
+    extensions use (numpy's: built against 1.x, runs on 1.x only; against 2.x, on both)."""
+
+    built: dict[str, str]
+    """A specifier on the version the build environment held (`"<2"`) -> the runtime bound it
+    puts on the wheel (`minor`, `major`, `exact` or a specifier such as `"<2"`), which narrows
+    upstream's own requirement of the project; the first that matches applies, none: no bound."""
+    abi_strings: list[str] = []
+    """Strings an extension module holds when it uses the project's C API (numpy's
+    `import_array()` looks its table up by the name `_ARRAY_API`): the rule applies only to
+    wheels whose ELF files hold one of them; empty: to every wheel built with the project."""
+
+    @field_validator("built")
+    @classmethod
+    def _built(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            try:
+                SpecifierSet(key)
+            except InvalidSpecifier:
+                raise ValueError(f"expected a specifier like \"<2\" as a key, got {key!r}") from None
+            check_run_export(value)
+        return v
+
+
 class CiSpec(_Model):
     """How CI builds cells: the manylinux images cibuildwheel compiles in, and the runners."""
 
@@ -160,11 +186,13 @@ class Toolchains(_Model):
     """torch minor (`"2.14"`) -> its spec."""
     ci: CiSpec = CiSpec()
     """How the CI workflow (`kiln ci render`) builds cells."""
-    run_exports: dict[str, str] = {"torch": "minor"}
+    run_exports: dict[str, str | RunExportRule] = {"torch": "minor"}
     """Build dependencies whose ABI leaks into every wheel built against them, as conda-forge's
     run_exports: project -> the runtime bound put on the wheel from the version the build used:
-    `minor` (`torch==2.14.*`), `major` (`>=1.26,<2`), `exact`, or a specifier (`<2`). Applied
-    when the build environment held the project; recipes add entries (`runtime.run_exports`)."""
+    `minor` (`torch==2.14.*`), `major` (`>=1.26,<2`), `exact`, or a specifier (`<2`); or a rule
+    (`built`, `abi_strings`) for a project whose bound depends on its version and on whether the
+    wheel's extensions use its C API. Applied when the build environment held the project;
+    recipes add or override entries (`runtime.run_exports`)."""
     path: Path = Field(default=Path("."), exclude=True)
 
     @field_validator("cuda_archs")
@@ -186,8 +214,9 @@ class Toolchains(_Model):
 
     @field_validator("run_exports")
     @classmethod
-    def _run_exports(cls, v: dict[str, str]) -> dict[str, str]:
-        return {canonicalize_name(k): check_run_export(val) for k, val in v.items()}
+    def _run_exports(cls, v: dict[str, str | RunExportRule]) -> dict[str, str | RunExportRule]:
+        return {canonicalize_name(k): val if isinstance(val, RunExportRule) else check_run_export(val)
+                for k, val in v.items()}
 
     def torch_spec(self, minor: str) -> TorchSpec | None:
         return self.torch.get(minor)

@@ -31,6 +31,9 @@ class UpReport:
     uploaded: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    """One line per cell this host cannot build (``<cell>: <why>``)."""
+    impossible: list[str] = field(default_factory=list)
+    """One line per cell a build found cannot exist (kiln.feasible), this run's or an earlier one's."""
     planned: list[estimate.Estimate] = field(default_factory=list)
     """What was to be built, each cell with its estimate, said before the build started."""
     notes: list[str] = field(default_factory=list)
@@ -83,7 +86,8 @@ def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: i
     wheelhouse = home.wheelhouse
     status = cell_status(cells, toolchains, home, wheelhouse, published)
     report.already = [r.wheel or r.cell for r in status if r.status == PUBLISHED]
-    report.skipped = [f"{r.cell}: {r.detail}" for r in status if r.status == NOT_BUILDABLE]
+    report.skipped = [f"{r.cell}: {r.detail}" for r in status if r.status == NOT_BUILDABLE and not r.impossible]
+    report.impossible = [f"{r.cell}: {r.detail}" for r in status if r.status == NOT_BUILDABLE and r.impossible]
     todo, _ = to_build(cells, status, home)
     unserved = [r for r in status if r.status == UNSERVED and r.wheel and r.on_mirror]
     if todo:
@@ -91,7 +95,8 @@ def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: i
         say_plan(todo, report.planned, console)
         results = build_cells(todo, toolchains, home, wheelhouse, get_backend(backend), index_url, console)
         report.built = [w for r in results if r.status == "built" and r.wheel for w in [r.wheel, *r.closure_built]]
-        report.failed = [f"{r.cell}: {r.error} (log: {r.log})" for r in results if r.status != "built"]
+        report.failed = [f"{r.cell}: {r.error} (log: {r.log})" for r in results if r.status == "failed"]
+        report.impossible += [f"{r.cell}: {r.error}" for r in results if r.status == "not-buildable"]
     rows = {r.cell: r for r in cell_status(cells, toolchains, home, wheelhouse, published)}
     wheels = [wheelhouse / r.wheel for r in rows.values() if r.status == BUILT and r.wheel]
     if wheels:

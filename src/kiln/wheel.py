@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from email.generator import BytesGenerator
 from email.message import Message
@@ -26,13 +27,16 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from kiln import archs
+from kiln.buildreqs import rule_for
 from kiln.errors import BuildError
 from kiln.matrix import Cell
-from kiln.toolchains import Toolchains
+from kiln.recipe import RUN_EXPORT_KINDS
+from kiln.toolchains import RunExportRule, Toolchains
 
 PROVENANCE = "kiln.json"
 # Libraries a torch extension links that must come from torch's own wheels at run time,
@@ -78,10 +82,19 @@ class Provenance:
     lower minor of its major) or ``ptx`` (compiled by the driver on first use)."""
     gpus_reason: str | None = None
     """Why the recipe serves fewer GPUs than the index's table (its ``build.gpus.reason``)."""
+    runtime_replaced: dict[str, str | None] | None = None
+    """What the recipe's ``runtime.replace`` changed in upstream's Requires-Dist: upstream's
+    requirement -> the one written (None: dropped)."""
     cuda_toolkit: str | None = None
     """For a CUDA wheel: the CUDA toolkit that compiled it (kiln.cuda): ``host /usr/local/cuda-13.0
     (nvcc 13.0)``, or NVIDIA's packages from the index, ``index: nvidia-cuda-nvcc 13.0.88,
     nvidia-nvvm 13.0.88, ...``, or a CI image's."""
+    cython_regenerated: dict[str, str] | None = None
+    """The sdist's stale Cython output that kiln removed before the build so that the package's
+    own cythonize wrote it again (kiln.cythonize, the recipe's ``build.regenerate_cython``): each
+    file -> the Cython that generated it, ``{"pkg/_x.c": "0.29.21"}``; None when none was."""
+    cython_regenerated_by: str | None = None
+    """The build environment's Cython, which regenerated them: ``3.0.11``."""
 
 
 def run_export(name: str, kind: str, version: str) -> str:
@@ -96,9 +109,26 @@ def run_export(name: str, kind: str, version: str) -> str:
     return f"{name}{kind}"
 
 
-def pins_for(cell: Cell, toolchains: Toolchains, installed: dict[str, str]) -> list[str]:
+@dataclass(frozen=True)
+class Pin:
+    """A runtime requirement the build environment puts on the wheel (a run-export)."""
+
+    requirement: str
+    """``torch==2.14.*``, ``numpy<2``."""
+    narrows: bool = False
+    """True: it narrows upstream's own requirement of the project (``numpy>=1.16`` becomes
+    ``numpy>=1.16,<2``); False: it replaces it (torch's minor pin)."""
+    why: str = ""
+    """Why a rule applied (which extension uses the project's C API), for the log."""
+
+    def __str__(self) -> str:
+        return self.requirement
+
+
+def pins_for(cell: Cell, toolchains: Toolchains, installed: dict[str, str], wheel: Path | None = None) -> list[Pin]:
     """The run-exports of the build environment: toolchains.yaml's table plus the recipe's, for
-    each project the build held, e.g. ``torch==2.14.*``."""
+    each project the build held, e.g. ``torch==2.14.*``. A rule with ``abi_strings`` applies only
+    to a ``wheel`` whose ELF files hold one of them (none given: it does not apply)."""
     pins = []
     own = cell.recipe.run_exports
     for name, kind in {**toolchains.run_exports, **own}.items():
@@ -107,13 +137,47 @@ def pins_for(cell: Cell, toolchains: Toolchains, installed: dict[str, str]) -> l
             if name in own:
                 raise BuildError(f"{cell.id}: runtime run-export names {name}, which the build environment lacks")
             continue
-        pins.append(run_export(name, kind, version))
+        if isinstance(kind, RunExportRule):
+            if pin := _rule_pin(name, kind, version, wheel):
+                pins.append(pin)
+            continue
+        pins.append(Pin(run_export(name, kind, version), narrows=kind not in RUN_EXPORT_KINDS))
     return pins
 
 
-def finish(raw: Path, cell: Cell, provenance: Provenance, pins: list[str], out_dir: Path,
+def _rule_pin(name: str, rule: RunExportRule, version: str, wheel: Path | None) -> Pin | None:
+    bound = next((b for spec, b in rule.built.items() if Version(version) in SpecifierSet(spec)), None)
+    if bound is None:
+        return None
+    why = f"built against {name} {version}"
+    if rule.abi_strings:
+        users = elf_members_holding(wheel, rule.abi_strings) if wheel is not None else []
+        if not users:
+            return None
+        why += f"; {', '.join(users)} use{'s' if len(users) == 1 else ''} its C API"
+    return Pin(run_export(name, bound, version), narrows=True, why=why)
+
+
+def elf_members_holding(wheel: Path, strings: list[str]) -> list[str]:
+    """The ELF files of ``wheel`` (its extension modules, bundled libraries) that hold any of
+    ``strings``, by their path in the wheel."""
+    wanted = [s.encode() for s in strings]
+    found = []
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            data = zf.read(info)
+            if data[:4] == b"\x7fELF" and any(w in data for w in wanted):
+                found.append(info.filename)
+    return found
+
+
+def finish(raw: Path, cell: Cell, provenance: Provenance, pins: list[Pin], out_dir: Path,
            ld_paths: list[Path], work: Path) -> Path:
-    """The finished wheel in ``out_dir``, from the raw one the build made."""
+    """The finished wheel in ``out_dir``, from the raw one the build made: upstream's
+    Requires-Dist after the recipe's ``runtime.replace``, the run-exports and ``runtime.requires``
+    (the provenance records what was replaced)."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -122,7 +186,15 @@ def finish(raw: Path, cell: Cell, provenance: Provenance, pins: list[str], out_d
     _run([sys.executable, "-m", "wheel", "unpack", "--dest", str(unpacked), str(repaired)], cell)
     (root,) = list(unpacked.iterdir())
     (dist_info,) = [p for p in root.iterdir() if p.name.endswith(".dist-info")]
-    rewrite_metadata(dist_info / "METADATA", pins + list(cell.recipe.runtime.requires))
+    rules = cell.recipe.runtime.replace
+    upstream = requires_dist(dist_info / "METADATA")
+    for key in rules:
+        if not any(rule_for({key: None}, Requirement(line)) for line in upstream):
+            raise BuildError(f"{cell.recipe.path}:{cell.recipe.line('runtime', 'replace', key)}: runtime.replace: "
+                             f"{key} matches none of {cell.project} {cell.version}'s requirements "
+                             f"({', '.join(upstream) or 'it declares none'})")
+    replaced = rewrite_metadata(dist_info / "METADATA", [*pins, *cell.recipe.runtime.requires], rules)
+    provenance.runtime_replaced = replaced or None
     (dist_info / PROVENANCE).write_text(json.dumps(asdict(provenance), indent=2) + "\n")
     out_dir.mkdir(parents=True, exist_ok=True)
     (work / "packed").mkdir()
@@ -167,30 +239,76 @@ def repair(raw: Path, dest: Path, ld_paths: list[Path]) -> Path:
     raise BuildError(f"auditwheel repair of {raw.name} failed: {last}")
 
 
-def rewrite_metadata(path: Path, pins: list[str]) -> None:
-    """Replace each pinned project's Requires-Dist (keeping markers) and add missing ones."""
+def rewrite_metadata(path: Path, pins: Sequence[Pin | str], replace: Mapping[str, str | None] | None = None
+                     ) -> dict[str, str | None]:
+    """Rewrite a wheel's Requires-Dist: upstream's requirements that a ``replace`` rule matches
+    (kiln.buildreqs.rule_for) are replaced (keeping upstream's marker when the rule's value has
+    none) or dropped (None); then each pinned project's requirement is replaced (a `Pin` that
+    narrows is intersected with it instead), markers and extras kept, and missing pins added; a
+    requirement asked for only with an extra is left as it is, and the pin added beside it.
+    Returns what was replaced: upstream's requirement -> the one written (None: dropped)."""
     msg: Message = BytesParser(policy=email.policy.compat32).parse(path.open("rb"))
     reqs = msg.get_all("Requires-Dist", [])
-    wanted = {canonicalize_name(Requirement(p).name): Requirement(p) for p in pins}
-    out: list[str] = []
-    done: set[str] = set()
+    replaced: dict[str, str | None] = {}
+    upstream: list[str] = []
     for line in reqs:
         req = Requirement(line)
-        key = canonicalize_name(req.name)
+        if replace and (key := rule_for(replace, req)) is not None:
+            value = replace[key]
+            if value is None:
+                replaced[line] = None
+                continue
+            new = Requirement(value)
+            if new.marker is None:
+                new.marker = req.marker
+            replaced[line] = str(new)
+            upstream.append(str(new))
+        else:
+            upstream.append(line)
+    wanted: dict[str, Pin] = {}
+    for p in pins:  # a project pinned twice (a run-export and runtime.requires) gets both bounds
+        pin = p if isinstance(p, Pin) else Pin(p)
+        key = canonicalize_name(Requirement(pin.requirement).name)
         if key in wanted:
-            new = Requirement(str(wanted[key]))
+            both = Requirement(wanted[key].requirement)
+            both.specifier &= Requirement(pin.requirement).specifier
+            pin = Pin(str(both), narrows=wanted[key].narrows or pin.narrows, why=wanted[key].why or pin.why)
+        wanted[key] = pin
+    out: list[str] = []
+    done: set[str] = set()
+    for line in upstream:
+        req = Requirement(line)
+        key = canonicalize_name(req.name)
+        if key in wanted and not _under_extra(req):
+            pin = wanted[key]
+            new = Requirement(pin.requirement)
+            if pin.narrows:
+                new.specifier = req.specifier & new.specifier
             new.marker = req.marker
             new.extras = req.extras
             out.append(str(new))
             done.add(key)
         else:
             out.append(line)
-    out += [str(r) for k, r in wanted.items() if k not in done]
+    out += [p.requirement for k, p in wanted.items() if k not in done]
     del msg["Requires-Dist"]
     for line in out:
         msg["Requires-Dist"] = line
     with path.open("wb") as f:
         BytesGenerator(f, mangle_from_=False, maxheaderlen=0).flatten(msg)  # the body is a README, not mbox
+    return replaced
+
+
+def _under_extra(req: Requirement) -> bool:
+    """Whether ``req`` is asked for only with an extra (``numpy; extra == "all"``): a pin is not
+    merged into it (the pin is added on its own line, for every install)."""
+    return req.marker is not None and "extra" in str(req.marker)
+
+
+def requires_dist(metadata: Path) -> list[str]:
+    """The Requires-Dist lines of a METADATA file."""
+    msg: Message = BytesParser(policy=email.policy.compat32).parse(metadata.open("rb"))
+    return [str(r) for r in msg.get_all("Requires-Dist", [])]
 
 
 # What a wheel built without CUDA must not hold: a link to a CUDA library, or device code.

@@ -13,6 +13,7 @@ from kiln.toolchains import Toolchains
 if TYPE_CHECKING:
     from kiln.buildreqs import BuildRequirements
     from kiln.cuda import Toolkit
+    from kiln.cythonize import Regeneration
 
 
 @dataclass
@@ -55,6 +56,9 @@ class CompileResult:
     cuda_toolkit: str | None = None
     """The CUDA toolkit that compiled it, as the provenance records it (kiln.cuda.Toolkit.describe:
     ``host /usr/local/cuda (nvcc 13.0)``, ``index: nvidia-cuda-nvcc 13.0.88, ...``)."""
+    cython: Regeneration | None = None
+    """The sdist's stale Cython output removed before the build (kiln.cythonize), when the backend
+    knows."""
 
 
 class Backend(Protocol):

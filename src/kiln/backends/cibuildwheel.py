@@ -23,7 +23,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from kiln import buildreqs
+from kiln import buildreqs, cythonize, gpushim
 from kiln.backends import CompileJob, CompileResult
 from kiln.buildreqs import BuildRequirements
 from kiln.errors import BuildError, ConfigError, HostError
@@ -45,6 +45,8 @@ RECORD = "kiln-build-env.txt"
 
 FRONTEND = "build; args: --no-isolation"
 BACKEND_REQUIRES = "/tmp/kiln-backend-requires.txt"
+CYTHON_RECORD = "/tmp/kiln-cython.txt"
+"""What kiln.cythonize removed in the container, copied into the build record."""
 
 # Keys of kiln.build.build_env that describe this host, replaced by the container's own.
 _HOST_KEYS = ("CUDA_HOME", "PIP_CONSTRAINT", "UV_CONSTRAINT", "PIP_NO_INDEX", "CC", "CXX",
@@ -114,8 +116,13 @@ def container_env(cell: Cell, toolchains: Toolchains, ccache_dir: Path,
 
 def before_build(cell: Cell, toolchains: Toolchains, reqs: BuildRequirements) -> str:
     """Write the constraints; install torch and the build requirements under them (tiers 1 and
-    2 of kiln.buildreqs, then what the backend hook answers in the container); put ccache in
-    front of the compilers; record the build environment."""
+    2 of kiln.buildreqs, then what the backend hook answers in the container); before the hook
+    runs the package's setup.py, put kiln.gpushim into the container's Python (from the host's
+    kiln through the host mount), so torch answers about GPUs for the cell (KILN_GPU_SHIM, in
+    CIBW_ENVIRONMENT; cibuildwheel's test step runs in a venv of its own, without it); remove the stale
+    Cython output (kiln.cythonize, run from the host's kiln through the host mount: kiln is not
+    installed in the container); put ccache in front of the compilers; record the build
+    environment."""
     from kiln.build import constraint_lines
 
     index = extra_index(cell, toolchains)
@@ -134,12 +141,17 @@ def before_build(cell: Cell, toolchains: Toolchains, reqs: BuildRequirements) ->
     ]
     if cell.variant.cuda_major:
         record.append('echo "# nvcc: $("$CUDA_HOME/bin/nvcc" --version | grep -o "release [0-9.]*")"')
+    record.append(f"cat {CYTHON_RECORD}")
     record.append("python -m pip freeze --all")
+    script = HOST_MOUNT + str(Path(cythonize.__file__).resolve())
+    keep = [] if cell.recipe.build.regenerate_cython else ["--keep"]
     steps = [
         (f'printf "%s\\n" {_join(lines)} > {CONSTRAINTS}' if lines else f": > {CONSTRAINTS}"),
         _join(install + first),
+        _join(gpushim.install_command(HOST_MOUNT + str(Path(gpushim.__file__).resolve()))),
         f"python -c {_quote(hook)}",
         f"{{ ! [ -s {BACKEND_REQUIRES} ] || {_join(install)} -r {BACKEND_REQUIRES}; }}",
+        f"python -I {_join([script, '.', *keep])} > {CYTHON_RECORD}",
         f"mkdir -p {CCACHE_LINKS}",
         f"for c in cc c++ gcc g++; do ln -sf \"$(command -v ccache)\" {CCACHE_LINKS}/$c; done",
         f"mkdir -p {CONTAINER_OUTPUT}",
@@ -231,6 +243,8 @@ class BuildRecord:
     compiler: str = ""
     nvcc: str | None = None
     freeze: list[str] = field(default_factory=list)
+    cython: cythonize.Regeneration | None = None
+    """The stale Cython output before-build removed (kiln.cythonize), from the record's lines."""
 
     @property
     def installed(self) -> dict[str, str]:
@@ -259,11 +273,12 @@ class BuildRecord:
                 rec.nvcc = m.group(1) if m else None
             elif line.strip() and not line.startswith("#"):
                 rec.freeze.append(line.strip())
+        rec.cython = cythonize.Regeneration.from_record(text.splitlines())
         return rec
 
     def result(self, wheel: Path) -> CompileResult:
         return CompileResult(wheel=wheel, installed=self.installed, freeze=self.freeze,
-                             python=self.python, compiler=self.compiler, nvcc=self.nvcc)
+                             python=self.python, compiler=self.compiler, nvcc=self.nvcc, cython=self.cython)
 
 
 def container_engine() -> str:

@@ -3,7 +3,8 @@ requirements (kiln.buildreqs), then `python -m build --wheel --no-isolation` in 
 (kiln.sandbox: no network, an allow-listed environment, the kiln home's secrets hidden; no CUDA
 toolkit for cells without CUDA; for a CUDA cell built with the index's compiler packages
 (kiln.cuda), its own CUDA home, made once the build environment exists, and the host's toolkits
-hidden). The backend hook runs the package's code too: in the same sandbox, with network."""
+hidden). The backend hook runs the package's code too: in the same sandbox, with network. In
+both, torch answers about GPUs for the cell, not for this machine (kiln.gpushim)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import TextIO
 
 from packaging.utils import canonicalize_name
 
-from kiln import buildreqs, cuda
+from kiln import buildreqs, cuda, cythonize, feasible, gpushim
 from kiln.backends import CompileJob, CompileResult
 from kiln.errors import BuildError, HostError
 from kiln.logs import decisive_line, read_from
@@ -162,11 +163,12 @@ class LocalBackend:
         compile_box = Sandbox(network=False, hide_cuda=hide_cuda, hide=job.hidden, hide_host_cuda=assembled)
         hook_box = Sandbox(network=True, hide_cuda=hide_cuda, hide=job.hidden, hide_host_cuda=assembled)
         reqs = buildreqs.static(job.source_dir, cell.recipe)
-        first = ["build", *reqs.installed_first]
-        if cell.torch_release:
-            first.insert(0, f"torch=={cell.torch_release}")
-        indexes = index_args(cell, job.toolchains, job.index_url)
-        python = make_env(cell.python, env_dir, first, job.constraints, indexes, log)
+        python = make_env(cell.python, env_dir, [], None, [], log)
+        # wheels only where the project publishes any: else the cell is not buildable (kiln.feasible)
+        feasible.install(job, python, feasible.first_tiers(reqs, cell.torch_release))
+        # torch in the hook and build steps answers about GPUs for the cell, not for this machine
+        gpushim.install_into(site_packages(python))
+        print(f"kiln: {gpushim.describe(job.env.get(gpushim.ENV))}", file=log, flush=True)
         path = job.env.get("PATH", os.environ.get("PATH", ""))
         if toolkit is not None:
             home = cuda.cell_home(toolkit, site_packages(python), toolkit.home)
@@ -182,11 +184,15 @@ class LocalBackend:
         hook_env = {k: v for k, v in env.items() if k != "PIP_NO_INDEX"}
         if backend := buildreqs.backend_hook(reqs, job.source_dir, python, cell.recipe, hook_env,
                                              hook_box, stash, log):
-            install(python, backend, job.constraints, indexes, log)
+            feasible.install(job, python, feasible.backend_tier(backend))
         for line in reqs.describe():
             print(f"kiln: {line}", file=log, flush=True)
         reqs.write(job.work_dir / "build-requirements")
         versions, freeze = installed(python)
+        # An old Cython's output shipped in the sdist is compiled as is unless it is removed.
+        cython = cythonize.regenerate(job.source_dir, versions.get("cython"), cell.recipe.build.regenerate_cython)
+        for line in cython.describe():
+            print(f"kiln: {line}", file=log, flush=True)
 
         print(f"kiln: the build step runs in a sandbox: {compile_box.describe()}", file=log, flush=True)
         if target := index_host(job.index_url):
@@ -215,4 +221,4 @@ class LocalBackend:
         return CompileResult(wheel=wheels[0], installed=versions, freeze=freeze, python=py_version,
                              compiler=compiler, ld_paths=ld_paths, build_requires=reqs,
                              nvcc=toolkit.nvcc_version if toolkit else None,
-                             cuda_toolkit=toolkit.describe() if toolkit else None)
+                             cuda_toolkit=toolkit.describe() if toolkit else None, cython=cython)
