@@ -114,6 +114,10 @@ def test_rewrite_metadata_keeps_the_description_and_unicode_as_written(tmp_path:
 
 USES_C_API = 'const char *kiln_lookup(void) { return "_ARRAY_API"; }\n'
 """What numpy's import_array() compiles into an extension: its table looked up by name."""
+CIMPORTS_NUMPY = ('const char *kiln_types[] = {"dtype", "flatiter", "broadcast", "ndarray"};\n'
+                  'const char *kiln_type(int i) { return kiln_types[i]; }\n')
+"""What Cython compiles into a module that cimports numpy, without import_array(): numpy's types
+imported by name at load, their C sizes checked (numpy.dtype's changed in 2.0)."""
 NO_C_API = "int kiln_add(int a, int b) { return a + b; }\n"
 
 
@@ -160,6 +164,12 @@ def test_built_against_numpy_1_an_extension_using_its_c_api_requires_numpy_below
         ("numpy<2", "built against numpy 1.26.4; kilnfix_helper/_ext.so uses its C API")]
     # upstream's own bound is kept and narrowed, not replaced
     assert finished_requires(tmp_path, raw, "1.26.4") == ["numpy<2,>=1.16", "torch==2.14.*"]
+
+
+def test_a_cython_module_that_cimports_numpy_is_bound_too(tmp_path: Path) -> None:
+    raw = wheel_with_extension(tmp_path, CIMPORTS_NUMPY)
+    assert [str(p) for p in pins_for(numpy_cell(), load_toolchains(REPO_RECIPES), {"numpy": "1.26.4"}, raw)] == [
+        "numpy<2"]
 
 
 def test_built_against_numpy_2_the_wheel_gets_no_bound_from_kiln(tmp_path: Path) -> None:
