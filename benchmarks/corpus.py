@@ -147,6 +147,8 @@ def run_one(entry: dict[str, Any], args: argparse.Namespace, home: Path) -> Row:
         row.recipe_lines = lines_of(recipes / f"{project}.yaml")
     else:
         shutil.copy(RECIPES / f"{project}.yaml", recipes / f"{project}.yaml")
+        if (RECIPES / "patches").is_dir():  # the patches hand-written recipes name
+            shutil.copytree(RECIPES / "patches", recipes / "patches", dirs_exist_ok=True)
         row.recipe_lines = lines_of(recipes / f"{project}.yaml")
         row.tries = 1
     wheelhouse = work / "wheelhouse"
