@@ -197,6 +197,8 @@ def test_cuda_knobs_only_for_a_failing_torch_draft() -> None:
     assert first is not None and first.describe() == "build.env.DEMO_FORCE_BUILD = TRUE"
     first.apply(d)
     assert cuda_knob(fail("error: nvcc not found"), d, ctx).describe() == "build.env.DEMO_SKIP_CUDA_BUILD = TRUE"  # type: ignore[union-attr]
+    d.cuda = "13.0"  # in a CUDA cell, a knob that turns CUDA off is never proposed
+    assert cuda_knob(fail("error: nvcc not found"), d, ctx) is None
 
 
 def test_cython_3_output_that_does_not_compile_and_numpy_2_headers() -> None:
@@ -269,6 +271,11 @@ def test_a_cpu_draft_that_needs_cuda_moves_to_the_host_s_cuda_variant() -> None:
     assert needs_cuda(fail(line), d, OfflineContext()) is None  # a CUDA cell already
     assert '  cuda: ["13.0"]    # the extension needs CUDA: Exception: CPU version is not implemented' in d.yaml()
     assert needs_cuda(fail("error: x.c: No such file"), draft(), OfflineContext()) is None
+    torch_draft = draft()
+    torch_draft.torch = "2.14"
+    warned = "No CUDA runtime is found, using CUDA_HOME='/usr/local/cuda'\ncpu/x.cpp:47:10: error: 'unique_ptr' is not"
+    assert needs_cuda(fail("cpu/x.cpp:47:10: error: 'unique_ptr' is not a member of 'std'", warned), torch_draft,
+                      OfflineContext()) is None  # torch's warning in the log is no reason to move to CUDA
 
 
 def test_code_a_newer_compiler_rejects_gets_the_diagnostic_back_as_a_warning() -> None:

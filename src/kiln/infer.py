@@ -401,7 +401,7 @@ def cuda_knob(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
     if failure.stage != "build" or not draft.torch:
         return None
     for name, value in knobs(ctx.setup_py).items():
-        if name not in draft.env:
+        if name not in draft.env and not (draft.cuda and name.endswith(CPU_KNOBS)):  # a CUDA cell keeps CUDA on
             return Change("build.env", value, "a knob setup.py reads (the build failed without it)", key=name)
     return None
 
@@ -480,7 +480,7 @@ def bundled_library_knob(failure: Failure, draft: Draft, ctx: Context) -> Change
 
 
 _NEEDS_CUDA = re.compile(r"CUDA_HOME environment variable is not set|CPU version is not implemented|"
-                         r"torch\.cuda\.is_available\(\)|No CUDA runtime is found|requires CUDA|"
+                         r"torch\.cuda\.is_available\(\)|requires CUDA|"
                          r"CUDA (?:is )?(?:required|not available|not found)|nvcc (?:was )?not found", re.IGNORECASE)
 
 
@@ -490,7 +490,7 @@ def needs_cuda(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
     `cuda_knob`: a knob that turns CUDA off is the package's own way to a cpu build."""
     if failure.stage != "build" or not draft.torch or draft.cuda:
         return None
-    if not _NEEDS_CUDA.search(failure.line) and not _NEEDS_CUDA.search(failure.log[-20000:]):
+    if not _NEEDS_CUDA.search(failure.line):  # the log holds torch's warnings ("No CUDA runtime is found") too
         return None
     variant = ctx.cuda_variant()
     if variant is None or variant.torch is None or variant.cuda is None:
