@@ -25,10 +25,13 @@ import subprocess
 import sys
 import time
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.metadata import parse_email
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from rich.console import Console
 from rich.table import Table
@@ -92,6 +95,14 @@ def run_bounded(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[s
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def requirement_names(wheel: Path) -> set[str]:
+    """The projects a wheel's METADATA requires (Requires-Dist), canonical names."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    raw, _ = parse_email(meta)
+    return {canonicalize_name(Requirement(r).name) for r in raw.get("requires_dist", [])}
+
+
 def install_check(wheel: Path, wheelhouse: Path, work: Path, pythons: list[str]) -> str | None:
     """None when ``wheel`` installs with --no-build in a fresh venv and its modules import; a
     pure wheel is checked with the first of the Pythons its cells were built for."""
@@ -107,8 +118,11 @@ def install_check(wheel: Path, wheelhouse: Path, work: Path, pythons: list[str])
                           "--find-links", str(wheelhouse), str(wheel)], capture_output=True, text=True)
     if res.returncode != 0:
         return (res.stderr.strip().splitlines() or ["uv failed"])[-1]
+    # A torch extension module links torch's libraries (libc10.so), which `import torch` loads first,
+    # as the package's own __init__ does and kiln's smoke test does.
+    preload = "import torch; " if "torch" in requirement_names(wheel) else ""
     for module in top_level_modules(wheel):
-        res = subprocess.run([str(venv / "bin" / "python"), "-c", f"import {module}"], capture_output=True,
+        res = subprocess.run([str(venv / "bin" / "python"), "-c", f"{preload}import {module}"], capture_output=True,
                              text=True, cwd=work)
         if res.returncode != 0:
             return (res.stderr.strip().splitlines() or ["import failed"])[-1]
