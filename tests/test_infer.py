@@ -30,8 +30,10 @@ from kiln.infer import (
     required_by_message,
     setup_requires_fetch,
     static_draft,
+    std_header,
     unbounded,
     unconditional_imports,
+    unsatisfiable_bound,
     upstream_bound,
 )
 from kiln.matrix import Variant
@@ -292,6 +294,29 @@ def test_code_a_newer_compiler_rejects_gets_the_diagnostic_back_as_a_warning() -
     second.apply(d)
     assert compiler_strictness(fail(implicit), d, OfflineContext()) is None
     assert compiler_strictness(fail("x.c:1: error: unknown type name 'foo'"), draft(), OfflineContext()) is None
+
+
+def test_a_standard_name_used_without_its_header_gets_the_header_included() -> None:
+    line = "cpu/src/neighbors.cpp:47:10: error: ‘unique_ptr’ is not a member of ‘std’ (`python -m build ...` exited 1)"
+    d = draft()
+    change = std_header(fail(line), d, OfflineContext())
+    assert change is not None and change.describe() == "build.env.CXXFLAGS = -include memory"
+    change.apply(d)
+    assert std_header(fail(line), d, OfflineContext()) is None  # included already: nothing more to try
+    limits = "x.cc:3:20: error: 'numeric_limits' is not a member of 'std'"
+    assert std_header(fail(limits), d, OfflineContext()).describe() == (  # type: ignore[union-attr]
+        "build.env.CXXFLAGS = -include memory -include limits")
+    assert std_header(fail("x.cc:3: error: 'frobnicate' is not a member of 'std'"), draft(), OfflineContext()) is None
+
+
+def test_a_build_requirement_bound_no_python_has_a_wheel_within_is_replaced() -> None:
+    reason = "numpy<v1.20.0 has no wheel for cp313 (a build requirement: [build-system].requires)"
+    change = unsatisfiable_bound(reason, draft())
+    assert change is not None and change.describe() == "build.replace: numpy<v1.20.0 -> numpy"
+    assert unsatisfiable_bound(reason.replace("numpy<v1.20.0", "numpy>=1.16"), draft()) is None  # no upper bound
+    assert unsatisfiable_bound(reason.replace("[build-system].requires", "recipe build.requires"), draft()) is None
+    assert unsatisfiable_bound("kilnpicky 1.0.0 requires Python >=3.11 (Requires-Python in its PKG-INFO), not 3.10.13",
+                               draft()) is None
 
 
 def test_a_missing_library_header_sets_the_knob_that_builds_the_bundled_one() -> None:

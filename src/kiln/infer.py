@@ -459,6 +459,32 @@ def compiler_strictness(failure: Failure, draft: Draft, ctx: Context) -> Change 
     return Change("build.env", f"{have} {flag}".strip(), f"the compiler rejects old code: [-W{m['flag']}]", key=key)
 
 
+_NOT_IN_STD = re.compile(r"error: [‘'`](?P<name>\w+)[’'`] is not a member of [‘'`]std[’'`]")
+STD_HEADERS = {"unique_ptr": "memory", "shared_ptr": "memory", "make_unique": "memory", "make_shared": "memory",
+               "weak_ptr": "memory", "numeric_limits": "limits", "runtime_error": "stdexcept",
+               "logic_error": "stdexcept", "out_of_range": "stdexcept", "invalid_argument": "stdexcept",
+               "function": "functional", "uint8_t": "cstdint", "uint16_t": "cstdint", "uint32_t": "cstdint",
+               "uint64_t": "cstdint", "int8_t": "cstdint", "int16_t": "cstdint", "int32_t": "cstdint",
+               "int64_t": "cstdint", "size_t": "cstddef", "thread": "thread", "mutex": "mutex",
+               "this_thread": "thread", "sort": "algorithm", "min": "algorithm", "max": "algorithm"}
+"""Names old C++ used without its header, which older libstdc++ headers happened to include (GCC 11
+and 13 stopped): the header that declares each."""
+
+
+def std_header(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """`'unique_ptr' is not a member of 'std'`: old C++ that got a standard header through another
+    one; the header is included in every C++ compile (`-include memory`, through CXXFLAGS)."""
+    if failure.stage != "build" or not (m := _NOT_IN_STD.search(failure.line) or
+                                        _NOT_IN_STD.search(failure.log[-40000:])):
+        return None
+    header = STD_HEADERS.get(m["name"])
+    have = draft.env.get("CXXFLAGS", "")
+    if header is None or f"-include {header}" in have:
+        return None
+    return Change("build.env", f"{have} -include {header}".strip(), f"std::{m['name']} used without <{header}>",
+                  key="CXXFLAGS")
+
+
 _MISSING_HEADER = re.compile(r"fatal error: (?P<header>[\w./+-]+\.h(?:pp)?): No such file or directory")
 _BUNDLE_KNOB = re.compile(r"""(?:getenv|environ\.get|environ\[)\(?\s*['"](?P<name>[A-Z0-9_]*(?:BUILD|BUNDLE|EMBED|"""
                           r"""VENDOR|INTERNAL|STATIC)[A-Z0-9_]*)['"]\s*(?:,[^)]*)?\)?\]?\s*(?:==\s*['"](?P<value>[^'"]+)['"])?""")
@@ -500,7 +526,8 @@ def needs_cuda(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
 
 
 RULES: list[Rule] = [pkg_resources, missing_module, numpy_removed_api, cython, setup_requires_fetch,
-                     required_by_message, upstream_bound, compiler_strictness, bundled_library_knob, cmake_policy,
+                     required_by_message, upstream_bound, compiler_strictness, std_header, bundled_library_knob,
+                     cmake_policy,
                      cuda_knob, needs_cuda]
 
 
@@ -672,6 +699,13 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
             reason = result.error or "not buildable"
             last = f"not buildable on Python {draft.python}: {reason}"
             other = next_python(draft, ctx, tried_pythons)
+            if other is None and (change := unsatisfiable_bound(reason, draft)) is not None and change.apply(draft):
+                # No Python has a wheel within upstream's bound: the bound goes, from the first Python again.
+                say(f"try {attempt}: not buildable on any Python: {_short(reason)} -> {change.describe()}")
+                draft.python = ctx.python = python
+                draft.why.pop("matrix.python", None)
+                tried_pythons[:] = [python]
+                continue
             if other is None:
                 raise InferError(f"{project} {version}: not buildable on any Python kiln builds here "
                                  f"({', '.join(tried_pythons)}); last: {reason}")
@@ -703,6 +737,26 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
             say(f"try {attempt}: {_short(failure.line)} -> no rule applies")
             raise InferError(f"{project} {version}: no working recipe; last failure: {last}")
     raise InferError(f"{project} {version}: no working recipe after {max_tries} tries; last failure: {last}")
+
+
+_NO_WHEEL = re.compile(r"^(?P<req>\S+) has no wheel for cp\d+ \(a build requirement: (?P<tier>[^)]*)\)")
+
+
+def unsatisfiable_bound(reason: str, draft: Draft) -> Change | None:
+    """A build requirement of upstream's whose upper bound no Python kiln builds has a wheel
+    within (`numpy<1.20`): build.replace it with its lower bounds, as `upstream_bound` does for a
+    runtime requirement; the build then says whether the code compiles against what installs."""
+    m = _NO_WHEEL.match(reason)
+    if not m or "build.requires" in m["tier"]:  # the recipe's own requirement is the draft's to change
+        return None
+    try:
+        req = Requirement(m["req"])
+    except InvalidRequirement:
+        return None
+    if not any(sp.operator in ("<", "<=", "==", "~=") for sp in req.specifier):
+        return None
+    return Change("build.replace", unbounded(req), f"no Python kiln builds has a wheel within upstream's {req}",
+                  key=m["req"])
 
 
 def next_python(draft: Draft, ctx: Context, tried: list[str]) -> str | None:
