@@ -210,6 +210,8 @@ def test_cython_3_output_that_does_not_compile_and_numpy_2_headers() -> None:
     assert first is not None and first.describe() == "build.constraints += cython<3"
     d = draft()
     first.apply(d)
+    system = "Cythonizing _pysndfile.pyx\n_pysndfile.cpp:1250:10: fatal error: sndfile.h: No such file or directory\n"
+    assert cython(fail(system.splitlines()[1], system), draft(), OfflineContext()) is None  # no Cython brings it
     headers = "pycocotools/_mask.pyx:1:0: the NumPy Cython headers require Cython 3.0.0 or newer"
     assert cython(fail(headers, headers), d, OfflineContext()).describe() == "build.constraints += numpy<2"  # type: ignore[union-attr]
 

@@ -11,6 +11,7 @@ led to it.
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 import shutil
 import subprocess
@@ -319,6 +320,11 @@ _OLD_GENERATED_C = re.compile(r"error: .*(longintrepr\.h|lvalue required as incr
                               r"_PyErr_StackItem|ma_version_tag|_Py_IsFinalizing)")
 
 
+_SYSTEM_HEADER = re.compile(r"fatal error: [\w+.-]+\.(h|hh|hpp|hxx): No such file or directory")
+"""A header named without a directory that is not there: a system library's (sndfile.h), which no
+Cython can bring; a path the package names relatively (../common/maskApi.c) is Cython 3's doing."""
+
+
 def cython(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
     """A Cython-generated C file too old for this Python (regenerate it with Cython), or Cython 3
     rejecting code written for Cython 0.29."""
@@ -332,7 +338,8 @@ def cython(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
     if _CYTHON3.search(text) and not pinned:
         return Change("build.constraints", "cython<3", "Cython 3 rejects the .pyx (written for Cython 0.29)")
     cythonized = re.search(r"^(Cythonizing|Compiling \S+\.pyx because)", text, re.MULTILINE)
-    if cythonized and not pinned and re.search(r"(fatal )?error:", failure.line) and not _OLD_GENERATED_C.search(text):
+    if (cythonized and not pinned and re.search(r"(fatal )?error:", failure.line)
+            and not _OLD_GENERATED_C.search(text) and not _SYSTEM_HEADER.search(failure.line)):
         return Change("build.constraints", "cython<3", "the C that Cython 3 generated does not compile (0.29 did)")
     if _OLD_GENERATED_C.search(text):
         pins = [r for r in ctx.declared if canonicalize_name(Requirement(r).name) == "cython"
@@ -668,7 +675,10 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
     deps: list[Path] = []
     tried: set[str] = set()
     tried_pythons = [python]
-    for attempt in range(1, max_tries + 1):
+    builds = 0  # tries that built; one found not buildable (seconds, each Python once) is not counted
+    for attempt in itertools.count(1):
+        if builds == max_tries:
+            break
         state = draft.yaml() + "".join(f"\n{d.name}" for d in deps)  # the draft and the recipes beside it
         if state in tried:
             raise InferError(f"{project} {version}: no working recipe (the rules go round in circles); "
@@ -695,6 +705,8 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
             target.write_text(draft.yaml())
             say(f"try {attempt}: built and smoke-tested {cells[0].id} -> wrote {target}")
             return InferResult(target, attempt, draft)
+        if result.status != "not-buildable":
+            builds += 1
         if result.status == "not-buildable":  # impossible on this Python: try another one
             reason = result.error or "not buildable"
             last = f"not buildable on Python {draft.python}: {reason}"
