@@ -36,6 +36,10 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # kiln_testing: see its __init__
+
+from kiln_testing.tools import uv
+
 from kiln.smoke import top_level_modules
 from kiln.toolchains import find_python
 
@@ -62,10 +66,6 @@ class Row:
     failure: str = ""
     recipe_lines: int | None = None
     wheels: list[Path] = field(default_factory=list)
-
-
-def uv() -> str:
-    return shutil.which("uv") or str(Path(sys.executable).parent / "uv")
 
 
 def lines_of(recipe: Path) -> int:

@@ -43,6 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # kiln_testing: see its __init__
+
+from kiln_testing.tools import uv  # standard library only: --here runs in a venv without kiln
+
 OK, NOT_CLOSE, INSTALL_FAILED, NO_GPU = 0, 1, 3, 4  # 2: a usage error (argparse)
 PROJECTS = ("causal-conv1d", "mamba-ssm")
 WARMUP = 2
@@ -241,18 +245,13 @@ def gpu_missing() -> str | None:
     return None
 
 
-def uv() -> list[str]:
-    exe = shutil.which("uv")
-    return [exe] if exe else [sys.executable, "-m", "uv"]
-
-
 def simple_url(mirror: str, variant: str) -> str:
     """The variant's index, as kiln lays the mirror out (kiln/<variant>)."""
     return f"{mirror.rstrip('/')}/kiln/{variant}/+simple/"
 
 
 def run_uv(args: list[str], what: str) -> None:
-    res = subprocess.run([*uv(), *args], capture_output=True, text=True, check=False)
+    res = subprocess.run([uv(), *args], capture_output=True, text=True, check=False)
     if res.returncode != 0:
         lines = [ln.strip() for ln in (res.stderr + res.stdout).splitlines() if ln.strip()]
         fail(INSTALL_FAILED, f"{what} failed: {' '.join(lines[-3:]) or f'exit {res.returncode}'}")

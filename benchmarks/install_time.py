@@ -29,12 +29,13 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # kiln_testing: see its __init__
+
+from kiln_testing.index import SIMPLE_JSON
+from kiln_testing.tools import uv
+
 PROJECT, VERSION = "causal-conv1d", "1.7.0"
 CHECK = "import torch, causal_conv1d_cuda, causal_conv1d; print(causal_conv1d.__version__)"
-
-
-def uv() -> str:
-    return shutil.which("uv") or str(Path(sys.executable).parent / "uv")
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> float:
@@ -95,8 +96,7 @@ def from_file(work: Path, python: str, torch: str, wheel: Path) -> float:
 def fetch_wheel(index: str, dest: Path) -> Path:
     """The mirror's wheel for this Python, downloaded once (so (c) installs the same bytes)."""
     page = f"{index.rstrip('/')}/{PROJECT}/"
-    req = urllib.request.Request(page,
-                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    req = urllib.request.Request(page, headers={"Accept": SIMPLE_JSON})
     files = json.load(urllib.request.urlopen(req))["files"]
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     f = next(f for f in files if f["filename"].endswith(".whl") and f"-{tag}-" in f["filename"])

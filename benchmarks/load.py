@@ -57,26 +57,22 @@ from packaging.utils import NormalizedName, canonicalize_name, parse_wheel_filen
 from packaging.version import Version
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))  # metadata_bytes, when imported from elsewhere (tests/test_load.py)
+sys.path.insert(0, str(HERE.parent / "tests"))  # kiln_testing: see its __init__
 
-from conftest import (
-    StaticIndex,  # the tests' simple-index writer (HTML, JSON, PEP 658 metadata)
-)
+from kiln_testing.index import SIMPLE_JSON, StaticIndex
+from kiln_testing.tools import free_port, uv
+from kiln_testing.wheels import make_payload_wheel
 from metadata_bytes import (
-    SIMPLE_JSON,
     UV_INDEX_ENV,
     BenchError,
     Request,
     Target,
     _requires,
-    free_port,
     log_since,
-    make_wheel,
     run,
     synthetic_tag,
     upload,
-    uv,
 )
 
 from kiln import mirror
@@ -164,7 +160,7 @@ def make_content(dest: Path, upstream: list[Path], upstream_top: list[str], targ
     published = []
     for project, version, mb, requires in PUBLISHED:
         reqs = [r for req in requires for r in (upstream_top if req == "{upstream}" else [req])]
-        published.append(make_wheel(dest, project, version, mb, reqs, tag))
+        published.append(make_payload_wheel(dest, project, version, mb, reqs, tag))
     content = Content(published, upstream, [PUBLISHED[0][0]])
     content.expected = resolve(content.wheels, content.top, target)
     return content

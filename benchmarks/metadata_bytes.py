@@ -45,9 +45,7 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,10 +54,8 @@ import tomllib
 import urllib.error
 import urllib.request
 import zipfile
-from base64 import urlsafe_b64encode
 from dataclasses import dataclass, field
 from functools import cached_property
-from hashlib import sha256
 from pathlib import Path
 
 from packaging.markers import default_environment
@@ -72,6 +68,12 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 from packaging.version import Version
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # kiln_testing: see its __init__
+
+from kiln_testing.index import SIMPLE_JSON
+from kiln_testing.tools import free_port, uv
+from kiln_testing.wheels import make_payload_wheel
 
 from kiln import mirror
 from kiln.errors import KilnError
@@ -93,11 +95,9 @@ from kiln.mirror.layout import (
     variant_of_wheel,
 )
 from kiln.mirror.server import nginx_user, root_credentials, upload_credentials, wait_ready
-from kiln.wheel import PROVENANCE
 
 GOAL = 0.01  # after: at most 1% of the wheel bytes
 LOG_LINE = re.compile(r'^\S+ \[[^\]]*\] "(?P<request>[^"]*)" (?P<status>\d{3}) (?P<sent>\d+) \S+ "[^"]*"$')
-SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 # Synthetic stand-ins for a CUDA stack: (project, version, MB of payload, Requires-Dist).
 SYNTHETIC = [
     ("kilnbench-cudart", "12.8.90", 50, []),
@@ -113,16 +113,6 @@ UV_INDEX_ENV = ("UV_INDEX", "UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_
 
 class BenchError(Exception):
     """A step failed: the message says which, the benchmark exits 1."""
-
-
-def uv() -> str:
-    return shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(cmd: list[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None,
@@ -265,10 +255,6 @@ def from_wheelhouse(wheelhouse: Path, count: int, target: Target, upstream: str 
     return Content(wheels, [str(n) for n in top[:count]], variant, str(wheelhouse), notes)
 
 
-def _record_hash(data: bytes) -> str:
-    return "sha256=" + urlsafe_b64encode(sha256(data).digest()).rstrip(b"=").decode()
-
-
 def synthetic_tag(target: Target) -> str:
     """A CUDA extension's tag (cpXY manylinux_2_28) where this platform installs it, else py3-none-any."""
     cp = "cp" + target.python.replace(".", "")
@@ -278,40 +264,10 @@ def synthetic_tag(target: Target) -> str:
     return "py3-none-any"
 
 
-def make_wheel(dest: Path, project: str, version: str, mb: int, requires: list[str], tag: str) -> Path:
-    """A wheel as a CUDA build looks to a resolver: one big incompressible shared library, and
-    its .dist-info last in the archive, as build backends write it."""
-    dist = project.replace("-", "_")
-    info = f"{dist}-{version}.dist-info"
-    files: list[tuple[str, bytes]] = [
-        (f"{dist}/__init__.py", f"__version__ = {version!r}\n".encode()),
-        (f"{dist}/lib/lib{dist}.so", os.urandom(mb * 1024 * 1024)),
-        (f"{info}/METADATA", "".join([
-            "Metadata-Version: 2.1\n", f"Name: {project}\n", f"Version: {version}\n",
-            "Summary: kiln metadata_bytes benchmark stand-in for a CUDA wheel\n", "Requires-Python: >=3.9\n",
-            *[f"Requires-Dist: {r}\n" for r in requires]]).encode()),
-        (f"{info}/WHEEL", f"Wheel-Version: 1.0\nGenerator: kiln-benchmark\nRoot-Is-Purelib: false\nTag: {tag}\n"
-                          .encode()),
-    ]
-    path = dest / f"{dist}-{version}-{tag}.whl"
-    # kiln's provenance, which kiln's mirror asks of every upload to a kiln index
-    variant = variant_of_wheel(path.name).name
-    files.append((f"{info}/{PROVENANCE}", json.dumps({
-        "cell": f"{project}-{version.split('+')[0]}-{tag.split('-')[0]}-{variant}", "variant": variant,
-        "closure_of": None}).encode()))
-    record = "".join(f"{name},{_record_hash(data)},{len(data)}\n" for name, data in files) + f"{info}/RECORD,,\n"
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in files:
-            compress = zipfile.ZIP_STORED if name.endswith(".so") else zipfile.ZIP_DEFLATED
-            zf.writestr(name, data, compress_type=compress)
-        zf.writestr(f"{info}/RECORD", record, compress_type=zipfile.ZIP_DEFLATED)
-    return path
-
-
 def synthetic(dest: Path, target: Target) -> Content:
     dest.mkdir(parents=True, exist_ok=True)
     tag = synthetic_tag(target)
-    wheels = [make_wheel(dest, p, v, mb, reqs, tag) for p, v, mb, reqs in SYNTHETIC]
+    wheels = [make_payload_wheel(dest, p, v, mb, reqs, tag) for p, v, mb, reqs in SYNTHETIC]
     return Content(wheels, SYNTHETIC_TOP, MAIN, f"synthetic ({len(wheels)} wheels, {tag})")
 
 

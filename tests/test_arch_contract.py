@@ -17,8 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Embedded, StaticIndex
-from helpers import MORE_RECIPES, make_torch_stand_in, recipes_dir
+from kiln_testing.deploy import Embedded
+from kiln_testing.fixtures import MORE_RECIPES, recipes_dir
+from kiln_testing.index import StaticIndex
+from kiln_testing.tools import BIN
+from kiln_testing.wheels import make_torch_stand_in
 
 from kiln import archs, mirror
 from kiln.cli import main

@@ -21,8 +21,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import StaticIndex
-from helpers import FIXTURE_RECIPES, FIXTURE_SDIST, FIXTURES, MORE_RECIPES, kilnfix_recipe, recipes_dir
+from kiln_testing.fixtures import FIXTURE_RECIPES, FIXTURE_SDIST, FIXTURES, MORE_RECIPES, kilnfix_recipe, recipes_dir
+from kiln_testing.index import StaticIndex
 from packaging.utils import parse_wheel_filename
 from packaging.version import Version
 

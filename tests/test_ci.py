@@ -18,8 +18,9 @@ import pytest
 import yaml
 from cibuildwheel.environment import parse_environment
 from cibuildwheel.frontend import BuildFrontendConfig
-from conftest import StaticIndex
-from helpers import FIXTURE_RECIPES, FIXTURES, container
+from kiln_testing.container import container
+from kiln_testing.fixtures import FIXTURE_RECIPES, FIXTURES
+from kiln_testing.index import StaticIndex
 
 from kiln import ci
 from kiln.backends.cibuildwheel import BuildRecord, CibuildwheelBackend, environment

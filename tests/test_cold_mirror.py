@@ -21,9 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Deployment, StaticIndex
 from devpi_server.config import DEFAULT_REQUEST_TIMEOUT
-from helpers import make_helper_wheel
+from kiln_testing.deploy import Deployment
+from kiln_testing.index import SIMPLE_JSON, StaticIndex
+from kiln_testing.tools import BIN
+from kiln_testing.wheels import make_helper_wheel
 
 from kiln import mirror
 from kiln.home import Home
@@ -116,7 +118,7 @@ def test_first_install_through_a_cold_mirror_succeeds(published: str, client_env
 
 
 def get(url: str) -> tuple[int, dict[str, str]]:
-    req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    req = urllib.request.Request(url, headers={"Accept": SIMPLE_JSON})
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
             return resp.status, dict(resp.headers)

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import BIN, StaticIndex, free_port
-from helpers import kilnfix_recipe, make_wheel, recipes_dir
+from kiln_testing.fixtures import kilnfix_recipe, recipes_dir
+from kiln_testing.index import SIMPLE_JSON, StaticIndex
+from kiln_testing.tools import BIN, free_port
+from kiln_testing.wheels import make_wheel
 
 from kiln import mirror
 from kiln.home import Home
@@ -89,7 +91,7 @@ def sha256(data: bytes) -> str:
 def served(url: str, project: str) -> dict[str, tuple[str, bytes]]:
     """filename -> (the sha256 the index states, the bytes it serves) for every file listed."""
     req = urllib.request.Request(f"{url.rstrip('/')}/{project}/",
-                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+                                 headers={"Accept": SIMPLE_JSON})
     with urllib.request.urlopen(req, timeout=60) as resp:
         page, base = json.loads(resp.read()), resp.url
     out = {}

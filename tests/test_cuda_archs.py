@@ -165,7 +165,7 @@ def _raw_wheel(dest: Path, so: Path) -> Path:
 
 
 def _finish(tmp_path: Path, so: Path) -> tuple[Path, str]:
-    from helpers import FIXTURE_SDIST, recipes_dir
+    from kiln_testing.fixtures import FIXTURE_SDIST, recipes_dir
 
     from kiln.backends import CompileResult
     from kiln.build import finish_cell

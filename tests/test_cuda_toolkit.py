@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import StaticIndex
-from helpers import FIXTURE_RECIPES, MORE_RECIPES, make_torch_stand_in, recipes_dir
+from kiln_testing.fixtures import FIXTURE_RECIPES, MORE_RECIPES, recipes_dir
+from kiln_testing.index import StaticIndex
+from kiln_testing.wheels import make_torch_stand_in
 
 from kiln import cuda
 from kiln.build import build_env

@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import StaticIndex
-from helpers import FIXTURES, container, make_wheel, recipes_dir
+from kiln_testing.container import container
+from kiln_testing.fixtures import FIXTURES, recipes_dir
+from kiln_testing.index import StaticIndex
+from kiln_testing.wheels import make_wheel
 from packaging.utils import parse_wheel_filename
 
 from kiln.backends.cibuildwheel import HOST_MOUNT, BuildRecord

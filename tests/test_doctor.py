@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import make_kiln_wheel, make_torch_build
+from kiln_testing.wheels import make_kiln_wheel, make_torch_build
 
 from kiln import doctor, mirror
 from kiln.home import Home
@@ -328,7 +328,7 @@ def test_variant_for_driver() -> None:
 @pytest.fixture(scope="module")
 def kiln_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real mirror with the indexes of three variants (and kiln/main)."""
-    from conftest import free_port
+    from kiln_testing.tools import free_port
 
     home = Home(tmp_path_factory.mktemp("doctor-mirror"))
     variants = [Variant.parse(v) for v in ("cu130-torch2.14", "cu128-torch2.8", "cpu-torch2.14")]
@@ -390,7 +390,7 @@ def test_config_auto_without_torch_or_gpu_is_main(tmp_path: Path) -> None:
 
 
 def test_config_auto_with_a_gpu_and_no_mirror_is_one_line(tmp_path: Path) -> None:
-    from conftest import free_port
+    from kiln_testing.tools import free_port
 
     python = venv(tmp_path)
     url = f"http://127.0.0.1:{free_port()}"

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Embedded, StaticIndex
-from helpers import kilnfix_recipe, recipes_dir
+from kiln_testing.deploy import Embedded
+from kiln_testing.fixtures import kilnfix_recipe, recipes_dir
+from kiln_testing.index import StaticIndex
+from kiln_testing.tools import BIN
 from packaging.requirements import Requirement
 
 from kiln.cli import main

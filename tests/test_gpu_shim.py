@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 from cibuildwheel.environment import parse_environment
-from conftest import StaticIndex
-from helpers import REPO_RECIPES, make_torch_stand_in, recipes_dir
+from kiln_testing.fixtures import REPO_RECIPES, recipes_dir
+from kiln_testing.index import StaticIndex
+from kiln_testing.wheels import make_torch_stand_in
 
 from kiln import gpushim
 from kiln.backends.cibuildwheel import environment

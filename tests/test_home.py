@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN
+from kiln_testing.tools import BIN
 
 from kiln.build import place
 from kiln.home import CellResult, Home, read_json, write_atomic
@@ -120,7 +120,7 @@ def test_write_atomic_leaves_the_old_file_or_the_new_never_a_part(tmp_path: Path
 
 
 def test_a_truncated_wheel_in_the_wheelhouse_is_set_aside(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from helpers import make_wheel
+    from kiln_testing.wheels import make_wheel
 
     good = make_wheel("kilnok", "1.0", {"kilnok/__init__.py": ""}, tmp_path / "made")
     house = tmp_path / "wheelhouse"

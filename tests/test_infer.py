@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import StaticIndex
-from helpers import FIXTURE_RECIPES, recipes_dir
+from kiln_testing.fixtures import FIXTURE_RECIPES, recipes_dir
+from kiln_testing.index import StaticIndex
 
 from kiln.cli import main
 from kiln.home import Home

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import FIXTURE_RECIPES
+from kiln_testing.fixtures import FIXTURE_RECIPES
 
 from kiln import clientconfig, mirror
 from kiln.errors import ConfigError, MirrorError

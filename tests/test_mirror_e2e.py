@@ -20,8 +20,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Deployment, StaticIndex, free_port
-from helpers import MORE_RECIPES, kilnfix_recipe, recipes_dir
+from kiln_testing.deploy import Deployment
+from kiln_testing.fixtures import MORE_RECIPES, kilnfix_recipe, recipes_dir
+from kiln_testing.index import SIMPLE_JSON, StaticIndex
+from kiln_testing.tools import BIN, free_port
 
 from kiln import mirror
 from kiln.source import sha256_of
@@ -35,7 +37,7 @@ def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600)
 
 
 def fetch_json(url: str) -> dict[str, object]:
-    req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    req = urllib.request.Request(url, headers={"Accept": SIMPLE_JSON})
     with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())  # type: ignore[no-any-return]
 

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import kilnfix_recipe, recipes_dir
+from kiln_testing.fixtures import kilnfix_recipe, recipes_dir
 from rich.console import Console
 
 from kiln import estimate, profile

@@ -11,8 +11,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import BIN, StaticIndex
-from helpers import MORE_RECIPES, kilnfix_recipe, recipes_dir
+from kiln_testing.fixtures import MORE_RECIPES, kilnfix_recipe, recipes_dir
+from kiln_testing.index import StaticIndex
+from kiln_testing.tools import BIN
 from rich.console import Console
 
 from kiln.cli import main

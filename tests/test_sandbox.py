@@ -24,8 +24,9 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
-from conftest import BIN, StaticIndex
-from helpers import FIXTURES, recipes_dir
+from kiln_testing.fixtures import FIXTURES, recipes_dir
+from kiln_testing.index import StaticIndex
+from kiln_testing.tools import BIN
 
 import kiln
 from kiln.errors import HostError

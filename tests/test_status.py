@@ -16,8 +16,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import StaticIndex, free_port
-from helpers import kilnfix_recipe, recipes_dir
+from kiln_testing.fixtures import kilnfix_recipe, recipes_dir
+from kiln_testing.index import StaticIndex
+from kiln_testing.tools import free_port
 
 from kiln import status
 from kiln.cli import main

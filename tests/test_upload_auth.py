@@ -22,8 +22,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Deployment
-from helpers import MORE_RECIPES, kilnfix_recipe, make_wheel, recipes_dir
+from kiln_testing.deploy import Deployment
+from kiln_testing.fixtures import MORE_RECIPES, kilnfix_recipe, recipes_dir
+from kiln_testing.tools import BIN
+from kiln_testing.wheels import make_wheel
 
 import kiln
 from kiln import closure

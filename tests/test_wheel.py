@@ -8,7 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from helpers import FIXTURE_RECIPES, REPO_RECIPES, make_helper_wheel, make_wheel
+from kiln_testing.fixtures import FIXTURE_RECIPES, REPO_RECIPES
+from kiln_testing.wheels import make_helper_wheel, make_wheel
 from packaging.utils import parse_wheel_filename
 
 from kiln.matrix import Cell, Variant

@@ -1,20 +1,19 @@
-"""Shared test helpers: fixture paths, and wheels of the kilnfix-helper build dependency."""
+"""Wheel makers: small pure-Python wheels (the kilnfix-helper build dependency, stand-ins for
+torch, wheels as `kiln build` finishes them) and large stand-ins for CUDA builds (the benchmarks')."""
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+import zipfile
+from base64 import urlsafe_b64encode
+from hashlib import sha256
 from pathlib import Path
 
-FIXTURES = Path(__file__).parent / "fixtures"
-FIXTURE_RECIPES = FIXTURES / "recipes"
-MORE_RECIPES = FIXTURES / "more"
-REPO_RECIPES = Path(__file__).parent.parent / "recipes"
-FIXTURE_SDIST = FIXTURES / "kilnfix-1.0.0.tar.gz"
-FIXTURE_SDISTS = sorted(FIXTURES.glob("*.tar.gz"))
+from kiln.mirror.layout import variant_of_wheel
+from kiln.wheel import PROVENANCE
 
 
 def make_wheel(name: str, version: str, files: dict[str, str], dest: Path) -> Path:
@@ -77,23 +76,20 @@ def make_torch_stand_in(version: str, dest: Path, cuda: str | None = None,
     return make_wheel("torch", version, files, dest)
 
 
-def kilnfix_recipe(**replace: str) -> str:
-    """The fixture's kilnfix recipe, its source made absolute, with text replaced."""
-    text = (FIXTURE_RECIPES / "kilnfix.yaml").read_text()
-    text = text.replace("../kilnfix-{version}.tar.gz", str(FIXTURES / "kilnfix-{version}.tar.gz"))
-    for old, new in replace.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
+def _kiln_json(name: str, version: str, variant: str, **fields: object) -> str:
+    """A ``kiln.json`` as `kiln build` writes it, for a cell of ``name`` ``version`` (unlabelled)
+    and ``variant`` built with Python 3.11, its made-up fields as ``fields`` set them."""
+    from dataclasses import asdict
 
+    from kiln.wheel import Provenance
 
-def recipes_dir(dest: Path, *recipes: tuple[str, str]) -> Path:
-    """A recipes directory: the fixture toolchain table and the given (file name, text) pairs."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy(FIXTURE_RECIPES / "toolchains.yaml", dest / "toolchains.yaml")
-    for name, text in recipes:
-        (dest / name).write_text(text)
-    return dest
+    record = Provenance(kiln_version="0.1.0", cell=f"{name}-{version}-cp311-{variant}", variant=variant,
+                        recipe=f"{name}.yaml", recipe_sha256="0" * 64, source_url=f"{name}-{version}.tar.gz",
+                        source_sha256="0" * 64, python="3.11", torch=None, cuda_archs=None, nvcc=None,
+                        compiler="gcc 13")
+    for key, value in fields.items():
+        setattr(record, key, value)
+    return json.dumps(asdict(record), indent=2) + "\n"
 
 
 def make_kiln_wheel(name: str, version: str, variant: str, dest: Path, requires: tuple[str, ...] = (),
@@ -102,21 +98,11 @@ def make_kiln_wheel(name: str, version: str, variant: str, dest: Path, requires:
     (``cu130-torch2.14``: ``1.7.0+cu130.torch2.14``), ``requires`` as its Requires-Dist and a
     ``kiln.json`` provenance, whose fields ``provenance`` sets (``torch``, ``cuda_archs_found``,
     ``archs_served``...)."""
-    import json
-    from dataclasses import asdict
-
     from kiln.matrix import Variant
-    from kiln.wheel import PROVENANCE, Provenance
 
     label = Variant.parse(variant).label
     full = f"{version}+{label}" if label else version
     module = name.replace("-", "_")
-    record = Provenance(kiln_version="0.1.0", cell=f"{name}-{version}-cp311-{variant}", variant=variant,
-                        recipe=f"{name}.yaml", recipe_sha256="0" * 64, source_url=f"{name}-{version}.tar.gz",
-                        source_sha256="0" * 64, python="3.11", torch=None, cuda_archs=None, nvcc=None,
-                        compiler="gcc 13")
-    for key, value in provenance.items():
-        setattr(record, key, value)
     root = dest / f"{module}-{full}-tree"
     info = root / f"{module}-{full}.dist-info"
     (root / module).mkdir(parents=True, exist_ok=True)
@@ -126,7 +112,7 @@ def make_kiln_wheel(name: str, version: str, variant: str, dest: Path, requires:
     metadata += "".join(f"Requires-Dist: {req}\n" for req in requires)
     (info / "METADATA").write_text(metadata)
     (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-    (info / PROVENANCE).write_text(json.dumps(asdict(record), indent=2) + "\n")
+    (info / PROVENANCE).write_text(_kiln_json(name, version, variant, **provenance))
     subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(dest), str(root)],
                    check=True, capture_output=True)
     return dest / f"{module}-{full}-py3-none-any.whl"
@@ -148,35 +134,35 @@ def make_torch_build(version: str, cuda: str | None, dest: Path) -> Path:
     }, dest)
 
 
-@dataclass
-class Container:
-    """A cibuildwheel container played on the host: its Python (a seeded venv, pip in it as the
-    images have it), the shell environment of its steps, and the directory raw wheels go to."""
-
-    python: Path
-    env: dict[str, str]
-    raw: Path
-
-    def before_build(self, cibw_env: dict[str, str], src: Path) -> subprocess.CompletedProcess[str]:
-        """Run CIBW_BEFORE_BUILD in ``src`` as the container would; cibuildwheel mounts the host's /
-        at /host, which the host's own paths play here."""
-        from kiln.backends.cibuildwheel import HOST_MOUNT
-
-        line = cibw_env["CIBW_BEFORE_BUILD"].replace("/output", str(self.raw)).replace(HOST_MOUNT + "/", "/")
-        return subprocess.run(["sh", "-c", line], cwd=src, capture_output=True, text=True, env=self.env)
-
-    def build(self, src: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        """The frontend's build of the raw wheel (``args``: the frontend's own)."""
-        return subprocess.run([str(self.python), "-m", "build", "--wheel", *args, "--outdir", str(self.raw), "."],
-                              cwd=src, capture_output=True, text=True, env=self.env)
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + urlsafe_b64encode(sha256(data).digest()).rstrip(b"=").decode()
 
 
-def container(dest: Path, index_url: str, python: str = "3.11") -> Container:
-    """A `Container` under ``dest`` whose pip installs from ``index_url`` alone."""
-    py = dest / "env" / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "uv", "venv", "--quiet", "--seed", "--python", python,
-                    str(py.parent.parent)], check=True)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))},
-           "PATH": f"{py.parent}{os.pathsep}{os.environ['PATH']}", "PIP_INDEX_URL": index_url,
-           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CONFIG_FILE": os.devnull}
-    return Container(py, env, dest / "build" / "raw")
+def make_payload_wheel(dest: Path, project: str, version: str, mb: int, requires: list[str], tag: str) -> Path:
+    """A wheel as a CUDA build looks to a resolver: one big incompressible shared library, and
+    its .dist-info last in the archive, as build backends write it."""
+    dist = project.replace("-", "_")
+    info = f"{dist}-{version}.dist-info"
+    files: list[tuple[str, bytes]] = [
+        (f"{dist}/__init__.py", f"__version__ = {version!r}\n".encode()),
+        (f"{dist}/lib/lib{dist}.so", os.urandom(mb * 1024 * 1024)),
+        (f"{info}/METADATA", "".join([
+            "Metadata-Version: 2.1\n", f"Name: {project}\n", f"Version: {version}\n",
+            "Summary: kiln metadata_bytes benchmark stand-in for a CUDA wheel\n", "Requires-Python: >=3.9\n",
+            *[f"Requires-Dist: {r}\n" for r in requires]]).encode()),
+        (f"{info}/WHEEL", f"Wheel-Version: 1.0\nGenerator: kiln-benchmark\nRoot-Is-Purelib: false\nTag: {tag}\n"
+                          .encode()),
+    ]
+    path = dest / f"{dist}-{version}-{tag}.whl"
+    # kiln's provenance, which kiln's mirror asks of every upload to a kiln index
+    variant = variant_of_wheel(path.name).name
+    base = version.split("+")[0]
+    files.append((f"{info}/{PROVENANCE}", _kiln_json(
+        project, base, variant, cell=f"{project}-{base}-{tag.split('-')[0]}-{variant}").encode()))
+    record = "".join(f"{name},{_record_hash(data)},{len(data)}\n" for name, data in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files:
+            compress = zipfile.ZIP_STORED if name.endswith(".so") else zipfile.ZIP_DEFLATED
+            zf.writestr(name, data, compress_type=compress)
+        zf.writestr(f"{info}/RECORD", record, compress_type=zipfile.ZIP_DEFLATED)
+    return path
