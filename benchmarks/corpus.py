@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # kil
 
 from kiln_testing.tools import uv
 
+from kiln.host import find_python
 from kiln.smoke import top_level_modules
-from kiln.toolchains import find_python
 
 HERE = Path(__file__).parent
 CORPUS = HERE / "corpus.toml"

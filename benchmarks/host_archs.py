@@ -22,14 +22,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from kiln.backends import get_backend
-from kiln.build import build_cells
+from kiln.backends.registry import get_backend
+from kiln.build import BuildContext, build_cells
 from kiln.home import Home
 from kiln.matrix import expand
 from kiln.profile import ptx_floor
+from kiln.provenance import CudaArchs
 from kiln.recipe import load_recipes
 from kiln.toolchains import load_toolchains
-from kiln.wheel import CudaArchs
 
 
 def main() -> int:
@@ -59,8 +59,8 @@ def main() -> int:
     for name, run_cell in runs.items():
         with tempfile.TemporaryDirectory(prefix="kiln-host-archs-") as tmp:
             home = Home(Path(tmp) / "home")
-            (result,) = build_cells([run_cell], toolchains, home, home.wheelhouse, get_backend("local"),
-                                    console=console)
+            run = BuildContext.of(toolchains, home, home.wheelhouse, get_backend("local"))
+            (result,) = build_cells([run_cell], run, console)
             if result.status != "built":
                 print(f"host_archs: {name}: {result.error}", file=sys.stderr)
                 return 1

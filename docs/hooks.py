@@ -185,6 +185,8 @@ def _error_classes() -> list[type]:
     import kiln.errors
 
     for mod in pkgutil.walk_packages(kiln.__path__, "kiln."):
+        if mod.name.rpartition(".")[2] == "__main__":  # runs a program when imported
+            continue
         try:
             with warnings.catch_warnings():  # devpi-server's dependencies warn on import; not kiln's concern here
                 warnings.simplefilter("ignore", DeprecationWarning)

@@ -27,12 +27,14 @@ from kiln import archs, mirror
 from kiln.cli import main
 from kiln.errors import ConfigError
 from kiln.home import CellResult, Home
+from kiln.host import probe_host
 from kiln.matrix import expand
 from kiln.mirror.api import Devpi
 from kiln.profile import HostFacts, ptx_floor, select
+from kiln.provenance import CudaArchs, Provenance
 from kiln.recipe import load_recipes
-from kiln.toolchains import load_toolchains, probe_host
-from kiln.wheel import CudaArchs, check_served, read_provenance
+from kiln.toolchains import load_toolchains
+from kiln.wheel import check_served
 
 CELL = "kilnkernel-1.0.0-cp311-cu130-torch2.14"
 SERVED_13 = ("7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "10.3", "12.0")
@@ -240,12 +242,12 @@ def test_host_profile_wheel_holds_ptx_for_every_other_gpu_and_is_published(
     assert "+ PTX 7.5 (every other GPU kiln/cu130-torch2.14 serves, compiled by the driver)" in out
     (wheel,) = (dep.home / "wheelhouse").glob("kilnkernel-*.whl")
     assert "-1-cp311-" in wheel.name  # the rebuild takes the next build number
-    prov = read_provenance(wheel)
-    assert prov["archs_served"] == list(SERVED_13)
-    assert prov["archs_code"] == {"7.5": "ptx", "8.0": "ptx", "8.6": "ptx", "8.9": "ptx", "9.0": "sass",
+    prov = Provenance.read(wheel)
+    assert prov.archs_served == list(SERVED_13)
+    assert prov.archs_code == {"7.5": "ptx", "8.0": "ptx", "8.6": "ptx", "8.9": "ptx", "9.0": "sass",
                                   "10.0": "ptx", "10.3": "ptx", "12.0": "ptx"}
-    assert prov["cuda_archs_found"] is not None
-    found = CudaArchs.from_json(prov["cuda_archs_found"])
+    assert prov.cuda_archs_found is not None
+    found = CudaArchs.from_json(prov.cuda_archs_found)
     assert found is not None and (found.sass, found.ptx) == (("sm_90",), ("compute_75",))
     # published to the variant index, and a user installs it without building anything
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_")) and k != "VIRTUAL_ENV"}

@@ -30,11 +30,13 @@ from kiln.backends import CompileResult
 from kiln.build import finish_cell
 from kiln.cli import main
 from kiln.errors import BuildError
+from kiln.host import find_python
 from kiln.matrix import expand
+from kiln.provenance import Provenance
 from kiln.recipe import load_recipes
 from kiln.source import Source, sha256_of
-from kiln.toolchains import find_python, load_toolchains
-from kiln.wheel import cuda_content, read_provenance
+from kiln.toolchains import load_toolchains
+from kiln.wheel import cuda_content
 
 UV = [sys.executable, "-m", "uv"]
 HAS_312 = find_python("3.12") is not None
@@ -87,12 +89,12 @@ def test_kiln_build_makes_a_finished_smoke_tested_wheel(built: tuple[int, Path])
     assert all(t.platform.startswith("manylinux") for t in tags), "auditwheel's tag, not linux_x86_64"
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
-    prov = read_provenance(wheel)
+    prov = Provenance.read(wheel)
     assert "Requires-Dist: kilnfix-helper==1.4.*" in metadata(wheel)
-    assert prov["source_sha256"] == "a7005b134f28175956dbc211b911bbd685ecc4d5fd31570b571c0fd7bd2ab871"
-    assert prov["recipe"] == "kilnfix.yaml" and len(prov["recipe_sha256"]) == 64  # type: ignore[arg-type]
-    assert any(line.startswith("kilnfix-helper==1.4.0") for line in prov["build_env"])  # type: ignore[union-attr]
-    assert prov["python"].startswith("3.11.")  # type: ignore[union-attr]
+    assert prov.source_sha256 == "a7005b134f28175956dbc211b911bbd685ecc4d5fd31570b571c0fd7bd2ab871"
+    assert prov.recipe == "kilnfix.yaml" and len(prov.recipe_sha256) == 64
+    assert any(line.startswith("kilnfix-helper==1.4.0") for line in prov.build_env)
+    assert prov.python.startswith("3.11.")
     assert any(n.startswith("kilnfix/_speedup.cpython-311") for n in names)
 
 
@@ -101,7 +103,7 @@ def test_build_requirements_come_in_three_recorded_tiers(built: tuple[int, Path]
     only the undeclared import; each tier is in the log and in the provenance."""
     _, home = built
     wheel = next((home / "wheelhouse").glob("kilnfix-1.0.0-cp311-*.whl"))
-    reqs = read_provenance(wheel)["build_requires"]
+    reqs = Provenance.read(wheel).build_requires
     assert reqs["build_system"] == ["setuptools>=40.8.0"] and reqs["default"] is True  # type: ignore[index]
     assert reqs["recipe"] == ["kilnfix-helper==1.4.0"]  # type: ignore[index]
     assert isinstance(reqs["backend"], list)  # type: ignore[index]
@@ -110,7 +112,7 @@ def test_build_requirements_come_in_three_recorded_tiers(built: tuple[int, Path]
     assert "build requirements 2/3, recipe build.requires: kilnfix-helper==1.4.0" in log
     assert "build requirements 3/3, backend get_requires_for_build_wheel:" in log
     assert "--skip-dependency-check" not in log
-    assert any(line.startswith("setuptools==") for line in read_provenance(wheel)["build_env"])  # type: ignore[union-attr]
+    assert any(line.startswith("setuptools==") for line in Provenance.read(wheel).build_env)
 
 
 @pytest.mark.skipif(not HAS_312, reason="no Python 3.12 here (PATH, uv, pyenv)")
@@ -119,7 +121,7 @@ def test_legacy_setup_py_builds_on_python_312(built: tuple[int, Path]) -> None:
     rc, home = built
     assert rc == 0, (home / "logs" / "kilnfix-1.0.0-cp312-main.log").read_text()
     (wheel,) = (home / "wheelhouse").glob("kilnfix-1.0.0-cp312-*.whl")
-    assert read_provenance(wheel)["python"].startswith("3.12.")  # type: ignore[union-attr]
+    assert Provenance.read(wheel).python.startswith("3.12.")
 
 
 def test_the_build_step_cannot_reach_the_index_kiln_reached(built: tuple[int, Path], upstream: StaticIndex) -> None:
@@ -271,7 +273,7 @@ def test_a_cpu_wheel_holding_cuda_is_refused(cuda_linked: Path, tmp_path: Path) 
     res = CompileResult(wheel=cuda_linked, installed={"torch": "2.14.1"}, freeze=[], python="3.11", compiler="gcc")
     src = Source(FIXTURE_SDIST, "file:///x", "0" * 64)
     with open(tmp_path / "log", "w") as log, pytest.raises(BuildError) as exc:
-        finish_cell(cell, tc, res, src, "local", tmp_path / "work", log)
+        finish_cell(cell, tc, res, src, tmp_path / "work", log)
     assert exc.value.message.startswith(f"{cuda_linked.name} was built without CUDA but holds CUDA: "
                                         "kilncuda/_ext.")
     assert ": links libcudart.so" in exc.value.message
@@ -291,7 +293,7 @@ def test_sdist_only_runtime_dependency_is_built_too(closure_built: tuple[int, Pa
     names = sorted(parse_wheel_filename(w.name)[0] for w in (home / "wheelhouse").glob("*.whl"))
     assert names == ["kilnapp", "kilnlib"]
     (lib,) = (home / "wheelhouse").glob("kilnlib-*.whl")
-    assert read_provenance(lib)["closure_of"] == "kilnapp-1.0.0-cp311-main"
+    assert Provenance.read(lib).closure_of == "kilnapp-1.0.0-cp311-main"
     lib_log = (home / "logs" / "kilnlib-1.0.0-cp311-main.log").read_text()
     assert "kiln: import kilnlib: ok" in lib_log and "kiln: import kilnlib._native: ok" in lib_log
 
@@ -343,7 +345,7 @@ def test_the_closure_uses_a_dependency_s_recipe_when_there_is_one(tmp_path: Path
                  "--only", "kilnapp"]) == 0
     (wheel,) = (home / "wheelhouse").glob("kilnlib-*.whl")
     assert wheel.name.startswith("kilnlib-1.0.0-3-cp311-")
-    assert read_provenance(wheel)["closure_of"] == "kilnapp-1.0.0-cp311-main"
+    assert Provenance.read(wheel).closure_of == "kilnapp-1.0.0-cp311-main"
 
 
 def test_plan_lists_closure_cells(closure_built: tuple[int, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -408,7 +410,7 @@ def test_runtime_replace_rewrites_upstream_requirements_and_the_smoke_test_insta
     (wheel,) = (home / "wheelhouse").glob("kilnold-*.whl")
     requires = [ln for ln in metadata(wheel) if ln.startswith("Requires-Dist:")]
     assert requires == ["Requires-Dist: kilnfix-helper"]
-    assert read_provenance(wheel)["runtime_replaced"] == {"kilnfix-helper<1.0": "kilnfix-helper",
+    assert Provenance.read(wheel).runtime_replaced == {"kilnfix-helper<1.0": "kilnfix-helper",
                                                           'kilnlib>=1.0; python_version < "3.6"': None}
     log = (home / "logs" / "kilnold-1.0.0-cp311-main.log").read_text()
     assert "kiln: runtime.replace: kilnfix-helper<1.0 -> kilnfix-helper\n" in log

@@ -24,13 +24,15 @@ from kiln_testing.index import StaticIndex
 
 from kiln import ci
 from kiln.backends.cibuildwheel import BuildRecord, CibuildwheelBackend, environment
-from kiln.build import build_cell
+from kiln.build import BuildContext, build_cell
 from kiln.buildreqs import BuildRequirements
+from kiln.errors import StaleWorkflowError
 from kiln.home import Home
 from kiln.matrix import expand
+from kiln.provenance import Provenance
 from kiln.recipe import load_recipes
 from kiln.toolchains import load_toolchains
-from kiln.wheel import EXCLUDED_LIBS, read_provenance
+from kiln.wheel import EXCLUDED_LIBS
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -188,7 +190,7 @@ def test_check_fails_after_a_recipe_change(tmp_path: Path) -> None:
     pytwed.write_text(pytwed.read_text().replace('python: ["3.10", "3.11", "3.12", "3.13"]',
                                                  'python: ["3.10", "3.11", "3.12", "3.13", "3.14"]'))
     stale = kiln("ci", "check", *args)
-    assert stale.returncode == 2
+    assert stale.returncode == StaleWorkflowError.exit_code == 11
     lines = stale.stderr.strip().splitlines()
     assert len(lines) == 1 and "stale" in lines[0] and "kiln ci render" in lines[0], stale.stderr
     assert kiln("ci", "render", *args).returncode == 0
@@ -366,7 +368,7 @@ def test_cibuildwheel_backend_without_an_engine_fails_the_cell_in_one_line(tmp_p
         tc = load_toolchains(FIXTURE_RECIPES)
         cell = expand(load_recipes(FIXTURE_RECIPES), tc)[0]
         home = Home(tmp_path / "home")
-        result = build_cell(cell, tc, home, tmp_path / "out", CibuildwheelBackend())
+        result = build_cell(cell, BuildContext.of(tc, home, tmp_path / "out", CibuildwheelBackend()))
     finally:
         os.environ["PATH"] = old
     assert result.status == "failed"
@@ -400,12 +402,12 @@ def test_source_then_raw_build_then_finish(tmp_path: Path, upstream: StaticIndex
     assert fin.returncode == 0, fin.stderr
     (finished,) = out.glob("*.whl")
     assert fin.stdout.strip() == str(finished)
-    prov = read_provenance(finished)
+    prov = Provenance.read(finished)
     source_record = json.loads((src / ".kiln-source.json").read_text())
-    assert prov["backend"] == "cibuildwheel" and prov["cell"] == cell
-    assert prov["source_sha256"] == source_record["sha256"]
-    assert prov["python"].startswith("3.11.")
-    assert any(line.startswith("kilnfix-helper==1.4.0") for line in prov["build_env"])  # type: ignore[union-attr]
+    assert prov.backend == "cibuildwheel" and prov.cell == cell
+    assert prov.source_sha256 == source_record["sha256"]
+    assert prov.python.startswith("3.11.")
+    assert any(line.startswith("kilnfix-helper==1.4.0") for line in prov.build_env)
     with zipfile.ZipFile(finished) as zf:
         meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
         assert "Requires-Dist: kilnfix-helper==1.4.*" in zf.read(meta).decode()

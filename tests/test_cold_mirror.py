@@ -11,7 +11,6 @@ upstream's answer, and uv's own retries get it. See kiln/mirror/plugin.py.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import pytest
 from devpi_server.config import DEFAULT_REQUEST_TIMEOUT
 from kiln_testing.deploy import Deployment
 from kiln_testing.index import SIMPLE_JSON, StaticIndex
+from kiln_testing.provenance import provenance_json
 from kiln_testing.tools import BIN
 from kiln_testing.wheels import make_helper_wheel
 
@@ -32,7 +32,7 @@ from kiln.home import Home
 from kiln.matrix import Variant
 from kiln.mirror.deploy import Site
 from kiln.mirror.server import upload_credentials
-from kiln.wheel import PROVENANCE
+from kiln.provenance import PROVENANCE
 
 pytestmark = pytest.mark.e2e
 
@@ -67,8 +67,7 @@ def wheel_requiring(name: str, version: str, requires: list[str], dest: Path, va
     (root / module / "__init__.py").write_text("")
     info = root / f"{module}-{version}.dist-info"
     info.mkdir()
-    (info / PROVENANCE).write_text(json.dumps({"cell": f"{name}-{version.split('+')[0]}-py3-{variant}",
-                                               "variant": variant, "closure_of": None}))
+    (info / PROVENANCE).write_text(provenance_json(f"{name}-{version.split('+')[0]}-py3-{variant}", variant))
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
                                    + "".join(f"Requires-Dist: {r}\n" for r in requires))
     (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")

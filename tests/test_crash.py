@@ -31,9 +31,10 @@ from kiln_testing.wheels import make_wheel
 from kiln import mirror
 from kiln.home import Home
 from kiln.matrix import expand
+from kiln.provenance import Provenance
 from kiln.recipe import load_recipes
 from kiln.toolchains import load_toolchains
-from kiln.wheel import Provenance, finish
+from kiln.wheel import finish
 
 pytestmark = pytest.mark.e2e
 KILN = str(BIN / "kiln")

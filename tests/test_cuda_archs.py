@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln.toolchains import probe_host
-from kiln.wheel import CudaArchs, check_cuda_archs, cuda_archs_found, find_cuobjdump, wanted_archs
+from kiln.host import probe_host
+from kiln.provenance import CudaArchs
+from kiln.wheel import check_cuda_archs, cuda_archs_found, find_cuobjdump, wanted_archs
 
 KERNEL = """
 __global__ void add(float *a, float b) { a[threadIdx.x] += b; }
@@ -179,26 +180,25 @@ def _finish(tmp_path: Path, so: Path) -> tuple[Path, str]:
     (cell,) = expand(load_recipes(recipes, None), tc)
     assert cell.cuda_archs == "8.0;9.0"
     res = CompileResult(wheel=_raw_wheel(tmp_path / "raw", so), installed={"torch": "2.14.1"}, freeze=[],
-                        python="3.11", compiler="gcc")
+                        python="3.11", compiler="gcc", backend="local")
     with open(tmp_path / "log", "w") as log:
-        finished, _ = finish_cell(cell, tc, res, Source(FIXTURE_SDIST, "file:///x", "0" * 64), "local",
-                                  tmp_path / "work", log)
+        finished, _ = finish_cell(cell, tc, res, Source(FIXTURE_SDIST, "file:///x", "0" * 64), tmp_path / "work", log)
     return finished, (tmp_path / "log").read_text()
 
 
 def test_finish_records_the_archs_found_in_the_provenance(objects: dict[str, Path], cuobjdump: Path,
                                                           tmp_path: Path) -> None:
-    from kiln.wheel import read_provenance
+    from kiln.provenance import Provenance
 
     finished, log = _finish(tmp_path, objects["cuda.so"])
-    found = read_provenance(finished)["cuda_archs_found"]
+    found = Provenance.read(finished).cuda_archs_found
     assert found["sass"] == ["sm_80", "sm_90"] and found["ptx"] == ["compute_90"]  # type: ignore[index]
     assert "kiln: CUDA architectures found by" in log and "sm_80 sm_90 compute_90" in log
-    prov = read_provenance(finished)
-    assert prov["archs_served"] == ["8.0", "8.6", "8.9", "9.0", "10.0", "10.3", "12.0"]  # cut at build.gpus.min
-    assert prov["archs_code"] == {"8.0": "sass", "8.6": "sass", "8.9": "sass", "9.0": "sass", "10.0": "ptx",
+    prov = Provenance.read(finished)
+    assert prov.archs_served == ["8.0", "8.6", "8.9", "9.0", "10.0", "10.3", "12.0"]  # cut at build.gpus.min
+    assert prov.archs_code == {"8.0": "sass", "8.6": "sass", "8.9": "sass", "9.0": "sass", "10.0": "ptx",
                                   "10.3": "ptx", "12.0": "ptx"}
-    assert prov["gpus_reason"] == "the kernels use bf16"
+    assert prov.gpus_reason == "the kernels use bf16"
     assert "kiln: GPUs kiln/cu130-torch2.14 serves: 8.0 sass, 8.6 sass, 8.9 sass, 9.0 sass, 10.0 ptx" in log
 
 

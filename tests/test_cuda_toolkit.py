@@ -25,15 +25,17 @@ from kiln_testing.index import StaticIndex
 from kiln_testing.wheels import make_torch_stand_in
 
 from kiln import cuda
-from kiln.build import build_env
+from kiln.buildenv import build_env
 from kiln.cli import main
 from kiln.errors import ConfigError
 from kiln.home import Home
+from kiln.host import Host
 from kiln.matrix import expand
+from kiln.provenance import Provenance
 from kiln.recipe import load_recipes
 from kiln.sandbox import Sandbox
-from kiln.toolchains import Host, load_toolchains
-from kiln.wheel import find_cuobjdump, list_device_code, read_provenance
+from kiln.toolchains import load_toolchains
+from kiln.wheel import find_cuobjdump, list_device_code
 
 TC = load_toolchains(FIXTURE_RECIPES)
 NVCC13 = Host(Path("/usr/local/cuda"), "13.0")
@@ -240,12 +242,12 @@ def test_a_cu130_cell_builds_with_the_index_s_nvcc(index_built: tuple[int, Path,
     assert f"kiln: env CUDA_HOME={work_home}" in log
     assert f"kilnkernel: {work_home / 'bin' / 'nvcc'} -shared" in log  # the fixture's setup.py ran that nvcc
     (wheel,) = (home / "wheelhouse").glob("kilnkernel-*.whl")
-    prov = read_provenance(wheel)
-    toolkit = str(prov["cuda_toolkit"])
+    prov = Provenance.read(wheel)
+    toolkit = str(prov.cuda_toolkit)
     assert toolkit.startswith("index: nvidia-cuda-nvcc 13.0.")
     assert [part.split()[0] for part in toolkit.removeprefix("index: ").split(", ")] == PACKAGES
-    assert prov["nvcc"] == "13.0"
-    found = prov["cuda_archs_found"]
+    assert prov.nvcc == "13.0"
+    found = prov.cuda_archs_found
     assert isinstance(found, dict) and found["sass"] == ["sm_75", "sm_90"] and found["ptx"] == ["compute_75"]
     assert toolkit in log
 

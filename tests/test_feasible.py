@@ -31,11 +31,12 @@ from packaging.requirements import Requirement
 from kiln.cli import main
 from kiln.feasible import Wanted, interpreter_version, missing_wheel, python_excluded
 from kiln.home import CellResult, Home
+from kiln.host import find_python
 from kiln.matrix import Cell, expand
 from kiln.plan import cell_status, to_build
 from kiln.recipe import load_recipes
 from kiln.source import IndexFile, index_files, sha256_of
-from kiln.toolchains import find_python, load_toolchains
+from kiln.toolchains import load_toolchains
 
 UV = [sys.executable, "-m", "uv"]
 PYTHONS = ("3.10", "3.11", "3.12")

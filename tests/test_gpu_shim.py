@@ -29,15 +29,16 @@ from kiln_testing.wheels import make_torch_stand_in
 
 from kiln import gpushim
 from kiln.backends.cibuildwheel import environment
-from kiln.build import build_env
+from kiln.buildenv import build_env
 from kiln.buildreqs import BuildRequirements
 from kiln.cli import main
 from kiln.home import CellResult, Home
+from kiln.host import probe_host
 from kiln.matrix import Cell, expand
 from kiln.profile import HostFacts, select
+from kiln.provenance import Provenance
 from kiln.recipe import load_recipes
-from kiln.toolchains import load_toolchains, probe_host
-from kiln.wheel import read_provenance
+from kiln.toolchains import load_toolchains
 
 SERVED_13 = ("7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "10.3", "12.0")
 SHIM_ON = ("kiln: GPU shim: torch.cuda.is_available() -> True: torch answers as 8 GPUs of compute capability "
@@ -319,10 +320,10 @@ def test_a_cuda_only_extension_builds_for_the_gpus_its_index_serves(tmp_path: Pa
     assert f"kiln: env KILN_GPU_SHIM={';'.join(SERVED_13)}" in log
     assert SHIM_ON in log
     # without TORCH_CUDA_ARCH_LIST, code for every GPU torch reported: the index's contract holds
-    prov = read_provenance(wheel)
-    assert prov["cuda_archs_found"]["sass"] == ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_103",
+    prov = Provenance.read(wheel)
+    assert prov.cuda_archs_found["sass"] == ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_103",
                                                 "sm_120"]
-    assert set(prov["archs_code"].values()) == {"sass"}
+    assert set(prov.archs_code.values()) == {"sass"}
     # the smoke test's environment has no shim: the package sees the stand-in torch's own GPU
     smoke = log[next(i for i, line in enumerate(log) if line.startswith("kiln: smoke test of ")):]
     assert "kilngpu: at import torch.cuda says is_available=True device_count=1 capability=(8, 6)" in smoke

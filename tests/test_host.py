@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kiln.build import parallelism
+from kiln.buildenv import parallelism
 from kiln.host import GIB, available_memory_gb, usable_cores
 
 

@@ -11,6 +11,7 @@ from kiln_testing.fixtures import FIXTURE_RECIPES, recipes_dir
 from kiln_testing.index import StaticIndex
 
 from kiln.cli import main
+from kiln.errors import InferError
 from kiln.home import Home
 from kiln.infer import (
     Change,
@@ -461,10 +462,10 @@ def test_infer_with_a_relative_home(tmp_path: Path, upstream: StaticIndex, monke
     assert Home(Path("home")).root == tmp_path / "home"
 
 
-def test_infer_gives_up_with_exit_6_and_writes_nothing(tmp_path: Path, upstream: StaticIndex,
+def test_infer_gives_up_with_its_exit_code_and_writes_nothing(tmp_path: Path, upstream: StaticIndex,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     recipes = recipes_with_toolchains(tmp_path)
-    assert infer("kilnbroken==1.0.0", recipes, tmp_path, upstream) == 6
+    assert infer("kilnbroken==1.0.0", recipes, tmp_path, upstream) == InferError.exit_code == 10
     captured = capsys.readouterr()
     assert captured.out.splitlines() == ["try 1: RuntimeError: kilnbroken: this platform is not supported (the "
                                          "build backend's get_requires_for_build_wheel failed) -> no rule applies"]
@@ -502,7 +503,7 @@ def test_infer_drafts_a_runtime_dependency_s_recipe_on_the_way(tmp_path: Path, u
 def test_infer_fails_when_a_dependency_cannot_be_fixed(tmp_path: Path, upstream: StaticIndex,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     recipes = recipes_with_toolchains(tmp_path)
-    assert infer("kilnneeds", recipes, tmp_path, upstream) == 6
+    assert infer("kilnneeds", recipes, tmp_path, upstream) == InferError.exit_code
     err = capsys.readouterr().err.strip()
     assert err.startswith("kiln: kilnneeds 1.0.0: its runtime dependency kilnbroken==1.0.0 has no working recipe: "
                           "kilnbroken 1.0.0: no working recipe; last failure: RuntimeError: kilnbroken")

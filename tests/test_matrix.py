@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from kiln.errors import ConfigError
+from kiln.host import Host
 from kiln.matrix import Variant, expand, not_buildable
 from kiln.recipe import load_recipes
-from kiln.toolchains import Host, load_toolchains
+from kiln.toolchains import load_toolchains
 
 REPO_RECIPES = Path(__file__).parent.parent / "recipes"
 
@@ -111,7 +112,7 @@ def test_not_buildable_reasons(recipes_dir: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_parallelism_is_bounded_by_memory_and_cores() -> None:
-    from kiln.build import parallelism
+    from kiln.buildenv import parallelism
 
     assert parallelism(6, cores=2, free_gb=22).max_jobs == 2
     assert parallelism(8, cores=16, free_gb=20).max_jobs == 2

@@ -88,9 +88,7 @@ def test_secret_files_are_private(tmp_path: Path) -> None:
 
 
 def test_published_for_without_a_mirror(tmp_path: Path) -> None:
-    import argparse
-
-    assert mirror.published_for(argparse.Namespace(home=str(tmp_path), mirror=None), ["main"]) is None
+    assert mirror.published_for(Home(tmp_path), None, ["main"]) is None
 
 
 def test_publish_without_a_mirror_is_one_line(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import pytest
 from kiln_testing.deploy import Deployment
 from kiln_testing.fixtures import MORE_RECIPES, kilnfix_recipe, recipes_dir
 from kiln_testing.index import SIMPLE_JSON, StaticIndex
+from kiln_testing.provenance import provenance_json
 from kiln_testing.tools import BIN, free_port
 
 from kiln import mirror
@@ -185,13 +186,12 @@ def _variant_wheel(dest: Path, version: str) -> Path:
     info = f"kilnfix-{version}.dist-info"
     public, _, label = version.partition("+")
     variant = label.replace(".", "-", 1) if label else "main"
-    provenance = {"cell": f"kilnfix-{public}-cp311-{variant}", "variant": variant, "closure_of": None}
     with zipfile.ZipFile(dest / name, "w") as zf:
         zf.writestr("kilnfix/__init__.py", "def add(a, b):\n    return a + b\n")
         zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: kilnfix\nVersion: {version}\n")
         zf.writestr(f"{info}/WHEEL",
                     "Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        zf.writestr(f"{info}/kiln.json", json.dumps(provenance))
+        zf.writestr(f"{info}/kiln.json", provenance_json(f"kilnfix-{public}-cp311-{variant}", variant))
         zf.writestr(f"{info}/RECORD", "")
     return dest / name
 

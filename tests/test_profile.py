@@ -14,17 +14,20 @@ from pathlib import Path
 
 import pytest
 from kiln_testing.fixtures import kilnfix_recipe, recipes_dir
+from kiln_testing.provenance import provenance_json
 from rich.console import Console
 
-from kiln import estimate, profile
+from kiln import estimate, host, profile
 from kiln.cli import main
 from kiln.errors import ConfigError
 from kiln.home import CellResult, Home
+from kiln.host import Host
+from kiln.logs import duration
 from kiln.matrix import Cell, expand
-from kiln.plan import NARROW, archs_cover, cell_status, to_build, widen
+from kiln.plan import Status, archs_cover, cell_status, to_build, widen
 from kiln.profile import HostFacts, select
 from kiln.recipe import load_recipes
-from kiln.toolchains import Host, Toolchains, load_toolchains
+from kiln.toolchains import Toolchains, load_toolchains
 from kiln.up import say_plan
 
 ROOT = Path(__file__).parent.parent
@@ -201,9 +204,9 @@ def fake_nvidia_smi(tmp_path: Path, caps: str) -> str:
 
 
 def test_gpus_and_driver_from_nvidia_smi(tmp_path: Path) -> None:
-    assert profile.query_gpus(fake_nvidia_smi(tmp_path, "9.0\\n8.6\\n")) == (("9.0", "8.6"), "13.0")
-    assert profile.query_gpus(fake_nvidia_smi(tmp_path, "No devices were found\\n")) == ((), None)
-    assert profile.query_gpus(str(tmp_path / "absent")) == ((), None)
+    assert host.query_gpus(fake_nvidia_smi(tmp_path, "9.0\\n8.6\\n")) == (("9.0", "8.6"), "13.0")
+    assert host.query_gpus(fake_nvidia_smi(tmp_path, "No devices were found\\n")) == ((), None)
+    assert host.query_gpus(str(tmp_path / "absent")) == ((), None)
 
 
 def test_host_archs_is_checked(tmp_path: Path) -> None:
@@ -258,7 +261,7 @@ def fake_wheel(wheelhouse: Path, name: str, cell: Cell, **provenance: object) ->
     with zipfile.ZipFile(wheelhouse / name, "w") as zf:
         zf.writestr(f"{dist}/__init__.py", "")
         zf.writestr(f"{dist}-{version}.dist-info/kiln.json",
-                    json.dumps({"cell": cell.id, "recipe_sha256": cell.recipe.sha256, **provenance}))
+                    provenance_json(cell.id, cell.variant.name, recipe_sha256=cell.recipe.sha256, **provenance))
     return name
 
 
@@ -282,7 +285,7 @@ def test_a_host_wheel_is_narrow_for_profile_all_and_rebuilt_under_the_next_build
     # the rebuild takes build 1; once its wheel is there it is the cell's (installers pick it), the
     # narrower one stays, and nothing is left to build
     rows = cell_status(cells, tc, home, home.wheelhouse, {"cu130-torch2.14": [narrow]})
-    assert next(r for r in rows if r.cell == CELL).status == NARROW
+    assert next(r for r in rows if r.cell == CELL).status == Status.NARROW
     todo, _ = to_build(cells, rows, home)
     (rebuild,) = [c for c in todo if c.id == CELL]
     assert (rebuild.build_number, rebuild.cuda_archs) == (1, "upstream")
@@ -328,7 +331,7 @@ def test_a_published_host_wheel_known_from_the_cell_result(recipes: Path, tmp_pa
     name = "kilnkern-1.0.0+cu130.torch2.14-cp311-cp311-linux_x86_64.whl"
     CellResult(cell=CELL, status="built", log="x.log", seconds=420.0, wheel=name, cuda_archs="9.0").save(home)
     (row,) = [r for r in cell_status(cells, tc, home, home.wheelhouse, {"cu130-torch2.14": [name]}) if r.cell == CELL]
-    assert (row.status, row.wheel_archs, row.rebuild_number) == (NARROW, "9.0", 1)
+    assert (row.status, row.wheel_archs, row.rebuild_number) == (Status.NARROW, "9.0", 1)
     other = next(c for c in cells if c.id == "kilnkern-1.0.0-cp312-cu130-torch2.14")
     (row,) = [r for r in cell_status([other], tc, home, home.wheelhouse,
                                      {"cu130-torch2.14": [name.replace("cp311", "cp312")]})]
@@ -366,7 +369,7 @@ def test_a_gpu_outside_the_wheels_list_widens_it(recipes: Path, tmp_path: Path) 
     picked = select(cells, tc, "host", HostFacts(python="3.11", nvcc="13.0", gpus=("8.6",), driver_cuda="13.0"))
     rows = cell_status(list(picked.cells), tc, home, home.wheelhouse)
     (row,) = [r for r in rows if r.cell == CELL]
-    assert (row.status, row.rebuild_archs, row.rebuild_number) == (NARROW, "8.6;9.0", 1)
+    assert (row.status, row.rebuild_archs, row.rebuild_number) == (Status.NARROW, "8.6;9.0", 1)
 
 
 # ----------------------------------------------------------------------------- the estimate
@@ -408,7 +411,7 @@ def test_estimate_from_the_recipe_timeout_without_builds(recipes: Path, tmp_path
 @pytest.mark.parametrize(("seconds", "text"), [(4, "4 s"), (89, "89 s"), (125, "2 min"), (3600, "1 h 00 min"),
                                                (2 * 3600 + 5 * 60, "2 h 05 min")])
 def test_duration(seconds: float, text: str) -> None:
-    assert estimate.duration(seconds) == text
+    assert duration(seconds, about=True) == text
 
 
 def test_up_says_what_it_builds_and_how_long_before_it_starts(recipes: Path, tmp_path: Path) -> None:
@@ -422,7 +425,7 @@ def test_up_says_what_it_builds_and_how_long_before_it_starts(recipes: Path, tmp
     assert lines[0] == ("kiln up: building 2 cells, about 8 min "
                         "(1 from earlier builds here, 1 from their recipes' timeouts)")
     assert lines[1:] == ["  kilnfix-1.0.0-cp311-main: ~30 s",
-                         f"  {CELL} archs 9.0: ~{estimate.duration(240 * 60 * 0.25 / 8)} (from its recipe timeout)"]
+                         f"  {CELL} archs 9.0: ~{duration(240 * 60 * 0.25 / 8, about=True)} (from its recipe timeout)"]
 
 
 def test_a_rebuild_names_its_build_number(recipes: Path) -> None:

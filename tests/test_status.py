@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from kiln_testing.fixtures import kilnfix_recipe, recipes_dir
 from kiln_testing.index import StaticIndex
+from kiln_testing.provenance import provenance_json
 from kiln_testing.tools import free_port
 
 from kiln import status
@@ -69,8 +70,8 @@ class Fixture:
         return next(c for c in self.cells if c.id == cell_id)
 
 
-def fake_wheel(dest: Path, name: str, provenance: dict[str, object], payload: int) -> Path:
-    """A wheel named ``name`` with kiln's provenance and ``payload`` bytes of data."""
+def fake_wheel(dest: Path, name: str, kiln_json: str, payload: int) -> Path:
+    """A wheel named ``name`` with kiln's provenance (``kiln_json``) and ``payload`` bytes of data."""
     dist, version = name.split("-")[:2]
     info = f"{dist}-{version}.dist-info"
     dest.mkdir(parents=True, exist_ok=True)
@@ -78,7 +79,7 @@ def fake_wheel(dest: Path, name: str, provenance: dict[str, object], payload: in
         zf.writestr(f"{dist}/__init__.py", "")
         zf.writestr(f"{dist}/_data.bin", os.urandom(payload))
         zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-        zf.writestr(f"{info}/kiln.json", json.dumps(provenance))
+        zf.writestr(f"{info}/kiln.json", kiln_json)
     return dest / name
 
 
@@ -98,7 +99,8 @@ def fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fixture:
 
     def wheel(cell_id: str, name: str, payload: int, **prov: object) -> None:
         cell = fx.cell(cell_id)
-        fake_wheel(home.wheelhouse, name, {"cell": cell_id, "recipe_sha256": cell.recipe.sha256, **prov}, payload)
+        fake_wheel(home.wheelhouse, name,
+                   provenance_json(cell_id, cell.variant.name, recipe_sha256=cell.recipe.sha256, **prov), payload)
 
     def result(cell_id: str, st: str, seconds: float, **more: object) -> None:
         log = home.logs / f"{cell_id}.log"
@@ -115,7 +117,8 @@ def fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fixture:
            cuda_archs_found=FOUND)
     result("kilnkern-1.0.0-cp312-cu130-torch2.14", "failed", 600.0, error=FAILED_ERROR)
     stale = "kilnkern-1.0.0+cpu.torch2.14-cp311-cp311-linux_x86_64.whl"
-    fake_wheel(home.wheelhouse, stale, {"recipe_sha256": "0" * 64}, 1000)
+    fake_wheel(home.wheelhouse, stale, provenance_json("kilnkern-1.0.0-cp311-cpu-torch2.14", "cpu-torch2.14",
+                                                        recipe_sha256="0" * 64), 1000)
     cpu312 = "kilnkern-1.0.0+cpu.torch2.14-cp312-cp312-linux_x86_64.whl"
     wheel("kilnkern-1.0.0-cp312-cpu-torch2.14", cpu312, 5000)
     fx.published = {"main": [fix311], "cpu-torch2.14": [cpu312], "cu130-torch2.14": [], "cu128-torch2.14": []}

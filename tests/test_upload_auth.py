@@ -35,9 +35,9 @@ from kiln.mirror import configure, mirror_url, published, root_credentials
 from kiln.mirror.api import Credentials, Devpi
 from kiln.mirror.server import ServerFiles
 from kiln.mirror.tokens import parse
+from kiln.provenance import PROVENANCE, Provenance
 from kiln.recipe import load_recipes
 from kiln.toolchains import load_toolchains
-from kiln.wheel import PROVENANCE, Provenance
 
 pytestmark = pytest.mark.e2e
 KILN = str(BIN / "kiln")

@@ -13,10 +13,11 @@ from kiln_testing.wheels import make_helper_wheel, make_wheel
 from packaging.utils import parse_wheel_filename
 
 from kiln.matrix import Cell, Variant
+from kiln.provenance import Provenance
 from kiln.recipe import load_recipe
 from kiln.smoke import extension_modules, top_level_modules
 from kiln.toolchains import load_toolchains
-from kiln.wheel import Pin, Provenance, finish, pins_for, read_provenance, rewrite_metadata
+from kiln.wheel import Pin, finish, pins_for, rewrite_metadata
 
 
 def torch_cell() -> Cell:
@@ -45,7 +46,7 @@ def test_label_goes_into_filename_metadata_and_record(tmp_path: Path) -> None:
     assert f"Version: {version}" in meta
     assert "Requires-Dist: torch==2.14.*" in meta
     assert "kilnfix_helper-1.4.0+cu130.torch2.14.dist-info/kiln.json,sha256=" in record
-    assert read_provenance(out)["cuda_archs"] == "9.0"
+    assert Provenance.read(out).cuda_archs == "9.0"
     # `wheel unpack` verifies every RECORD hash; it fails on a stale RECORD.
     subprocess.run([sys.executable, "-m", "wheel", "unpack", "--dest", str(tmp_path / "u"), str(out)], check=True)
 

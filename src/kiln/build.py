@@ -1,5 +1,6 @@
 """Run one cell's steps in order: fetch, unpack, patch, compile (a backend's), finish, the
-closure of runtime requirements without wheels, smoke.
+closure of runtime requirements without wheels, smoke. What the steps of a run share travels in
+one BuildContext.
 
 A failed cell never stops the others; its full log is kept in the kiln home.
 """
@@ -11,30 +12,29 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import traceback
-from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console
 
 import kiln
-from kiln import archs, buildreqs, closure, cuda, feasible, gpushim, smoke, source
+from kiln import archs, buildreqs, closure, cuda, feasible, smoke, source
 from kiln.backends import Backend, CompileJob, CompileResult
+from kiln.backends.cibuildwheel import RECORD, BuildRecord
+from kiln.buildenv import build_env, write_constraints
 from kiln.buildreqs import BuildRequirements
 from kiln.errors import BuildError, KilnError, NotBuildable
-from kiln.home import CellResult, Home
-from kiln.host import available_memory_gb, usable_cores
+from kiln.home import CellOutcome, CellResult, Home
+from kiln.host import probe_host
 from kiln.logs import CellProgress, progress_for
 from kiln.matrix import Cell
+from kiln.provenance import CudaArchs, Provenance, ProvenanceError
 from kiln.sandbox import is_secret_name, secret_paths
-from kiln.toolchains import Toolchains, probe_host
+from kiln.toolchains import Toolchains
 from kiln.wheel import (
-    CudaArchs,
-    Provenance,
     check_cuda_archs,
     check_served,
     cuda_archs_found,
@@ -42,125 +42,50 @@ from kiln.wheel import (
     find_cuobjdump,
     finish,
     pins_for,
-    read_provenance,
 )
 
 
 @dataclass(frozen=True)
-class Parallelism:
-    max_jobs: int
-    nvcc_threads: int
+class BuildContext:
+    """What every step of a run shares, passed whole instead of as parameter lists (as
+    cibuildwheel passes its BuildOptions): the toolchain table, the kiln home, where finished
+    wheels land, the backend that compiles, the index build requirements and sdists come from,
+    and where progress is reported (closure cells built inside a cell report there too)."""
+
+    toolchains: Toolchains
+    home: Home
+    out: Path
+    backend: Backend
+    index_url: str
+    progress: CellProgress | None = None
+
+    @classmethod
+    def of(cls, toolchains: Toolchains, home: Home, out: Path, backend: Backend,
+           index_url: str | None = None) -> BuildContext:
+        """A run's context; ``index_url`` None: the default index (kiln.source)."""
+        return cls(toolchains, home, out, backend, index_url or source.default_index_url())
 
 
-def parallelism(memory_per_job_gb: float, cores: int | None = None,
-                free_gb: float | None = None) -> Parallelism:
-    """MAX_JOBS = min(cores, free memory / memory per job), both as the cgroup limits them (a CI
-    runner's or container's memory.max, cpu.max); nvcc threads share what is left."""
-    cores = cores or usable_cores()
-    free_gb = available_memory_gb() if free_gb is None else free_gb
-    jobs = max(1, min(cores, int(free_gb // memory_per_job_gb)))
-    return Parallelism(max_jobs=jobs, nvcc_threads=max(1, cores // jobs))
-
-
-def build_env(cell: Cell, toolchains: Toolchains, home: Home, toolkit: cuda.Toolkit | None = None) -> dict[str, str]:
-    """kiln's and the recipe's variables for a cell's compile step, whoever runs it (the local
-    backend adds only the caller's variables on kiln.sandbox's allow-list). ``toolkit``: the CUDA
-    toolkit a CUDA cell builds with (kiln.cuda.prepare); None: the host's, if any."""
-    recipe = cell.recipe
-    par = parallelism(recipe.build.memory_per_job_gb)
-    env = {
-        "MAX_JOBS": str(par.max_jobs),
-        "NVCC_THREADS": str(par.nvcc_threads),
-        "PIP_NO_INDEX": "1",
-        "SOURCE_DATE_EPOCH": "315532800",
-    }
-    if cell.variant.torch:
-        env["KILN_CXX_STD"] = str(toolchains.torch[cell.variant.torch].cxx_std)
-    if cell.variant.cuda_major:
-        cuda_home = toolkit.home if toolkit else probe_host().cuda_home
-        if cuda_home:
-            env["CUDA_HOME"] = str(cuda_home)
-        if toolkit and toolkit.source == "index":  # every name a build may look for it by
-            env["CUDA_PATH"] = str(toolkit.home)
-            env["CUDACXX"] = str(toolkit.nvcc)
-        if cell.cuda_archs != "upstream":
-            env["TORCH_CUDA_ARCH_LIST"] = cell.cuda_archs
-        if cell.ptx_archs:
-            env["NVCC_APPEND_FLAGS"] = ptx_flags(cell.ptx_archs)
-    env.update(compiler_cache_env(home, toolkit.nvcc if toolkit else None))
-    env.update(recipe.build.env)
-    if cell.ptx_archs and "NVCC_APPEND_FLAGS" in recipe.build.env:
-        env["NVCC_APPEND_FLAGS"] = f"{recipe.build.env['NVCC_APPEND_FLAGS']} {ptx_flags(cell.ptx_archs)}"
-    # torch answers about GPUs for the cell's target architectures, never this machine's (kiln.gpushim);
-    # a recipe's build.env may set the answer itself
-    env.setdefault(gpushim.ENV, gpushim.answer_for(cell, toolchains, env.get("TORCH_CUDA_ARCH_LIST")))
-    return env
-
-
-def ptx_flags(ptx_archs: str) -> str:
-    """nvcc flags that add PTX alone (no SASS) for each compute capability: ``7.5`` ->
-    ``-gencode=arch=compute_75,code=compute_75``. Set as NVCC_APPEND_FLAGS, which nvcc appends to
-    every command line, whoever builds it (torch's cpp_extension, CMake, a hand-written setup.py)."""
-    return " ".join(f"-gencode=arch=compute_{c},code=compute_{c}"
-                    for c in (a.strip().replace(".", "") for a in ptx_archs.split(";")) if c)
-
-
-def compiler_cache_env(home: Home, nvcc: Path | None = None) -> dict[str, str]:
-    """ccache in front of cc, c++ and nvcc (``nvcc``, else the host's), its cache in the kiln home.
-
-    cc and c++ go through ccache's masquerade links (a `c++` that is ccache), because torch runs
-    `$CXX -dumpversion` and cannot take a CXX with a space in it; nvcc goes through PYTORCH_NVCC."""
-    exe = shutil.which("ccache") or str(Path(sys.executable).parent / "ccache")
-    if not Path(exe).exists():
-        return {}
-    links = home.ccache.parent / "ccache-bin"
-    links.mkdir(parents=True, exist_ok=True)
-    for name in ("cc", "c++", "gcc", "g++"):
-        link = links / name
-        if not link.is_symlink() or os.readlink(link) != exe:
-            link.unlink(missing_ok=True)
-            link.symlink_to(exe)
-    env = {
-        "CCACHE_DIR": str(home.ccache),
-        "CCACHE_BASEDIR": str(home.work),
-        "CCACHE_NOHASHDIR": "1",
-        "CCACHE_COMPILERCHECK": "content",
-        "CCACHE_SLOPPINESS": "include_file_mtime,include_file_ctime,time_macros,pch_defines",
-        "CCACHE_MAXSIZE": os.environ.get("CCACHE_MAXSIZE", "20G"),
-        "CC": str(links / "cc"),
-        "CXX": str(links / "c++"),
-        # torch >= 2.14 prepends any ccache on PATH itself; kiln has wired it already.
-        "TORCH_NO_COMPILER_WRAPPER": "1",
-    }
-    if nvcc is None and (host := probe_host()).cuda_home:
-        nvcc = host.cuda_home / "bin" / "nvcc"
-    if nvcc is not None:
-        env["PYTORCH_NVCC"] = f"{exe} {nvcc}"
-    return env
-
-
-def build_cell(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: Backend,
-               index_url: str | None = None, building: frozenset[str] = frozenset()) -> CellResult:
+def build_cell(cell: Cell, ctx: BuildContext, building: frozenset[str] = frozenset()) -> CellResult:
     """Build, finish and smoke-test one cell, and the closure of runtime requirements that have
     no wheel upstream; never raises for a failure of the cell itself. ``building``: the ids of
     the cells whose closure this cell is part of (a cycle is refused)."""
+    home = ctx.home
     home.logs.mkdir(parents=True, exist_ok=True)
     log_path = home.logs / f"{cell.id}.log"
     work = home.work / cell.id
     started = time.monotonic()
-    index = index_url or source.default_index_url()
     with log_path.open("w") as log:
-        print(f"kiln {kiln.__version__}: building {cell.id} with the {backend.name} backend"
+        print(f"kiln {kiln.__version__}: building {cell.id} with the {ctx.backend.name} backend"
               + (f" (a runtime requirement of {cell.closure_of} with no wheel upstream)" if cell.closure_of else ""),
               file=log, flush=True)
         closure_built: list[str] = []
         try:
-            wheel, archs = _steps(cell, toolchains, home, out, backend, index, work, log, building | {cell.id},
-                                  closure_built)
+            wheel, archs = _steps(cell, ctx, work, log, building | {cell.id}, closure_built)
         except NotBuildable as exc:  # not a failure: the cell cannot exist (kiln.feasible)
             print(f"kiln: not buildable: {exc.message}", file=log, flush=True)
             shutil.rmtree(work, ignore_errors=True)
-            result = CellResult(cell=cell.id, status="not-buildable", log=str(log_path),
+            result = CellResult(cell=cell.id, status=CellOutcome.NOT_BUILDABLE, log=str(log_path),
                                 seconds=time.monotonic() - started, error=exc.message,
                                 closure_of=cell.closure_of, recipe_sha256=cell.recipe.sha256)
         except KilnError as exc:
@@ -174,7 +99,7 @@ def build_cell(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backen
             result = _failed(cell, log, log_path, started, f"{type(exc).__name__}: {exc}")
         else:
             print(f"kiln: built {wheel.name}", file=log, flush=True)
-            result = CellResult(cell=cell.id, status="built", log=str(log_path), wheel=wheel.name,
+            result = CellResult(cell=cell.id, status=CellOutcome.BUILT, log=str(log_path), wheel=wheel.name,
                                 seconds=time.monotonic() - started, cuda_archs=archs, closure_of=cell.closure_of,
                                 closure_built=closure_built,
                                 cuda_archs_found=_archs_found(wheel))
@@ -185,15 +110,15 @@ def build_cell(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backen
 def _archs_found(wheel: Path) -> dict[str, list[str]] | None:
     """The CUDA architectures the finished wheel's provenance records, as the cell result keeps them."""
     try:
-        found = CudaArchs.from_json(read_provenance(wheel).get("cuda_archs_found"))
-    except (OSError, ValueError, KeyError):
+        found = CudaArchs.from_json(Provenance.read(wheel).cuda_archs_found)
+    except ProvenanceError:
         return None
     return found.to_json() if found else None
 
 
 def _failed(cell: Cell, log: TextIO, log_path: Path, started: float, message: str) -> CellResult:
     print(f"kiln: FAILED: {message}", file=log, flush=True)
-    return CellResult(cell=cell.id, status="failed", log=str(log_path), seconds=time.monotonic() - started,
+    return CellResult(cell=cell.id, status=CellOutcome.FAILED, log=str(log_path), seconds=time.monotonic() - started,
                       error=message, closure_of=cell.closure_of)
 
 
@@ -214,9 +139,9 @@ def oom_killed(log_path: Path) -> str | None:
     return None
 
 
-def _steps(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: Backend,
-           index_url: str, work: Path, log: TextIO, building: frozenset[str],
+def _steps(cell: Cell, ctx: BuildContext, work: Path, log: TextIO, building: frozenset[str],
            closure_built: list[str]) -> tuple[Path, str | None]:
+    toolchains, home, backend, index_url = ctx.toolchains, ctx.home, ctx.backend, ctx.index_url
     src, srcdir = prepare_source(cell, home, work / "src", index_url, log)
     feasible.check_python(cell, srcdir)
     constraints = write_constraints(cell, work / "constraints.txt")
@@ -231,56 +156,57 @@ def _steps(cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: B
                      constraints=constraints, log=log, timeout_s=cell.recipe.build.timeout_minutes * 60,
                      index_url=index_url, hidden=secret_paths(home.root), toolkit=toolkit)
     res = backend.compile(job)
-    finished, archs = finish_cell(cell, toolchains, res, src, backend.name, work, log)
-    closure_built += build_closure(cell, finished, toolchains, home, out, backend, index_url, work, log, building)
-    dest = smoke_and_keep(finished, cell, toolchains, home, out, index_url, work, log)
+    finished, archs = finish_cell(cell, toolchains, res, src, work, log)
+    closure_built += build_closure(cell, finished, ctx, work, log, building)
+    dest = smoke_and_keep(finished, cell, ctx, work, log)
     shutil.rmtree(work, ignore_errors=True)
     return dest, archs
 
 
-def build_closure(cell: Cell, wheel: Path, toolchains: Toolchains, home: Home, out: Path, backend: Backend,
-                  index_url: str, work: Path, log: TextIO, building: frozenset[str]) -> list[str]:
+def build_closure(cell: Cell, wheel: Path, ctx: BuildContext, work: Path, log: TextIO,
+                  building: frozenset[str]) -> list[str]:
     """Build, as cells of their own, the runtime requirements of ``wheel`` that have no wheel
     for the cell upstream; a closure cell that fails fails this cell, saying it needs a recipe.
     Returns the wheels built (theirs and their own closures')."""
-    indexes = closure.index_urls(cell, toolchains, index_url)
+    indexes = cell.index_urls(ctx.toolchains, ctx.index_url)
     built: list[str] = []
     recorded: list[closure.Need] = []
     # Each round builds what the resolution found missing; a dependency built from a recipe can
     # unblock a resolution that stopped at it, so resolve again until nothing is missing.
     for _ in range(MAX_CLOSURE_ROUNDS):
-        needs = [n for n in closure.missing(wheel, cell, indexes, [out], work / "closure", log) if n not in recorded]
+        needs = [n for n in closure.missing(wheel, cell, indexes, [ctx.out], work / "closure", log)
+                 if n not in recorded]
         if not needs:
             break
         recorded += needs
-        closure.save(home, cell, recorded)
+        closure.save(ctx.home, cell, recorded)
         for need in needs:
-            built += _build_need(need, cell, toolchains, home, out, backend, index_url, log, building)
+            built += _build_need(need, cell, ctx, log, building)
     else:
         raise BuildError(f"closure: runtime requirements of {wheel.name} still missing "
                          f"after {MAX_CLOSURE_ROUNDS} rounds")
-    closure.save(home, cell, recorded)
+    closure.save(ctx.home, cell, recorded)
     return built
 
 
 MAX_CLOSURE_ROUNDS = 10
 
 
-def _build_need(need: closure.Need, cell: Cell, toolchains: Toolchains, home: Home, out: Path, backend: Backend,
-                index_url: str, log: TextIO, building: frozenset[str]) -> list[str]:
+def _build_need(need: closure.Need, cell: Cell, ctx: BuildContext, log: TextIO,
+                building: frozenset[str]) -> list[str]:
     dep = need.cell(cell)
     if dep.id in building:
         raise BuildError(f"closure: {dep.id} depends on itself through {cell.id}")
-    print(f"kiln: closure: building {dep.id} (log: {home.logs / (dep.id + '.log')})", file=log, flush=True)
-    if progress := _PROGRESS.get():
-        progress.start(dep.id, home.logs / f"{dep.id}.log", f"{dep.id} (closure of {cell.id})")
-    result = build_cell(dep, toolchains, home, out, backend, index_url, building)
-    if progress:
-        progress.end(result)
-    if result.status == "not-buildable":
+    print(f"kiln: closure: building {dep.id} (log: {ctx.home.logs / (dep.id + '.log')})", file=log, flush=True)
+    if ctx.progress:
+        ctx.progress.start(dep.id, ctx.home.logs / f"{dep.id}.log", f"{dep.id} (closure of {cell.id})")
+    result = build_cell(dep, ctx, building)
+    if ctx.progress:
+        ctx.progress.end(result)
+    if result.status == CellOutcome.NOT_BUILDABLE:
         raise NotBuildable(f"{need.project} {need.version}, a runtime requirement with no wheel for "
                            f"{cell.python_tag}, is not buildable: {result.error}")
-    if result.status != "built":
+    if result.status != CellOutcome.BUILT:
         advice = "its recipe" if dep.recipe.sha256 else "it needs a recipe"
         raise BuildError(f"{need.project} {need.version}, a runtime requirement with no wheel for "
                          f"{cell.python_tag}, failed to build ({result.error}); {advice}: "
@@ -289,18 +215,18 @@ def _build_need(need: closure.Need, cell: Cell, toolchains: Toolchains, home: Ho
     return [result.wheel or dep.id, *result.closure_built]
 
 
-def smoke_and_keep(finished: Path, cell: Cell, toolchains: Toolchains, home: Home, out: Path,
-                   index_url: str, work: Path, log: TextIO) -> Path:
-    """Smoke-test a finished wheel against this run's wheels and the index; it lands in ``out``,
-    or in the home's failed/ when the smoke test fails."""
+def smoke_and_keep(finished: Path, cell: Cell, ctx: BuildContext, work: Path, log: TextIO) -> Path:
+    """Smoke-test a finished wheel against this run's wheels and the index; it lands in the run's
+    wheelhouse, or in the home's failed/ when the smoke test fails."""
+    job = smoke.SmokeJob(cell, ctx.toolchains, ctx.index_url, [finished.parent, ctx.out],
+                         hidden=secret_paths(ctx.home.root))
     try:
-        smoke.smoke(finished, cell, toolchains, work, log, index_url, [finished.parent, out],
-                    hidden=secret_paths(home.root))
+        smoke.smoke(finished, job, work, log)
     except BuildError:
-        home.failed.mkdir(parents=True, exist_ok=True)
-        shutil.move(finished, home.failed / finished.name)
+        ctx.home.failed.mkdir(parents=True, exist_ok=True)
+        shutil.move(finished, ctx.home.failed / finished.name)
         raise
-    return place(finished, out)
+    return place(finished, ctx.out)
 
 
 def place(wheel: Path, out: Path) -> Path:
@@ -335,22 +261,8 @@ def prepare_source(cell: Cell, home: Home, dest: Path, index_url: str | None,
     return src, srcdir
 
 
-def constraint_lines(cell: Cell) -> list[str]:
-    """The constraints on a cell's build environment: the recipe's, and torch's exact release."""
-    lines = list(cell.recipe.build.constraints)
-    if cell.torch_release:
-        lines.append(f"torch=={cell.torch_release}")
-    return lines
-
-
-def write_constraints(cell: Cell, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(constraint_lines(cell)) + "\n")
-    return path
-
-
 def finish_cell(cell: Cell, toolchains: Toolchains, res: CompileResult, src: source.Source,
-                backend_name: str, work: Path, log: TextIO) -> tuple[Path, str | None]:
+                work: Path, log: TextIO) -> tuple[Path, str | None]:
     """Finish a raw wheel (label, run-exports, provenance, tag) into ``work``/finished; a wheel
     of a cell without CUDA that holds CUDA is refused, and so is one of a CUDA cell whose shared
     objects hold no device code or miss an architecture the cell asked for (cuobjdump's lists)."""
@@ -386,7 +298,7 @@ def finish_cell(cell: Cell, toolchains: Toolchains, res: CompileResult, src: sou
         source_sha256=src.sha256, python=res.python, torch=res.installed.get("torch"),
         cuda_archs=built_for, nvcc=res.nvcc if res.nvcc is not None else (
             host.nvcc_version if cell.variant.cuda_major else None),
-        compiler=res.compiler, build_env=res.freeze, backend=backend_name,
+        compiler=res.compiler, build_env=res.freeze, backend=res.backend,
         build_requires=res.build_requires.to_json() if res.build_requires else None,
         closure_of=cell.closure_of, cuda_archs_found=device.to_json() if device else None,
         archs_served=list(cell.archs_served) if device and cell.archs_served else None,
@@ -405,28 +317,19 @@ def finish_cell(cell: Cell, toolchains: Toolchains, res: CompileResult, src: sou
     return finished, built_for
 
 
-_PROGRESS: ContextVar[CellProgress | None] = ContextVar("kiln_progress", default=None)
-"""Where build_cells reports, so that closure cells built inside a cell report too."""
-
-
-def build_cells(cells: list[Cell], toolchains: Toolchains, home: Home, out: Path, backend: Backend,
-                index_url: str | None = None, console: Console | None = None,
-                progress: CellProgress | None = None) -> list[CellResult]:
-    """Build every cell in turn, saying so as it goes (``progress``: by default rich's display
-    on a terminal, flushed start/end/heartbeat lines elsewhere); failures are collected, not
+def build_cells(cells: list[Cell], ctx: BuildContext, console: Console | None = None) -> list[CellResult]:
+    """Build every cell in turn, saying so as it goes (``ctx.progress``, else rich's display on a
+    terminal and flushed start/end/heartbeat lines elsewhere); failures are collected, not
     raised."""
-    progress = progress or progress_for(console or Console(stderr=True))
+    progress = ctx.progress or progress_for(console or Console(stderr=True))
+    ctx = replace(ctx, progress=progress)
     results: list[CellResult] = []
     with progress:
-        token = _PROGRESS.set(progress)
-        try:
-            for i, cell in enumerate(cells, 1):
-                progress.start(cell.id, home.logs / f"{cell.id}.log", f"[{i}/{len(cells)}] {cell.id}")
-                result = build_cell(cell, toolchains, home, out, backend, index_url)
-                progress.end(result)
-                results.append(result)
-        finally:
-            _PROGRESS.reset(token)
+        for i, cell in enumerate(cells, 1):
+            progress.start(cell.id, ctx.home.logs / f"{cell.id}.log", f"[{i}/{len(cells)}] {cell.id}")
+            result = build_cell(cell, ctx)
+            progress.end(result)
+            results.append(result)
     return results
 
 
@@ -471,16 +374,14 @@ def source_requirements(cell: Cell, home: Home, source_dir: Path | None,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def finish_raw(raw: Path, cell: Cell, toolchains: Toolchains, home: Home, out: Path,
-               source_dir: Path | None = None, build_record: Path | None = None,
-               index_url: str | None = None, backend_name: str = "cibuildwheel") -> Path:
+def finish_raw(raw: Path, cell: Cell, ctx: BuildContext, source_dir: Path | None = None,
+               build_record: Path | None = None) -> Path:
     """Finish and smoke-test a raw wheel built elsewhere (by cibuildwheel in CI).
 
     The source's URL and sha256 come from ``source_dir``'s record (else the source is fetched
     again, hash-checked); the build environment from the record cibuildwheel's before-build
     left beside the wheel (``build_record``)."""
-    from kiln.backends.cibuildwheel import RECORD, BuildRecord
-
+    home = ctx.home
     if not raw.is_file():
         raise BuildError(f"{raw}: no such wheel")
     if source_dir is not None and (source_dir / SOURCE_RECORD).is_file():
@@ -489,16 +390,15 @@ def finish_raw(raw: Path, cell: Cell, toolchains: Toolchains, home: Home, out: P
             raise BuildError(f"{source_dir} holds the source of {rec['cell']}, not of {cell.id}")
         src = source.Source(source_dir, rec["url"], rec["sha256"])
     else:
-        src = source.fetch(cell.recipe, cell.version, home.sources, index_url)
+        src = source.fetch(cell.recipe, cell.version, home.sources, ctx.index_url)
     res = BuildRecord.load(build_record or raw.parent / RECORD).result(raw)
     home.logs.mkdir(parents=True, exist_ok=True)
     log_path = home.logs / f"{cell.id}.finish.log"
     work = home.work / f"{cell.id}-finish"
-    index = index_url or source.default_index_url()
     with log_path.open("w") as log:
         try:
-            finished, _ = finish_cell(cell, toolchains, res, src, backend_name, work, log)
-            dest = smoke_and_keep(finished, cell, toolchains, home, out, index, work, log)
+            finished, _ = finish_cell(cell, ctx.toolchains, res, src, work, log)
+            dest = smoke_and_keep(finished, cell, ctx, work, log)
         except KilnError as exc:
             raise type(exc)(f"{exc.message} (log: {log_path})") from None
     shutil.rmtree(work, ignore_errors=True)

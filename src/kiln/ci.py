@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, StaleWorkflowError
 from kiln.matrix import Cell, expand
 from kiln.recipe import load_recipes
 from kiln.toolchains import Toolchains, load_toolchains
@@ -32,10 +32,6 @@ CACHE = "actions/cache@v5"
 UPLOAD = "actions/upload-artifact@v6"
 DOWNLOAD = "actions/download-artifact@v7"
 BUILD_IF = "env.KILN_BUILD == 'true'"
-
-
-class StaleWorkflowError(ConfigError):
-    """The committed workflow differs from a fresh render of the recipes."""
 
 
 @dataclass(frozen=True)
@@ -258,7 +254,7 @@ def check(recipes_dir: Path, path: Path = WORKFLOW, recipes: str | None = None) 
     """Raise StaleWorkflowError when ``path`` differs from a fresh render."""
     fresh = render(recipes_dir, recipes)
     if not path.is_file():
-        raise StaleWorkflowError(f"{path}: missing; run `kiln ci render`")
+        raise ConfigError(f"{path}: missing; run `kiln ci render`")
     committed = path.read_text()
     if committed == fresh:
         return

@@ -24,14 +24,14 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 
 from kiln import source
-from kiln.backends.local import uv
 from kiln.errors import BuildError, ConfigError
 from kiln.home import Home, read_json, set_aside, write_atomic
+from kiln.host import find_python
 from kiln.logs import decisive_line
 from kiln.matrix import Cell, Variant
 from kiln.recipe import Recipe, load_recipe
 from kiln.sandbox import installer_env
-from kiln.toolchains import Toolchains, find_python
+from kiln.uv import uv
 
 _FAILED_TO_BUILD = re.compile(r"Failed to build `([^`=@ ]+)(?:==|@)([^`]+)`")
 _PY_CAUSE = re.compile(r"^\s*((?:[\w.]+\.)?\w*Error: .+)$", re.MULTILINE)
@@ -196,11 +196,3 @@ def with_closure(cells: list[Cell], home: Home) -> list[Cell]:
                 out.append(c)
     return out
 
-
-def index_urls(cell: Cell, toolchains: Toolchains, index_url: str) -> list[str]:
-    """The indexes a user of the cell's variant resolves against: the default, then torch's."""
-    urls = [index_url]
-    v = cell.variant
-    if v.torch is not None and v.cuda is not None and (url := toolchains.index_url(v.torch, v.cuda)):
-        urls.append(url)
-    return urls

@@ -2,7 +2,7 @@
 
 A CUDA cell compiles with nvcc of its CUDA build's major. ``choose`` says where that comes from:
 
-- ``host``: the host's toolkit (``kiln.toolchains.probe_host``: CUDA_HOME, /usr/local/cuda, nvcc on
+- ``host``: the host's toolkit (``kiln.host.probe_host``: CUDA_HOME, /usr/local/cuda, nvcc on
   PATH) when its nvcc has the cell's CUDA major;
 - ``index``: else, NVIDIA's compiler packages of the exact CUDA release toolchains.yaml names
   (``cuda.<version>.toolkit``: ``nvidia-cuda-nvcc``, ``nvidia-nvvm``, ``nvidia-cuda-crt``,
@@ -47,8 +47,11 @@ from typing import Literal, TextIO, get_args
 from packaging.utils import canonicalize_name
 
 from kiln.errors import BuildError, ConfigError
+from kiln.host import Host, nvcc_version, probe_host
+from kiln.logs import run_logged
 from kiln.sandbox import installer_env
-from kiln.toolchains import CudaSpec, Host, Toolchains, nvcc_version, probe_host
+from kiln.toolchains import CudaSpec, Toolchains
+from kiln.uv import uv
 
 Mode = Literal["auto", "host", "index"]
 MODES: tuple[Mode, ...] = get_args(Mode)
@@ -255,8 +258,6 @@ def install(cache: Path, cuda: str, spec: CudaSpec, index_url: str, log: TextIO)
         wanted = list(requirements(cuda, spec))
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=cache))
         try:
-            from kiln.backends.local import run_logged, uv
-
             print(f"kiln: CUDA toolkit: installing {' '.join(wanted)} from {index_url} into {entry}",
                   file=log, flush=True)
             run_logged([uv(), "pip", "install", "--quiet", "--no-deps", "--no-build", "--python", sys.executable,

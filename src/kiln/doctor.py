@@ -16,7 +16,6 @@ uses the same probes (``probe_machine``, ``variant_for_driver``) when no torch i
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import shutil
@@ -31,9 +30,9 @@ from packaging.version import InvalidVersion, Version
 
 from kiln import archs
 from kiln.errors import ConfigError, HostError, MirrorError
+from kiln.host import parse_driver_cuda
 from kiln.matrix import Variant
-from kiln.profile import parse_driver_cuda
-from kiln.wheel import PROVENANCE, CudaArchs, Provenance
+from kiln.provenance import PROVENANCE, CudaArchs, Provenance
 
 # ----------------------------------------------------------------------------- the GPUs and driver
 
@@ -311,11 +310,7 @@ def _torch(version: str, build: object) -> Torch:
 
 
 def _kiln_wheel(name: str, version: str, text: str, requires: Iterable[object]) -> KilnWheel:
-    data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    known = {f.name for f in dataclasses.fields(Provenance)}
-    provenance = Provenance(**{k: v for k, v in data.items() if k in known})
+    provenance = Provenance.from_json(json.loads(text))
     reqs = []
     for line in requires:
         try:

@@ -1,6 +1,9 @@
-"""Every failure a user can cause has a class here with its own exit code.
+"""Every failure a user can cause has a class here with its own exit code (the docs list them,
+generated from this module; a test holds them unique).
 
-The CLI prints ``kiln: <message>`` on one line and exits with ``exit_code``; no traceback.
+The CLI prints ``kiln: <message>`` on one line and exits with ``exit_code``; no traceback. A
+subclass elsewhere that sets no code of its own (kiln.mirror.api.HTTPRefused, a MirrorError that
+carries the HTTP status) is that error, with its code.
 """
 
 from __future__ import annotations
@@ -64,3 +67,16 @@ class NotBuildable(KilnError):
     records the cell as not buildable, with this message as its reason; it is no failure."""
 
     exit_code = 9
+
+
+class InferError(KilnError):
+    """`kiln infer` found no working recipe (no rule fixes the last failure, or the rules go
+    round in circles): the draft is not written."""
+
+    exit_code = 10
+
+
+class StaleWorkflowError(KilnError):
+    """`kiln ci check`: the committed workflow differs from a fresh render of the recipes."""
+
+    exit_code = 11

@@ -18,7 +18,8 @@ from typing import Literal
 
 from packaging.utils import canonicalize_name
 
-from kiln.home import CellResult, Home
+from kiln.home import CellOutcome, CellResult, Home
+from kiln.logs import duration
 from kiln.matrix import Cell
 from kiln.wheel import wanted_archs
 
@@ -54,7 +55,7 @@ def _built_results(home: Home) -> list[CellResult]:
     found = []
     for path in sorted(home.cells.glob("*.json")):
         result = CellResult.load(home, path.stem)
-        if result is not None and result.status == "built" and result.seconds > 0:
+        if result is not None and result.status == CellOutcome.BUILT and result.seconds > 0:
             found.append(result)
     return found
 
@@ -84,20 +85,10 @@ def _one(cell: Cell, results: list[CellResult]) -> Estimate:
     return Estimate(cell.id, timeout * TIMEOUT_SHARE_CUDA * count / FULL_ARCH_COUNT, "timeout")
 
 
-def duration(seconds: float) -> str:
-    """``45 s``, ``12 min``, ``2 h 05 min``."""
-    if seconds < 90:
-        return f"{max(1, round(seconds))} s"
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60:02d} min"
-
-
 def summary(estimates: list[Estimate]) -> str:
     """``about 14 min (3 cells from earlier builds here, 2 from their recipes' timeouts)``."""
     total = sum(e.seconds for e in estimates)
     here = sum(1 for e in estimates if e.source == "here")
     parts = [f"{here} from earlier builds here" if here else "",
              f"{len(estimates) - here} from their recipes' timeouts" if len(estimates) > here else ""]
-    return f"about {duration(total)} ({', '.join(p for p in parts if p)})"
+    return f"about {duration(total, about=True)} ({', '.join(p for p in parts if p)})"

@@ -46,10 +46,10 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from kiln import source
+from kiln import source, uv
 from kiln.errors import BuildError, NotBuildable, SourceError
+from kiln.host import find_python
 from kiln.matrix import Cell
-from kiln.toolchains import find_python
 
 if TYPE_CHECKING:
     from kiln.backends import CompileJob
@@ -153,15 +153,12 @@ def install(job: CompileJob, python: Path, wanted: list[Wanted]) -> None:
     """Install ``wanted`` into the build environment of ``python``: wheels only, else sdists
     allowed for the projects that publish no wheel; raises NotBuildable naming a requirement that
     publishes wheels but has none for the cell, else the install's BuildError."""
-    from kiln.backends.local import index_args
-    from kiln.backends.local import install as uv_install
-
     if not wanted:
         return
     reqs = [w.requirement for w in wanted]
-    indexes = index_args(job.cell, job.toolchains, job.index_url)
+    indexes = uv.index_args(job.cell.index_urls(job.toolchains, job.index_url))
     try:
-        uv_install(python, reqs, job.constraints, [*indexes, "--only-binary", ":all:"], job.log)
+        uv.install(python, [*indexes, "--only-binary", ":all:", *reqs], job.log, job.constraints)
         return
     except BuildError:
         pass
@@ -171,7 +168,7 @@ def install(job: CompileJob, python: Path, wanted: list[Wanted]) -> None:
           file=job.log, flush=True)
     only = [arg for name in sorted(published) for arg in ("--only-binary", name)]
     try:
-        uv_install(python, reqs, job.constraints, [*indexes, *only], job.log)
+        uv.install(python, [*indexes, *only, *reqs], job.log, job.constraints)
     except BuildError as failure:
         if why := missing_wheel(wanted, published, job.cell, read_constraints(job.constraints)):
             raise NotBuildable(why) from None
@@ -192,9 +189,7 @@ def wheel_files(wanted: list[Wanted], job: CompileJob) -> dict[NormalizedName, l
     """Project -> its files on the index uv installs it from (the torch build's index first, then
     the default, as uv's first-index strategy takes them), for every project of ``wanted`` that
     publishes at least one wheel there."""
-    from kiln.closure import index_urls
-
-    urls = list(reversed(index_urls(job.cell, job.toolchains, job.index_url)))
+    urls = list(reversed(job.cell.index_urls(job.toolchains, job.index_url)))
     published: dict[NormalizedName, list[source.IndexFile]] = {}
     for name in sorted({_name(w) for w in wanted} - {""}):
         for url in urls:

@@ -20,8 +20,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from kiln.errors import HomeBusy
 
@@ -160,7 +161,13 @@ def read_json(path: Path) -> Any:
         return None
 
 
-CellOutcome = Literal["built", "failed", "not-buildable"]
+class CellOutcome(StrEnum):
+    """How a cell's last build ended (a StrEnum: saved as its value, equal to it)."""
+
+    BUILT = "built"
+    FAILED = "failed"
+    NOT_BUILDABLE = "not-buildable"
+    """Not a failure: the cell cannot exist (kiln.feasible); the error says why."""
 """How a cell's build ended: a wheel, a failure, or the cell found impossible (kiln.feasible:
 the package's Requires-Python excludes its Python, or a build requirement has no wheel for it)."""
 
@@ -202,8 +209,9 @@ class CellResult:
             if not isinstance(data, dict):
                 raise TypeError("not an object")
             result = cls(**{k: v for k, v in data.items() if k in known})
-            if not isinstance(result.cell, str) or result.status not in get_args(CellOutcome):
+            if not isinstance(result.cell, str) or result.status not in set(CellOutcome):
                 raise TypeError(f"status {result.status!r}")
+            result.status = CellOutcome(result.status)
         except TypeError as exc:
             set_aside(path, f"not a cell result ({exc})")
             return None

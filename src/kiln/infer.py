@@ -27,22 +27,17 @@ from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist
 from packaging.version import Version
 
 from kiln import buildreqs, source
-from kiln.backends.local import LocalBackend, uv
-from kiln.build import build_cell
-from kiln.errors import ConfigError, KilnError
+from kiln.backends.local import LocalBackend
+from kiln.build import BuildContext, build_cell
+from kiln.errors import ConfigError, InferError, KilnError
 from kiln.gpushim import cuda_only
-from kiln.home import CellResult, Home
+from kiln.home import CellOutcome, CellResult, Home
+from kiln.host import find_python
 from kiln.matrix import DEFAULT_PYTHONS, Variant, expand
 from kiln.profile import HOST, pick_variant, probe_facts, select
 from kiln.recipe import TOOLCHAINS_FILE, Recipe, load_recipe
-from kiln.toolchains import Toolchains, find_python, load_toolchains
-
-
-class InferError(KilnError):
-    """No rule fixes the last failure: the draft is not written."""
-
-    exit_code = 6
-
+from kiln.toolchains import Toolchains, load_toolchains
+from kiln.uv import uv
 
 # Import names whose distribution has another name. Otherwise the index is asked for the name.
 MODULE_DISTS = {
@@ -675,6 +670,7 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
     deps: list[Path] = []
     tried: set[str] = set()
     tried_pythons = [python]
+    trial = BuildContext.of(toolchains, trial_home, work / "wheelhouse", LocalBackend(), index)
     builds = 0  # tries that built; one found not buildable (seconds, each Python once) is not counted
     for attempt in itertools.count(1):
         if builds == max_tries:
@@ -695,8 +691,8 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
                                  f"{picked.why_none or picked.describe()}")
         if not cells:
             raise InferError(f"{project} {version}: the draft has no cell for Python {draft.python}")
-        result = build_cell(cells[0], toolchains, trial_home, work / "wheelhouse", LocalBackend(), index)
-        if result.status == "built":
+        result = build_cell(cells[0], trial)
+        if result.status == CellOutcome.BUILT:
             recipes_dir.mkdir(parents=True, exist_ok=True)
             for dep in deps:  # the dependencies' recipes, drafted on the way
                 if not (recipes_dir / dep.name).exists():
@@ -705,9 +701,9 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
             target.write_text(draft.yaml())
             say(f"try {attempt}: built and smoke-tested {cells[0].id} -> wrote {target}")
             return InferResult(target, attempt, draft)
-        if result.status != "not-buildable":
+        if result.status != CellOutcome.NOT_BUILDABLE:
             builds += 1
-        if result.status == "not-buildable":  # impossible on this Python: try another one
+        if result.status == CellOutcome.NOT_BUILDABLE:  # impossible on this Python: try another one
             reason = result.error or "not buildable"
             last = f"not buildable on Python {draft.python}: {reason}"
             other = next_python(draft, ctx, tried_pythons)

@@ -1,10 +1,12 @@
-"""Cell logs: what a failed step's output says, in one line; and what a running build says as it
-goes (a rich display on a terminal, flushed lines a CI log can read elsewhere)."""
+"""Cell logs: a step run into its log, what a failed step's output says, in one line; and what a
+running build says as it goes (a rich display on a terminal, flushed lines a CI log can read
+elsewhere)."""
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -16,8 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from kiln.errors import ConfigError
-from kiln.home import CellResult
+from kiln.errors import BuildError, ConfigError
+from kiln.home import CellOutcome, CellResult
 
 
 def read_from(log: TextIO, start: int) -> str:
@@ -72,6 +74,27 @@ def decisive_line(text: str) -> str | None:
     return lines[-1] if lines else None
 
 
+def run_logged(cmd: list[str], log: TextIO, env: dict[str, str] | None = None,
+               cwd: Path | None = None, timeout: float | None = None, shown: list[str] | None = None) -> None:
+    """Run ``cmd`` with its output in the log; a failure raises a BuildError naming the
+    log's decisive line. ``shown``: the command as the log and the error name it."""
+    shown = shown or cmd
+    print(f"$ {' '.join(shown)}", file=log, flush=True)
+    start = log.tell() if log.seekable() else None
+    try:
+        res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"{Path(shown[0]).name} timed out after {timeout:.0f}s") from None
+    if res.returncode == 0:
+        return
+    if res.returncode in (-9, 137):
+        raise BuildError("killed by SIGKILL (the OOM killer, most likely): raise build.memory_per_job_gb")
+    what = " ".join(Path(c).name if i == 0 else c for i, c in enumerate(shown[:3]))
+    cause = decisive_line(read_from(log, start)) if start is not None else None
+    exited = f"`{what} ...` exited {res.returncode}"
+    raise BuildError(f"{cause} ({exited})" if cause else exited)
+
+
 # ----------------------------------------------------------------------------- progress
 
 
@@ -87,8 +110,14 @@ def last_line(path: Path, tail_bytes: int = 16 * 1024) -> str | None:
     return next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), None)
 
 
-def duration(seconds: float) -> str:
-    """``45s``, ``3m00s``, ``1h02m03s``."""
+def duration(seconds: float, about: bool = False) -> str:
+    """A time as kiln says it: exactly, as taken (``45s``, ``3m00s``, ``1h02m03s``); or ``about``,
+    as an estimate or a wait is said (``45 s``, ``12 min``, ``2 h 05 min``)."""
+    if about:
+        if seconds < 90:
+            return f"{max(1, round(seconds))} s"
+        minutes = round(seconds / 60)
+        return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
     s = int(seconds)
     if s < 60:
         return f"{s}s"
@@ -176,7 +205,7 @@ class LineProgress:
                 self._running.remove(mine)
             label = mine.label if mine else result.cell
             took = f"{result.status} in {duration(result.seconds)}"
-            if result.status == "built":
+            if result.status == CellOutcome.BUILT:
                 said = f"{took} ({result.wheel})" if result.wheel else took
             else:
                 said = f"{took}: {result.error}"
@@ -231,9 +260,9 @@ class RichProgress:
         if result.cell not in self._tasks:
             return
         task, label = self._tasks.pop(result.cell)
-        if result.status == "built":
+        if result.status == CellOutcome.BUILT:
             mark = "[green]built"
-        elif result.status == "not-buildable":
+        elif result.status == CellOutcome.NOT_BUILDABLE:
             mark = f"[yellow]not buildable ({escape(result.error or '')})"
         else:
             mark = f"[red]FAILED ({escape(result.error or '')}) log: {escape(result.log)}"

@@ -11,8 +11,9 @@ from packaging.utils import canonicalize_name
 
 from kiln.cuda import choose as choose_toolkit
 from kiln.errors import ConfigError
+from kiln.host import Host, find_python, probe_host
 from kiln.recipe import Recipe
-from kiln.toolchains import Host, Toolchains, find_python, probe_host
+from kiln.toolchains import Toolchains
 
 MAIN = "main"
 DEFAULT_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
@@ -115,6 +116,15 @@ class Cell:
     def wheel_version(self) -> str:
         label = self.variant.label
         return f"{self.version}+{label}" if label else self.version
+
+    def index_urls(self, toolchains: Toolchains, index_url: str) -> list[str]:
+        """The indexes a user of the cell's variant resolves against, as uv takes them: the
+        default (``index_url``), then the torch build's own index when it has one."""
+        urls = [index_url]
+        v = self.variant
+        if v.torch is not None and v.cuda is not None and (url := toolchains.index_url(v.torch, v.cuda)):
+            urls.append(url)
+        return urls
 
 
 def expand(recipes: list[Recipe], toolchains: Toolchains, variant: str | None = None,

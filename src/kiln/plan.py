@@ -30,12 +30,15 @@ from pathlib import Path
 from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
+from rich.markup import escape
+from rich.table import Table
 
 from kiln import archs, closure, cuda
-from kiln.home import CellResult, Home, set_aside
+from kiln.home import CellOutcome, CellResult, Home, set_aside
 from kiln.matrix import Cell, not_buildable
+from kiln.provenance import CudaArchs, Provenance, ProvenanceError
 from kiln.toolchains import Toolchains
-from kiln.wheel import CudaArchs, read_provenance, wanted_archs
+from kiln.wheel import wanted_archs
 
 
 class Status(StrEnum):
@@ -52,9 +55,27 @@ class Status(StrEnum):
     for a wider list since): rebuilt under the next build number, and `kiln up` moves it off the index."""
 
 
-PUBLISHED, BUILT, STALE, FAILED, NOT_BUILDABLE, MISSING, NARROW, UNSERVED = (
-    Status.PUBLISHED, Status.BUILT, Status.STALE, Status.FAILED, Status.NOT_BUILDABLE, Status.MISSING,
-    Status.NARROW, Status.UNSERVED)
+@dataclass(frozen=True)
+class Colour:
+    """How a status is shown: in the terminal (a rich colour) and on the status page (CSS)."""
+
+    terminal: str
+    background: str
+    border: str
+
+
+COLOURS: dict[Status, Colour] = {
+    Status.PUBLISHED: Colour("green", "#d3f2d9", "#2e7d32"),
+    Status.BUILT: Colour("cyan", "#d6e9fb", "#1565c0"),
+    Status.FAILED: Colour("red", "#fbd5d5", "#c62828"),
+    Status.STALE: Colour("magenta", "#ecdcf7", "#7b1fa2"),
+    Status.NARROW: Colour("dark_orange", "#fde3cf", "#e65100"),
+    Status.UNSERVED: Colour("red", "#fbd5d5", "#ad1457"),
+    Status.NOT_BUILDABLE: Colour("yellow", "#fdf1c7", "#a67c00"),
+    Status.MISSING: Colour("white", "#ececec", "#757575"),
+}
+"""The one table of status colours, for `kiln plan` and the status page."""
+
 
 
 @dataclass
@@ -180,8 +201,8 @@ def stale(wheel: Path, cell: Cell) -> bool:
     if cell.closure_of is not None:
         return False
     try:
-        return read_provenance(wheel).get("recipe_sha256") != cell.recipe.sha256
-    except (OSError, ValueError, KeyError):
+        return Provenance.read(wheel).recipe_sha256 != cell.recipe.sha256
+    except ProvenanceError:
         return True
 
 
@@ -207,8 +228,8 @@ def archs_found(wheel: Path | None, result: CellResult | None) -> dict[str, list
     record: object = None
     if wheel is not None:
         try:
-            record = read_provenance(wheel).get("cuda_archs_found")
-        except (OSError, ValueError, KeyError):
+            record = Provenance.read(wheel).cuda_archs_found
+        except ProvenanceError:
             record = None
     if record is None and result is not None:
         record = result.cuda_archs_found
@@ -221,10 +242,10 @@ def wheel_archs(wheel: Path | None, filename: str, result: CellResult | None) ->
     when that result made this wheel."""
     if wheel is not None:
         try:
-            built = read_provenance(wheel).get("cuda_archs")
-        except (OSError, ValueError, KeyError):
+            built = Provenance.read(wheel).cuda_archs
+        except ProvenanceError:
             built = None
-        if isinstance(built, str):
+        if built is not None:
             return built
     if result is not None and result.wheel == filename and result.cuda_archs:
         return result.cuda_archs
@@ -242,7 +263,7 @@ def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhous
         archs = cell.cuda_archs if v.cuda_major else None
         row = CellStatus(cell=cell.id, project=cell.project, version=cell.version, python=cell.python,
                          variant=v.name, torch=cell.torch_release, cuda=v.cuda, cuda_archs=archs,
-                         status=MISSING, closure_of=cell.closure_of)
+                         status=Status.MISSING, closure_of=cell.closure_of)
         result = CellResult.load(home, cell.id)
         on_mirror = [f for f in (published or {}).get(v.name, []) if wheel_matches(f, cell)]
         built = [f for f in local if wheel_matches(f, cell)]
@@ -255,23 +276,23 @@ def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhous
             row.wheel, row.build_number = wheel, build_number(wheel)
             row.wheel_archs = wheel_archs(here, wheel, result) if v.cuda_major else None
         if wheel is not None and here is not None and wheel not in on_mirror and stale(here, cell):
-            row.status = STALE
+            row.status = Status.STALE
             row.detail = f"{wheel} was built from another {cell.recipe.path.name}: rebuild"
         elif wheel is not None:
-            row.status = PUBLISHED if wheel in on_mirror else BUILT
+            row.status = Status.PUBLISHED if wheel in on_mirror else Status.BUILT
             row.on_mirror = wheel in on_mirror
             if archs is not None and (gaps := unserved(row.cuda_archs_found, cell.archs_served)):
                 _unserved(row, cell, toolchains, archs, gaps)
             elif archs is not None and not archs_cover(row.wheel_archs, row.cuda_archs_found, archs):
                 _narrow(row, cell, toolchains, archs)
-        elif result and result.status == "failed":
-            row.status, row.detail = FAILED, f"{result.error} (log: {result.log})"
+        elif result and result.status == CellOutcome.FAILED:
+            row.status, row.detail = Status.FAILED, f"{result.error} (log: {result.log})"
         elif impossible(result, cell):
             assert result is not None
-            row.status, row.impossible = NOT_BUILDABLE, True
+            row.status, row.impossible = Status.NOT_BUILDABLE, True
             row.detail = result.error or "found not buildable by its last build"
         elif reason := not_buildable(cell, toolchains):
-            row.status, row.detail = NOT_BUILDABLE, reason
+            row.status, row.detail = Status.NOT_BUILDABLE, reason
         elif row.cuda_toolkit:
             row.detail = f"nvcc: {row.cuda_toolkit}"
         rows.append(row)
@@ -281,7 +302,8 @@ def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhous
 def impossible(result: CellResult | None, cell: Cell) -> bool:
     """Whether the cell's last build found it not buildable (kiln.feasible) with the recipe it has
     now; a changed recipe (another sha256) makes it a cell to try again."""
-    return result is not None and result.status == "not-buildable" and result.recipe_sha256 == cell.recipe.sha256
+    return (result is not None and result.status == CellOutcome.NOT_BUILDABLE
+            and result.recipe_sha256 == cell.recipe.sha256)
 
 
 def toolkit_line(cuda_version: str | None, toolchains: Toolchains, home: Home) -> str | None:
@@ -308,7 +330,7 @@ def unserved(found: dict[str, list[str]] | None, served: tuple[str, ...]) -> lis
 def _unserved(row: CellStatus, cell: Cell, toolchains: Toolchains, wanted: str, gaps: list[str]) -> None:
     """Mark a row whose wheel breaks its index's arch contract unserved, rebuilt as the next build."""
     assert row.wheel is not None and row.build_number is not None
-    row.status, row.unserved = UNSERVED, gaps
+    row.status, row.unserved = Status.UNSERVED, gaps
     rebuild = widen(row.wheel_archs, wanted) or wanted
     index = f"kiln/{cell.variant.name}"
     row.rebuild_number, row.rebuild_archs = row.build_number + 1, rebuild
@@ -330,7 +352,7 @@ def _narrow(row: CellStatus, cell: Cell, toolchains: Toolchains, wanted: str) ->
     if reason := not_buildable(cell, toolchains):
         row.detail = f"{row.wheel} was built for {built}, fewer archs than {wanted}; not rebuilt here: {reason}"
         return
-    row.status, row.rebuild_number, row.rebuild_archs = NARROW, row.build_number + 1, rebuild
+    row.status, row.rebuild_number, row.rebuild_archs = Status.NARROW, row.build_number + 1, rebuild
     row.detail = (f"{row.wheel} was built for {built}, fewer archs than {wanted}: rebuilds for "
                   f"{rebuild} as build {row.rebuild_number}")
 
@@ -347,24 +369,41 @@ def to_build(cells: list[Cell], rows: list[CellStatus], home: Home,
         row = by_id[cell.id]
         if cell.closure_of is not None and any(t.id == cell.closure_of for t in todo):
             continue
-        if row.status == NOT_BUILDABLE and row.impossible:
+        if row.status == Status.NOT_BUILDABLE and row.impossible:
             if force:
                 todo.append(cell)
             else:
                 skipped.append(f"{cell.id}: not buildable: {row.detail} (found by its last build; "
                                "a changed recipe, or --force, tries again)")
-        elif row.status == NOT_BUILDABLE:
+        elif row.status == Status.NOT_BUILDABLE:
             skipped.append(f"{cell.id}: not buildable here: {row.detail}")
-        elif row.status == PUBLISHED and not force:
+        elif row.status == Status.PUBLISHED and not force:
             skipped.append(f"{cell.id}: already published ({row.wheel})")
-        elif row.status == BUILT and not force:
+        elif row.status == Status.BUILT and not force:
             skipped.append(f"{cell.id}: already built ({row.wheel})")
-        elif row.status == UNSERVED and row.not_here:
+        elif row.status == Status.UNSERVED and row.not_here:
             skipped.append(f"{cell.id}: not rebuilt here: {row.not_here}")
-        elif row.status in (NARROW, UNSERVED):
+        elif row.status in (Status.NARROW, Status.UNSERVED):
             todo.append(replace(cell, build=row.rebuild_number, cuda_archs=row.rebuild_archs or cell.cuda_archs))
-        elif row.status == STALE and row.build_number is not None:
+        elif row.status == Status.STALE and row.build_number is not None:
             todo.append(replace(cell, build=row.build_number))  # the stale wheel is replaced, never published
         else:
             todo.append(cell)
     return todo, skipped
+
+
+def table(rows: list[CellStatus]) -> Table:
+    """`kiln plan`'s table: per cell its variant, archs (and those cuobjdump found, when any cell
+    has them), status in its colour (COLOURS), and the wheel or why."""
+    found = any(r.cuda_archs_found for r in rows)  # the archs cuobjdump found, for CUDA cells built
+    out = Table("cell", "variant", "archs", *(["archs found"] if found else []), "status", "detail")
+    for r in rows:
+        color = COLOURS[r.status].terminal
+        detail = r.detail if r.status in (Status.STALE, Status.NARROW, Status.UNSERVED) else (r.wheel or r.detail)
+        if r.wheel_archs and r.status in (Status.PUBLISHED, Status.BUILT) and r.wheel_archs != r.cuda_archs:
+            detail = f"{detail} (built for {r.wheel_archs})"
+        if r.closure_of:
+            detail = f"{detail} (closure of {r.closure_of})".lstrip()
+        archs_found = [str(CudaArchs.from_json(r.cuda_archs_found) or "")] if found else []
+        out.add_row(r.cell, r.variant, r.cuda_archs or "", *archs_found, f"[{color}]{r.status}", escape(detail))
+    return out

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -25,8 +23,9 @@ from packaging.version import InvalidVersion, Version
 
 from kiln import archs as gpu_archs
 from kiln import cuda
+from kiln.host import probe_host, query_gpus
 from kiln.matrix import Cell, Variant
-from kiln.toolchains import PYPI, Toolchains, probe_host
+from kiln.toolchains import PYPI, Toolchains
 from kiln.wheel import wanted_archs
 
 Profile = Literal["host", "all"]
@@ -237,38 +236,8 @@ def _arch_key(arch: str) -> tuple[int, ...]:
 
 
 def probe_facts() -> HostFacts:
-    """This host's facts: kiln's Python, nvcc (kiln.toolchains.probe_host), the GPUs and driver,
+    """This host's facts: kiln's Python, nvcc (kiln.host.probe_host), the GPUs and driver,
     and where nvcc may come from (``KILN_CUDA_TOOLKIT``)."""
     gpus, driver = query_gpus()
     return HostFacts(python=f"{sys.version_info.major}.{sys.version_info.minor}",
                      nvcc=probe_host().nvcc_version, gpus=gpus, driver_cuda=driver, cuda_toolkit=cuda.mode())
-
-
-def query_gpus(nvidia_smi: str | None = None) -> tuple[tuple[str, ...], str | None]:
-    """The compute capability of every GPU (``nvidia-smi --query-gpu=compute_cap``) and the
-    newest CUDA its driver runs; ``((), None)`` without nvidia-smi or a GPU."""
-    exe = nvidia_smi or shutil.which("nvidia-smi")
-    if not exe:
-        return (), None
-    caps = _run([exe, "--query-gpu=compute_cap", "--format=csv,noheader"])
-    gpus = parse_compute_caps(caps or "")
-    return gpus, (parse_driver_cuda(_run([exe]) or "") if gpus else None)
-
-
-def parse_compute_caps(text: str) -> tuple[str, ...]:
-    """``9.0\\n9.0\\n`` -> ("9.0", "9.0"); lines that are no compute capability are left out."""
-    return tuple(line.strip() for line in text.splitlines() if re.fullmatch(r"\d+\.\d+", line.strip()))
-
-
-def parse_driver_cuda(text: str) -> str | None:
-    """The "CUDA Version: 13.0" of nvidia-smi's header."""
-    m = re.search(r"CUDA Version:\s*(\d+\.\d+)", text)
-    return m.group(1) if m else None
-
-
-def _run(cmd: list[str]) -> str | None:
-    try:
-        res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return res.stdout if res.returncode == 0 else None

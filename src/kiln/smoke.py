@@ -19,17 +19,18 @@ import os
 import shutil
 import subprocess
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from kiln.backends.local import index_args, make_env
 from kiln.errors import BuildError
 from kiln.matrix import Cell
 from kiln.sandbox import Sandbox
 from kiln.toolchains import Toolchains
+from kiln.uv import index_args, make_env
 
 
 def top_level_modules(wheel: Path) -> list[str]:
@@ -80,21 +81,34 @@ def _exports_init(data: bytes, name: str) -> bool:
         return False
 
 
-def smoke(wheel: Path, cell: Cell, toolchains: Toolchains, work: Path, log: TextIO, index_url: str,
-          find_links: list[Path], hidden: tuple[Path, ...] = ()) -> list[str]:
-    """Install ``wheel`` with --no-build in a fresh env, resolving its requirements against
-    ``find_links`` and ``index_url``, and import the recipe's modules (when the recipe names none:
-    the wheel's top-level modules and every extension module in it) in the sandbox, ``hidden``
-    out of sight; returns the modules imported."""
+@dataclass(frozen=True)
+class SmokeJob:
+    """Whose wheel is tested, and against what: the cell, the toolchain table (the torch build's
+    index), the index a user installs from, the directories of this run's wheels, and what the
+    imports must not see."""
+
+    cell: Cell
+    toolchains: Toolchains
+    index_url: str
+    find_links: list[Path]
+    hidden: tuple[Path, ...] = ()
+
+
+def smoke(wheel: Path, job: SmokeJob, work: Path, log: TextIO) -> list[str]:
+    """Install ``wheel`` with --no-build in a fresh env, resolving its requirements against the
+    job's find-links and index, and import the recipe's modules (when the recipe names none: the
+    wheel's top-level modules and every extension module in it) in the sandbox, the job's hidden
+    paths out of sight; returns the modules imported."""
+    cell, toolchains, index_url = job.cell, job.toolchains, job.index_url
     modules = list(cell.recipe.test.imports) or list(dict.fromkeys([*top_level_modules(wheel),
                                                                      *extension_modules(wheel)]))
     print(f"kiln: smoke test of {wheel.name}: install as a user does (no build constraints, "
           f"nothing built), then import {', '.join(modules) or '(nothing)'}", file=log, flush=True)
     env_dir = work / "smoke-env"
-    links = [arg for d in find_links if d.is_dir() for arg in ("--find-links", str(d))]
-    python = make_env(cell.python, env_dir, ["--no-build", str(wheel)], None,
-                      [*index_args(cell, toolchains, index_url), *links], log)
-    box = Sandbox(network=False, hide=hidden)
+    links = [arg for d in job.find_links if d.is_dir() for arg in ("--find-links", str(d))]
+    python = make_env(cell.python, env_dir, log,
+                      ["--no-build", str(wheel), *index_args(cell.index_urls(toolchains, index_url)), *links])
+    box = Sandbox(network=False, hide=job.hidden)
     composed = box.compose({"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
     print(f"kiln: the imports run in a sandbox: {box.describe()}", file=log, flush=True)
     print(f"kiln: the imports' environment: {composed.describe()}", file=log, flush=True)

@@ -30,7 +30,7 @@ def default_index_url() -> str:
     for env in ("KILN_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX_URL", "PIP_INDEX_URL"):
         if os.environ.get(env):
             return os.environ[env]
-    from kiln.backends.local import uv
+    from kiln.uv import uv
 
     res = subprocess.run([uv(), "pip", "compile", "-", "--emit-index-url", "--no-header", "--offline", "--quiet"],
                          input="", capture_output=True, text=True, check=False)

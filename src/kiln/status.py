@@ -26,12 +26,12 @@ from pathlib import Path
 import kiln
 from kiln import closure, mirror
 from kiln.clientconfig import render
-from kiln.home import CellResult, Home, write_atomic
+from kiln.home import CellOutcome, CellResult, Home, write_atomic
 from kiln.matrix import Cell, Variant
 from kiln.mirror.server import ServerFiles
-from kiln.plan import Status, cell_status
+from kiln.plan import COLOURS, Status, cell_status
+from kiln.provenance import CudaArchs
 from kiln.toolchains import Toolchains
-from kiln.wheel import CudaArchs
 
 STATUS_DIR = "status"
 """The page's directory in the mirror's nginx prefix; nginx serves it at ``PATH``."""
@@ -40,18 +40,6 @@ LOGS = "logs"
 CLIENTS = ("uv", "pip", "pixi")
 LOG_TAIL_BYTES = 2 * 1024 * 1024
 """A failed cell's log served beside the page keeps its last 2 MiB (the error is at the end)."""
-
-COLORS: dict[Status, tuple[str, str]] = {  # status -> (background, border)
-    Status.PUBLISHED: ("#d3f2d9", "#2e7d32"),
-    Status.BUILT: ("#d6e9fb", "#1565c0"),
-    Status.FAILED: ("#fbd5d5", "#c62828"),
-    Status.STALE: ("#ecdcf7", "#7b1fa2"),
-    Status.NARROW: ("#fde3cf", "#e65100"),
-    Status.UNSERVED: ("#fbd5d5", "#ad1457"),
-    Status.NOT_BUILDABLE: ("#fdf1c7", "#a67c00"),
-    Status.MISSING: ("#ececec", "#757575"),
-}
-
 
 def site_dir(home: Home) -> Path:
     """Where the page the home's mirror serves at ``/+kiln/`` lives: ``<home>/devpi/nginx/status``,
@@ -203,7 +191,7 @@ def _seconds(status: Status, result: CellResult | None) -> float | None:
         return None
     if status == Status.FAILED:
         return result.seconds
-    if status in (Status.BUILT, Status.PUBLISHED, Status.STALE) and result.status == "built":
+    if status in (Status.BUILT, Status.PUBLISHED, Status.STALE) and result.status == CellOutcome.BUILT:
         return result.seconds
     return None
 
@@ -278,7 +266,7 @@ summary { cursor: pointer; color: #555; font-size: 12px; }
 def _cell_html(c: CellView | None) -> str:
     if c is None:
         return '<td class="none">&mdash;</td>'
-    bg, border = COLORS[c.status]
+    bg, border = COLOURS[c.status].background, COLOURS[c.status].border
     parts = [f'<div class="status">{html.escape(str(c.status))}</div>']
     facts = [x for x in (size_text(c.size), seconds_text(c.seconds)) if x]
     if facts:
@@ -323,8 +311,8 @@ def _variant_html(v: VariantView) -> str:
 
 def render_html(page: Page) -> str:
     """The page: one self-contained HTML document (style inline, no script, nothing fetched)."""
-    legend = "".join(f'<span class="status-{html.escape(str(s))}" style="background:{COLORS[s][0]};'
-                     f'border-color:{COLORS[s][1]}">{html.escape(str(s))}: {page.counts.get(str(s), 0)}</span>'
+    legend = "".join(f'<span class="status-{html.escape(str(s))}" style="background:{COLOURS[s].background};'
+                     f'border-color:{COLOURS[s].border}">{html.escape(str(s))}: {page.counts.get(str(s), 0)}</span>'
                      for s in Status)
     mirror_text = (f"<code>{html.escape(page.mirror)}</code>" if page.mirror
                    else "none running (install lines use the default address)")

@@ -7,12 +7,8 @@ installed here still plans; `buildable()` says why it cannot be built on this ho
 
 from __future__ import annotations
 
-import functools
 import os
 import re
-import shutil
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -267,75 +263,3 @@ def load_toolchains(recipes_dir: Path) -> Toolchains:
                 raise doc.error(("torch", minor, "builds", cuda), f"unknown index {source!r}; "
                                 f"expected 'pypi' or one of {sorted(tc.indexes)}")
     return tc.model_copy(update={"path": path})
-
-
-# ----------------------------------------------------------------------------- the host
-
-
-@dataclass(frozen=True)
-class Host:
-    """What this machine has for building."""
-
-    cuda_home: Path | None
-    nvcc_version: str | None
-
-    @property
-    def cuda_major(self) -> str | None:
-        return self.nvcc_version.split(".")[0] if self.nvcc_version else None
-
-
-def find_cuda_home() -> Path | None:
-    """CUDA_HOME, CUDA_PATH, /usr/local/cuda, then nvcc on PATH (wrappers resolved)."""
-    for env in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(env) and (Path(os.environ[env]) / "bin" / "nvcc").exists():
-            return Path(os.environ[env])
-    if Path("/usr/local/cuda/bin/nvcc").exists():
-        return Path("/usr/local/cuda")
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        real = Path(nvcc).resolve()
-        if real.parent.name == "bin" and (real.parent / "nvcc.profile").exists():
-            return real.parent.parent
-    return None
-
-
-def nvcc_version(cuda_home: Path) -> str | None:
-    try:
-        out = subprocess.run([str(cuda_home / "bin" / "nvcc"), "--version"], capture_output=True,
-                             text=True, timeout=60).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    m = re.search(r"release (\d+\.\d+)", out)
-    return m.group(1) if m else None
-
-
-@functools.cache
-def probe_host() -> Host:
-    home = find_cuda_home()
-    return Host(cuda_home=home, nvcc_version=nvcc_version(home) if home else None)
-
-
-@functools.cache
-def find_python(minor: str) -> Path | None:
-    """An interpreter for Python ``minor``: uv's discovery (PATH, managed), then pyenv's."""
-    uv = shutil.which("uv")
-    if uv:
-        res = subprocess.run([uv, "python", "find", "--no-python-downloads", minor],
-                             capture_output=True, text=True)
-        if res.returncode == 0 and res.stdout.strip():
-            path = Path(res.stdout.strip())
-            if _python_minor(path) == minor:
-                return path
-    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    if root.is_dir():
-        for cand in sorted(root.glob(f"{minor}.*"), reverse=True):
-            exe = cand / "bin" / f"python{minor}"
-            if exe.exists():
-                return exe
-    return None
-
-
-def _python_minor(path: Path) -> str | None:
-    res = subprocess.run([str(path), "-c", "import sys;print('%d.%d' % sys.version_info[:2])"],
-                         capture_output=True, text=True)
-    return res.stdout.strip() if res.returncode == 0 else None

@@ -5,18 +5,18 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rich.console import Console
 
 from kiln import estimate, mirror
 from kiln import status as status_page
-from kiln.backends import get_backend
-from kiln.build import build_cells
+from kiln.backends.registry import get_backend
+from kiln.build import BuildContext, build_cells
 from kiln.errors import KilnError
-from kiln.home import Home
+from kiln.home import CellOutcome, Home
+from kiln.logs import duration
 from kiln.matrix import MAIN, Cell
-from kiln.plan import BUILT, NOT_BUILDABLE, PUBLISHED, UNSERVED, cell_status, to_build
+from kiln.plan import Status, cell_status, to_build
 from kiln.toolchains import Toolchains
 
 
@@ -51,7 +51,7 @@ def say_plan(todo: list[Cell], planned: list[estimate.Estimate], console: Consol
     for cell, est in zip(todo, planned, strict=True):
         archs = f" archs {cell.cuda_archs}" if cell.variant.cuda_major else ""
         build = f" build {cell.build_number}" if cell.build_number else ""
-        console.print(f"  {cell.id}{archs}{build}: ~{estimate.duration(est.seconds)}"
+        console.print(f"  {cell.id}{archs}{build}: ~{duration(est.seconds, about=True)}"
                       f"{'' if est.source == 'here' else ' (from its recipe timeout)'}", markup=False, highlight=False)
 
 
@@ -80,25 +80,27 @@ def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: i
     began = time.monotonic()
     served, _ = mirror.serve(home, host, port, variants, toolchains, upstream, background=True)
     say(f"kiln up: mirror {served.url}: "
-        + (f"started in {estimate.duration(time.monotonic() - began)}" if served.started else "already running"))
+        + (f"started in {duration(time.monotonic() - began, about=True)}" if served.started else "already running"))
     report = UpReport(url=served.url, started=served.started, notes=list(served.notes))
     published = mirror.published(served.url, sorted({c.variant.name for c in cells} | {MAIN}))
     wheelhouse = home.wheelhouse
     status = cell_status(cells, toolchains, home, wheelhouse, published)
-    report.already = [r.wheel or r.cell for r in status if r.status == PUBLISHED]
-    report.skipped = [f"{r.cell}: {r.detail}" for r in status if r.status == NOT_BUILDABLE and not r.impossible]
-    report.impossible = [f"{r.cell}: {r.detail}" for r in status if r.status == NOT_BUILDABLE and r.impossible]
+    report.already = [r.wheel or r.cell for r in status if r.status == Status.PUBLISHED]
+    report.skipped = [f"{r.cell}: {r.detail}" for r in status if r.status == Status.NOT_BUILDABLE and not r.impossible]
+    report.impossible = [f"{r.cell}: {r.detail}" for r in status if r.status == Status.NOT_BUILDABLE and r.impossible]
     todo, _ = to_build(cells, status, home)
-    unserved = [r for r in status if r.status == UNSERVED and r.wheel and r.on_mirror]
+    unserved = [r for r in status if r.status == Status.UNSERVED and r.wheel and r.on_mirror]
     if todo:
         report.planned = estimate.estimate(todo, home)
         say_plan(todo, report.planned, console)
-        results = build_cells(todo, toolchains, home, wheelhouse, get_backend(backend), index_url, console)
-        report.built = [w for r in results if r.status == "built" and r.wheel for w in [r.wheel, *r.closure_built]]
-        report.failed = [f"{r.cell}: {r.error} (log: {r.log})" for r in results if r.status == "failed"]
-        report.impossible += [f"{r.cell}: {r.error}" for r in results if r.status == "not-buildable"]
+        results = build_cells(todo, BuildContext.of(toolchains, home, wheelhouse, get_backend(backend), index_url),
+                              console)
+        report.built = [w for r in results if r.status == CellOutcome.BUILT and r.wheel
+                        for w in [r.wheel, *r.closure_built]]
+        report.failed = [f"{r.cell}: {r.error} (log: {r.log})" for r in results if r.status == CellOutcome.FAILED]
+        report.impossible += [f"{r.cell}: {r.error}" for r in results if r.status == CellOutcome.NOT_BUILDABLE]
     rows = {r.cell: r for r in cell_status(cells, toolchains, home, wheelhouse, published)}
-    wheels = [wheelhouse / r.wheel for r in rows.values() if r.status == BUILT and r.wheel]
+    wheels = [wheelhouse / r.wheel for r in rows.values() if r.status == Status.BUILT and r.wheel]
     if wheels:
         say(f"kiln up: publishing {len(wheels)} wheel{'s' if len(wheels) != 1 else ''} to {served.url}")
         for res in mirror.publish(wheels, served.url, home, [*all_variants, *cells]):
@@ -109,17 +111,10 @@ def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: i
                                 f"no code for {', '.join(row.unserved)}, which the index serves")
         report.moved.append(moved.line())
         say(f"kiln up: {moved.line()}")
-    ok = {c.cell for c in rows.values() if c.status in (BUILT, PUBLISHED)}
+    ok = {c.cell for c in rows.values() if c.status in (Status.BUILT, Status.PUBLISHED)}
     report.install = install_lines(served.url, [c for c in cells if c.id in ok])
     try:
         report.status_page = status_page.refresh(home, [*all_variants, *cells], toolchains)
     except (OSError, KilnError) as exc:
         report.notes.append(f"status page not updated: {exc}")
     return report
-
-
-def wheels_in(path: Path) -> list[Path]:
-    """The wheels to publish: a wheel file, or every wheel in a directory."""
-    if path.is_file():
-        return [path]
-    return sorted(path.glob("*.whl")) if path.is_dir() else []

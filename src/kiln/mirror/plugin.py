@@ -406,11 +406,11 @@ UPLOAD_PATH = re.compile(r"^/(?P<user>[^/+][^/]*)/(?P<index>[^/+][^/]*)/?$")
 def upload_refusal(index: str, action: str | None, filename: str | None, content: IO[bytes] | None) -> str | None:
     """Why an upload to kiln index ``index`` (``kiln/<variant>``) is refused, in one line; None
     when it is a wheel kiln built and finished for that index. The same checks as `kiln publish`
-    (kiln.mirror.publish.origin_of), made again here so that a token or password used with
+    (kiln.mirror.origin.origin_of), made again here so that a token or password used with
     another client (`uv publish`, twine) cannot put a foreign wheel on a kiln index, where it
     would hide that project's upstream releases."""
     from kiln.errors import MirrorError
-    from kiln.mirror.publish import origin_of
+    from kiln.mirror.origin import origin_of
 
     if action != "file_upload":
         return f"{index} takes only file uploads of wheels kiln built, not :action {action!r}"

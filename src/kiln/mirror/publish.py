@@ -12,7 +12,6 @@ would hide that project's upstream releases from every installer of the mirror.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -20,22 +19,19 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
-from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
-from packaging.version import InvalidVersion, Version
 
 from kiln import archs, closure
-from kiln.errors import ConfigError, MirrorError
+from kiln.errors import MirrorError
 from kiln.home import Home
 from kiln.matrix import Cell, Variant
 from kiln.mirror import tokens
 from kiln.mirror.api import GATEWAY_HINT, Credentials, Devpi, HTTPRefused
-from kiln.mirror.layout import index_name, layout, variant_of_wheel
+from kiln.mirror.layout import index_name, layout
+from kiln.mirror.origin import Origin, origin_of
 from kiln.mirror.server import (
     ServerFiles,
     root_credentials,
@@ -43,7 +39,6 @@ from kiln.mirror.server import (
     upload_credentials,
 )
 from kiln.source import sha256_of
-from kiln.wheel import PROVENANCE, CudaArchs
 
 TOKEN_ENV = "KILN_MIRROR_TOKEN"
 
@@ -86,17 +81,6 @@ class Checked:
     sha256: str
 
 
-@dataclass(frozen=True)
-class _Origin:
-    """What a wheel's kiln.json says of where it comes from."""
-
-    cell: str
-    variant: str
-    closure_of: str | None
-    device: CudaArchs | None = None
-    """The device code cuobjdump found in it (its ``cuda_archs_found``); None for a wheel without CUDA."""
-
-
 def check(wheels: list[Path], cells: list[Cell], home: Home) -> list[Checked]:
     """Every wheel of the batch with its index, or MirrorError naming each wheel refused and why
     (one line). ``cells``: the recipes' cells; the closures recorded for them in ``home``, and
@@ -104,7 +88,7 @@ def check(wheels: list[Path], cells: list[Cell], home: Home) -> list[Checked]:
     projects = {canonicalize_name(c.project) for c in cells if c.closure_of is None}
     known = _with_recorded_closures(cells, home)
     refused: dict[Path, str] = {}
-    ok: dict[Path, tuple[str, _Origin]] = {}
+    ok: dict[Path, tuple[str, Origin]] = {}
     for wheel in sorted(wheels):
         try:
             ok[wheel] = _origin(wheel)
@@ -148,69 +132,11 @@ def _with_recorded_closures(cells: list[Cell], home: Home) -> set[str]:
     return known
 
 
-def _origin(wheel: Path) -> tuple[str, _Origin]:
+def _origin(wheel: Path) -> tuple[str, Origin]:
     return origin_of(wheel.name, wheel)
 
 
-def origin_of(filename: str, wheel: Path | IO[bytes]) -> tuple[str, _Origin]:
-    """The index a wheel (a file, or an open upload) goes to and its provenance; MirrorError (one
-    line) when kiln did not build it, or built it for another variant or as another wheel. The
-    mirror's plugin asks the same of every upload to a kiln index."""
-    try:
-        variant = variant_of_wheel(filename)
-        name, version, _, _ = parse_wheel_filename(filename)
-    except (ValueError, ConfigError) as exc:  # packaging's InvalidWheelFilename is a ValueError
-        raise MirrorError(f"{filename}: not a wheel's filename ({exc})") from None
-    origin = _provenance(filename, wheel)
-    if origin.variant != variant.name:
-        where = index_name(origin.variant) if _is_variant(origin.variant) else "no kiln index"
-        label = f"label +{version.local}" if version.local else "no label"
-        raise MirrorError(f"{filename}: its {label} puts it on {index_name(variant.name)}, but its {PROVENANCE} "
-                          f"says kiln built it for variant {origin.variant} ({where})")
-    if not _names_wheel(origin.cell, origin.variant, name, version):
-        raise MirrorError(f"{filename}: its {PROVENANCE} is of cell {origin.cell}, not of this wheel")
-    return index_name(variant.name), origin
 
-
-def _is_variant(name: str) -> bool:
-    try:
-        Variant.parse(name)
-    except ConfigError:
-        return False
-    return True
-
-
-def _provenance(filename: str, wheel: Path | IO[bytes]) -> _Origin:
-    no = f"{filename}: no kiln provenance (<name>.dist-info/{PROVENANCE}): kiln publishes only wheels it built"
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            found = [n for n in zf.namelist()
-                     if n.count("/") == 1 and n.endswith(f".dist-info/{PROVENANCE}")]
-            if len(found) != 1:
-                raise MirrorError(no)
-            data = json.loads(zf.read(found[0]))
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise MirrorError(f"{filename}: not a readable wheel ({exc})") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MirrorError(f"{filename}: its {PROVENANCE} is not JSON ({exc})") from None
-    cell = data.get("cell") if isinstance(data, dict) else None
-    variant = data.get("variant") if isinstance(data, dict) else None
-    closure_of = data.get("closure_of") if isinstance(data, dict) else None
-    if not isinstance(cell, str) or not isinstance(variant, str) or not isinstance(closure_of, str | None):
-        raise MirrorError(f"{filename}: its {PROVENANCE} names no cell and variant")
-    return _Origin(cell, variant, closure_of, CudaArchs.from_json(data.get("cuda_archs_found")))
-
-
-def _names_wheel(cell_id: str, variant: str, name: str, version: Version) -> bool:
-    """Whether ``cell_id`` (``<project>-<version>-<python tag>-<variant>``) is this wheel's cell."""
-    head, sep, _ = cell_id.removesuffix(f"-{variant}").rpartition("-")
-    prefix = f"{canonicalize_name(name)}-"
-    if not sep or not cell_id.endswith(f"-{variant}") or not head.startswith(prefix):
-        return False
-    try:
-        return Version(head[len(prefix):]).public == version.public
-    except InvalidVersion:
-        return False
 
 
 @dataclass(frozen=True)
@@ -329,7 +255,7 @@ def _create_variant_index(home: Home, url: str, index: str) -> None:
 
 
 def _upload(wheels: list[Path], publish_url: str, creds: Credentials) -> None:
-    from kiln.backends.local import uv
+    from kiln.uv import uv
 
     env = dict(os.environ, UV_PUBLISH_USERNAME=creds.user, UV_PUBLISH_PASSWORD=creds.password)
     for name in ("UV_PUBLISH_TOKEN", TOKEN_ENV, "KILN_MIRROR_PASSWORD"):  # uv gets the credentials once
@@ -362,13 +288,12 @@ def published(url: str, variants: list[str]) -> dict[str, list[str]]:
     return {v: sorted(api.files(index_name(v))) for v in variants}
 
 
-def published_for(args: Namespace, variants: list[str]) -> dict[str, list[str]] | None:
-    """What `kiln plan` shows as published: from --mirror, or the home's running server; None
+def published_for(home: Home, mirror: str | None, variants: list[str]) -> dict[str, list[str]] | None:
+    """What `kiln plan` shows as published: from ``mirror``, or the home's running server; None
     when there is neither."""
-    mirror = getattr(args, "mirror", None)
     if mirror:
         return published(mirror, variants)
-    current = running(Home(Path(args.home)))
+    current = running(home)
     if current is None:
         return None
     return published(current.url, variants)

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pluggy import HookimplMarker
 
 from kiln.errors import KilnError, MirrorError
 from kiln.mirror.api import Credentials, Devpi
 from kiln.mirror.layout import USER, index_name
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 PERMISSIONS = ("pkg_read", "upload")
 """What a token of kiln's may do: read (a token's denials apply to reads too) and upload."""
@@ -118,6 +121,19 @@ def tokens(url: str, root: Credentials, user: str = USER) -> list[TokenInfo]:
     out = [_info(str(token_id), [str(r) for r in info.get("restrictions", [])] if isinstance(info, dict) else [])
            for token_id, info in (found.items() if isinstance(found, dict) else [])]
     return sorted(out, key=lambda t: (t.expires or datetime.max.replace(tzinfo=UTC), t.id))
+
+
+def table(found: list[TokenInfo], now: datetime | None = None) -> Table:
+    """`kiln token list`: id, expiry (said when past), what each may do, and on which indexes."""
+    from rich.table import Table
+
+    now = now or datetime.now(UTC)
+    out = Table("id", "expires", "may", "indexes")
+    for t in found:
+        expired = " (expired)" if t.expires and t.expires <= now else ""
+        when = f"{t.expires:%Y-%m-%d %H:%M} UTC{expired}" if t.expires else "never"
+        out.add_row(t.id, when, ",".join(t.allowed) or "anything its user may", ",".join(t.indexes) or "any")
+    return out
 
 
 def _info(token_id: str, restrictions: list[str]) -> TokenInfo:
