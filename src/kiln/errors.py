@@ -80,3 +80,10 @@ class StaleWorkflowError(KilnError):
     """`kiln ci check`: the committed workflow differs from a fresh render of the recipes."""
 
     exit_code = 11
+
+
+class BumpError(KilnError):
+    """`kiln bump`: a new version failed to build or pass its smoke test on this host (or none of
+    its cells builds here): that version is not written to its recipe."""
+
+    exit_code = 12

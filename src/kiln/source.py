@@ -13,6 +13,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
@@ -76,6 +77,10 @@ class IndexFile:
     sha256: str | None
     requires_python: str | None = None
     """The file's PEP 691 ``requires-python`` (its Requires-Python metadata), when the index says."""
+    upload_time: datetime | None = None
+    """When the file was uploaded (PEP 700 ``upload-time``, timezone-aware), when the index says."""
+    yanked: bool = False
+    """Whether the file is yanked (PEP 592, ``yanked`` true or a reason)."""
 
 
 def index_files(project: str, index_url: str) -> list[IndexFile]:
@@ -95,8 +100,19 @@ def index_files(project: str, index_url: str) -> list[IndexFile]:
     if SIMPLE_JSON not in ctype:
         raise SourceError(f"{page}: the index did not answer with the JSON simple API ({ctype})")
     return [IndexFile(f["filename"], urllib.parse.urljoin(page, f["url"]), f.get("hashes", {}).get("sha256"),
-                      f.get("requires-python") or None)
+                      f.get("requires-python") or None, _upload_time(f.get("upload-time")), bool(f.get("yanked")))
             for f in json.loads(body)["files"]]
+
+
+def _upload_time(value: object) -> datetime | None:
+    """PEP 700's ``upload-time`` (ISO 8601, e.g. ``2025-06-01T12:00:00.000000Z``) as an aware datetime."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def find_sdist(project: str, version: str, index_url: str) -> tuple[str, str]:

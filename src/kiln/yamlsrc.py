@@ -299,3 +299,53 @@ def pydantic_error(doc: YamlDoc, exc: Any) -> ConfigError:
         msg = f"{msg} (got {short(err['input'])})"
     msg = msg.removeprefix("Value error, ")
     return doc.error(loc, msg)
+
+
+def append_to_list(text: str, key: str, values: list[str], where: Path) -> str:
+    """``text`` (a YAML mapping) with ``values`` appended to its top-level list ``key``, edited as a
+    person would: ruamel.yaml's round trip keeps every comment, key order, flow or block style and
+    quoting (new items are quoted as the list's last item is, double quotes when it is bare).
+
+    The indentation is the file's own: of the layouts ruamel writes, the one that writes the file
+    back unchanged is used; when none does, the file is refused rather than reformatted."""
+    import io
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.error import YAMLError
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString, PlainScalarString, ScalarString
+    from ruamel.yaml.tokens import CommentToken
+
+    def dump(yml: YAML, data: object) -> str:
+        buf = io.StringIO()
+        yml.dump(data, buf)
+        return buf.getvalue()
+
+    for mapping, offset in ((2, 0), (2, 2), (2, 4), (4, 0), (4, 2), (4, 4)):
+        sequence = offset + 2
+        yml = YAML(typ="rt")
+        yml.preserve_quotes = True
+        yml.width = 1 << 16
+        yml.indent(mapping=mapping, sequence=max(sequence, mapping), offset=offset)
+        try:
+            data = yml.load(text)
+        except YAMLError as exc:
+            raise ConfigError(f"{where}: invalid YAML: {one_line(str(exc))}") from None
+        if dump(yml, data) != text:
+            continue
+        seq = data.get(key) if isinstance(data, CommentedMap) else None
+        if not isinstance(seq, CommentedSeq):
+            raise ConfigError(f"{where}: expected a list at {key!r}")
+        last = seq[-1] if seq else None
+        kind = type(last) if isinstance(last, ScalarString) else DoubleQuotedScalarString
+        seq.extend(kind(v) for v in values)
+        if seq.fa.flow_style():  # a comment after `[...]` keeps its distance, as an editor moves it
+            grown = sum(len(", ") + len(v) + (0 if kind is PlainScalarString else 2) for v in values)
+            grown -= 0 if last is not None else len(", ")
+            tokens = {id(t): t for t in (*(data.ca.items.get(key) or [])[2:3], *(seq.ca.comment or [])[:1])
+                      if isinstance(t, CommentToken)}
+            for token in tokens.values():
+                token.column += grown
+        return dump(yml, data)
+    raise ConfigError(f"{where}: cannot edit it without reformatting it (an indentation ruamel.yaml "
+                      "does not write back); add the versions by hand")

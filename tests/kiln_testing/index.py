@@ -53,6 +53,8 @@ class StaticIndex:
     root: Path
     url: str = ""
     delay: float = 0.0  # seconds each simple page (the project list too) waits before answering
+    upload_times: dict[str, str] = field(default_factory=dict)  # filename -> its PEP 700 upload-time
+    yanked: set[str] = field(default_factory=set)  # filenames the JSON page marks yanked (PEP 592)
     _server: ThreadingHTTPServer | None = field(default=None, repr=False)
 
     @property
@@ -101,7 +103,10 @@ class StaticIndex:
     def _entry(self, f: Path) -> dict[str, object]:
         entry: dict[str, object] = {"filename": f.name, "url": f"../../files/{f.name}",
                                     "hashes": {"sha256": hashlib.sha256(f.read_bytes()).hexdigest()},
-                                    "upload-time": self.UPLOAD_TIME, "size": f.stat().st_size}
+                                    "upload-time": self.upload_times.get(f.name, self.UPLOAD_TIME),
+                                    "size": f.stat().st_size}
+        if f.name in self.yanked:
+            entry["yanked"] = "yanked in a test"
         if f.name.endswith(".whl"):
             with zipfile.ZipFile(f) as zf:
                 name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1)

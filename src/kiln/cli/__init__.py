@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 import kiln
-from kiln.cli import build, mirror
+from kiln.cli import build, keep, mirror
 from kiln.cli import options as opt
 from kiln.cli.common import err_console
 from kiln.errors import KilnError
@@ -102,6 +102,27 @@ def parser() -> argparse.ArgumentParser:
                 "Python or --python, the newest torch for this nvcc, this host's GPU archs or toolchains.yaml's "
                 "host_archs); all: every cell, full arch lists (CI, a build box)")
     sp.set_defaults(func=build.cmd_up)
+
+    sp = sub.add_parser("outdated", help="releases on the index newer than the recipes and the toolchain table; "
+                        "exit 1 when any")
+    sp.add_argument("projects", nargs="*", metavar="PROJECT",
+                    help="only these recipes (torch: the toolchain table; default: every recipe and the table)")
+    opt.recipes(sp)
+    opt.index_url(sp, "index to ask (default: KILN_INDEX_URL, uv/pip settings)")
+    opt.json_output(sp)
+    opt.cooldown(sp)
+    sp.set_defaults(func=keep.cmd_outdated)
+
+    sp = sub.add_parser("bump", help="add the new versions `kiln outdated` finds to their recipes, built first")
+    sp.add_argument("projects", nargs="*", metavar="PROJECT", help="only these recipes (default: every recipe)")
+    opt.recipes(sp)
+    opt.index_url(sp)
+    opt.home(sp)
+    opt.no_wait(sp)
+    opt.cooldown(sp)
+    sp.add_argument("--no-build", action="store_true",
+                    help="add them without building (CI, whose build workflow builds them on the pull request)")
+    sp.set_defaults(func=keep.cmd_bump)
 
     sp = sub.add_parser("infer", help="draft a working recipe from failing builds")
     sp.add_argument("project", help="PROJECT or PROJECT==VERSION (default: its newest sdist)")

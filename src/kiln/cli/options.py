@@ -118,3 +118,11 @@ def archs(text: str) -> str | None:
         return check_archs(text.strip())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cooldown(sp: argparse.ArgumentParser) -> None:
+    """How old a release must be before `kiln outdated` and `kiln bump` take it."""
+    from kiln.outdated import DEFAULT_COOLDOWN_DAYS
+
+    sp.add_argument("--cooldown-days", type=int, default=DEFAULT_COOLDOWN_DAYS, metavar="N",
+                    help=f"skip releases uploaded less than N days ago (default: {DEFAULT_COOLDOWN_DAYS})")

@@ -1,0 +1,181 @@
+"""`kiln outdated`: the releases on the index newer than what the recipes and the toolchain table pin.
+
+The index is asked through kiln.source.index_files (PEP 691 JSON, with PEP 700 upload-time and
+PEP 592 yanked), the code that fetches sdists. A release counts when it is final (no pre- or dev
+release), not yanked (some file of it is not) and older than the cooldown: fromager's release-age
+rule, so that a bump never takes a release uploaded minutes ago (the time of its first file).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
+
+from kiln.recipe import Recipe
+from kiln.source import index_files
+from kiln.toolchains import Toolchains
+
+DEFAULT_COOLDOWN_DAYS = 3
+TORCH = "torch"
+
+
+@dataclass(frozen=True)
+class Release:
+    """One version of a project on the index: when its first file came, whether all are yanked."""
+
+    version: Version
+    uploaded: datetime | None
+    yanked: bool
+
+
+def releases(project: str, index_url: str) -> list[Release]:
+    """The releases of ``project`` on the index, oldest version first (none when it has no page)."""
+    uploaded: dict[Version, list[datetime]] = defaultdict(list)
+    live: dict[Version, bool] = {}
+    want = canonicalize_name(project)
+    for f in index_files(project, index_url):
+        try:
+            if f.filename.endswith(".whl"):
+                name, version, _, _ = parse_wheel_filename(f.filename)
+            else:
+                name, version = parse_sdist_filename(f.filename)
+        except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+            continue
+        if name != want:
+            continue
+        live[version] = live.get(version, False) or not f.yanked
+        if f.upload_time:
+            uploaded[version].append(f.upload_time)
+    return [Release(v, min(uploaded[v]) if uploaded[v] else None, not live[v]) for v in sorted(live)]
+
+
+class Kind(enum.StrEnum):
+    RECIPE = "recipe"
+    """A recipe's project has a release newer than its newest `versions` entry."""
+    TORCH_RELEASE = "torch-release"
+    """A torch minor of the table has a patch release newer than its `release`."""
+    TORCH_MINOR = "torch-minor"
+    """torch has a minor newer than the table's newest."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One newer release: what it is newer than, and when it was uploaded."""
+
+    kind: Kind
+    project: str
+    current: str
+    """The recipe's newest version; the minor's release; for a new minor, the table's newest minor."""
+    new: str
+    """The newer release."""
+    uploaded: datetime | None
+    recipe: Path | None = None
+    """The recipe (or toolchain table) that pins ``current``."""
+
+    def line(self) -> str:
+        when = f"uploaded {self.uploaded:%Y-%m-%d}" if self.uploaded else "upload time unknown"
+        if self.kind == Kind.RECIPE:
+            return f"{self.project}: {self.current} -> {self.new} ({when})"
+        if self.kind == Kind.TORCH_RELEASE:
+            return f"torch {_minor(Version(self.new))}: {self.current} -> {self.new} ({when})"
+        return f"torch: new minor {_minor(Version(self.new))} (newest in the table: {self.current}): " \
+               f"{self.new} ({when})"
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"kind": self.kind.value, "project": self.project, "current": self.current, "new": self.new,
+                "uploaded": self.uploaded.isoformat() if self.uploaded else None,
+                "file": str(self.recipe) if self.recipe else None}
+
+
+@dataclass(frozen=True)
+class Query:
+    """Where to ask, and how old a release must be to count."""
+
+    index_url: str
+    cooldown: timedelta = timedelta(days=DEFAULT_COOLDOWN_DAYS)
+    now: datetime = field(default_factory=lambda: datetime.now().astimezone())
+
+    def cooling(self, release: Release) -> bool:
+        """Whether ``release`` was uploaded within the cooldown (an unknown time does not hold it back)."""
+        return release.uploaded is not None and self.now - release.uploaded < self.cooldown
+
+
+@dataclass
+class Report:
+    """What is newer: ``findings`` count; ``held`` are newer but inside the cooldown."""
+
+    findings: list[Finding] = field(default_factory=list)
+    held: list[Finding] = field(default_factory=list)
+
+    def add(self, finding: Finding, release: Release, query: Query) -> None:
+        (self.held if query.cooling(release) else self.findings).append(finding)
+
+    def held_lines(self, query: Query) -> list[str]:
+        days = query.cooldown.days
+        return [f"{f.line().removesuffix(')')}, inside the {days}-day cooldown: held back)" for f in self.held]
+
+
+def _minor(v: Version) -> str:
+    return f"{v.major}.{v.minor}"
+
+
+def _counted(found: list[Release]) -> list[Release]:
+    """Final releases that are not yanked."""
+    return [r for r in found if not (r.version.is_prerelease or r.version.is_devrelease or r.yanked)]
+
+
+def check_recipe(recipe: Recipe, query: Query, report: Report) -> None:
+    """The releases of the recipe's project newer than its newest `versions` entry."""
+    newest = max(Version(v) for v in recipe.versions)
+    for r in _counted(releases(recipe.project, query.index_url)):
+        if r.version > newest:
+            report.add(Finding(Kind.RECIPE, recipe.project, str(newest), str(r.version), r.uploaded, recipe.path),
+                       r, query)
+
+
+def check_toolchains(toolchains: Toolchains, table: Path, query: Query, report: Report) -> None:
+    """torch patch releases newer than each minor's `release` (the newest of each), and the newest
+    release of each torch minor newer than the table's newest."""
+    found = _counted(releases(TORCH, query.index_url))
+    minors = {m: Version(m) for m in toolchains.torch}
+    for minor, spec in toolchains.torch.items():
+        pinned = Version(spec.release)
+        patches = [r for r in found if _minor(r.version) == minor and r.version > pinned]
+        fresh = [r for r in patches if not query.cooling(r)]
+        pick = (fresh or patches)[-1:]  # the newest out of the cooldown, else the newest held
+        for r in pick:
+            report.add(Finding(Kind.TORCH_RELEASE, TORCH, spec.release, str(r.version), r.uploaded, table), r, query)
+    if not minors:
+        return
+    top = max(minors.values())
+    by_minor: dict[str, list[Release]] = defaultdict(list)
+    for r in found:
+        if Version(_minor(r.version)) > top:
+            by_minor[_minor(r.version)].append(r)
+    for rels in by_minor.values():
+        fresh = [r for r in rels if not query.cooling(r)]
+        r = (fresh or rels)[-1]
+        report.add(Finding(Kind.TORCH_MINOR, TORCH, str(top), str(r.version), r.uploaded, table), r, query)
+
+
+def outdated(recipes: list[Recipe], toolchains: tuple[Toolchains, Path] | None, query: Query) -> Report:
+    """Every newer release of the recipes' projects and, with ``toolchains`` (the table and its
+    file), of torch against the table."""
+    report = Report()
+    for recipe in recipes:
+        check_recipe(recipe, query, report)
+    if toolchains is not None:
+        check_toolchains(*toolchains, query, report)
+    return report

@@ -1,0 +1,200 @@
+"""`kiln outdated` and `kiln bump` against a local upstream: new releases of a fixture project
+(their upload-time set on the JSON page), the cooldown, yanked and pre-releases, a stand-in torch
+with a new patch release and a new minor; bump's round-trip edit, and its build before writing."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from kiln_testing.fixtures import FIXTURE_RECIPES, FIXTURE_SDIST, FIXTURES
+from kiln_testing.index import StaticIndex
+from kiln_testing.wheels import make_helper_wheel, make_torch_stand_in
+
+from kiln.cli import main
+from kiln.errors import BumpError, ConfigError
+from kiln.yamlsrc import append_to_list
+
+sys.path.insert(0, str(FIXTURES))
+from make_sdist import make_sdist  # tests/fixtures/make_sdist.py
+
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+RECIPE = f"""\
+# kilnfix from the test's upstream: this comment, the one on `versions` and the layout below
+# must come through a bump byte for byte.
+project: kilnfix
+versions: ["1.0.0"]   # the first release
+build:
+  requires: ["kilnfix-helper==1.4.0"]   # what upstream forgot
+matrix:
+  python: ["{PY}"]
+runtime:
+  pin: [kilnfix-helper]
+test:
+  imports: [kilnfix, kilnfix._speedup]
+"""
+
+
+def ago(**delta: float) -> datetime:
+    return datetime.now(UTC) - timedelta(**delta)
+
+
+def stamp(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def kilnfix_sdist(version: str, dest: Path, broken: bool = False) -> Path:
+    """The kilnfix fixture as release ``version``; ``broken``: its setup.py refuses to build."""
+    src = dest / f"kilnfix-{version}"
+    shutil.copytree(FIXTURES / "src" / "kilnfix-1.0.0", src)
+    for name in ("setup.py", "PKG-INFO"):
+        (src / name).write_text((src / name).read_text().replace("1.0.0", version))
+    if broken:
+        (src / "setup.py").write_text(f'raise RuntimeError("kilnfix {version}: this platform is not supported")\n')
+    return make_sdist(src, dest / f"kilnfix-{version}.tar.gz")
+
+
+@pytest.fixture
+def index(tmp_path: Path, upstream_wheels: list[Path]) -> Iterator[StaticIndex]:
+    """An upstream of its own per test (files are added with their upload times): kilnfix 1.0.0,
+    its helper, the packaging tools and a stand-in torch 2.14.1, all uploaded long ago."""
+    made = tmp_path / "made"
+    made.mkdir()
+    idx = StaticIndex(tmp_path / "upstream")
+    idx.add([FIXTURE_SDIST, make_helper_wheel("1.4.0", made), make_torch_stand_in("2.14.1", made),
+             *upstream_wheels])
+    idx.start()
+    yield idx
+    idx.stop()
+
+
+def upload(index: StaticIndex, files: list[Path], when: datetime, yanked: bool = False) -> None:
+    index.upload_times.update({f.name: stamp(when) for f in files})
+    if yanked:
+        index.yanked.update(f.name for f in files)
+    index.add(files)
+
+
+@pytest.fixture
+def recipes(tmp_path: Path) -> Path:
+    d = tmp_path / "recipes"
+    d.mkdir()
+    shutil.copy(FIXTURE_RECIPES / "toolchains.yaml", d / "toolchains.yaml")
+    (d / "kilnfix.yaml").write_text(RECIPE)
+    return d
+
+
+def kiln(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err
+
+
+def test_outdated_names_a_newer_final_release_and_exits_1(
+        index: StaticIndex, recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    when = ago(days=10)
+    upload(index, [kilnfix_sdist("1.1.0", tmp_path)], when)
+    upload(index, [kilnfix_sdist("1.1.1", tmp_path)], when, yanked=True)  # yanked: not counted
+    upload(index, [kilnfix_sdist("1.2.0rc1", tmp_path)], when)            # a pre-release: not counted
+    code, out, _ = kiln(capsys, "outdated", "kilnfix", "--recipes", str(recipes), "--index-url", index.simple)
+    assert (code, out) == (1, [f"kilnfix: 1.0.0 -> 1.1.0 (uploaded {when:%Y-%m-%d})"])
+
+    code, out, _ = kiln(capsys, "outdated", "--json", "kilnfix", "--recipes", str(recipes),
+                        "--index-url", index.simple)
+    assert code == 1
+    import json
+    found = json.loads("\n".join(out))
+    assert [(f["kind"], f["project"], f["current"], f["new"]) for f in found["outdated"]] == \
+        [("recipe", "kilnfix", "1.0.0", "1.1.0")]
+
+
+def test_a_release_inside_the_cooldown_is_held_back(
+        index: StaticIndex, recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    when = ago(hours=1)
+    upload(index, [kilnfix_sdist("1.1.0", tmp_path)], when)
+    code, out, err = kiln(capsys, "outdated", "kilnfix", "--recipes", str(recipes), "--index-url", index.simple)
+    assert (code, out) == (0, [])
+    assert f"kilnfix: 1.0.0 -> 1.1.0 (uploaded {when:%Y-%m-%d}, inside the 3-day cooldown: held back)" in err
+    code, out, _ = kiln(capsys, "outdated", "kilnfix", "--recipes", str(recipes), "--index-url", index.simple,
+                        "--cooldown-days", "0")
+    assert (code, out) == (1, [f"kilnfix: 1.0.0 -> 1.1.0 (uploaded {when:%Y-%m-%d})"])
+
+
+def test_current_recipes_exit_0_and_bad_input_exits_2(
+        index: StaticIndex, recipes: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert kiln(capsys, "outdated", "--recipes", str(recipes), "--index-url", index.simple)[:2] == (0, [])
+    code, _, err = kiln(capsys, "outdated", "nosuch", "--recipes", str(recipes), "--index-url", index.simple)
+    assert code == ConfigError.exit_code == 2
+    assert "no recipe for nosuch" in err
+    code, _, err = kiln(capsys, "outdated", "--recipes", str(recipes), "--cooldown-days", "-1",
+                        "--index-url", index.simple)
+    assert code == 2
+
+
+def test_torch_patch_release_and_new_minor_are_named_for_the_toolchain_table(
+        index: StaticIndex, recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    when = ago(days=5)
+    made = tmp_path / "torch"
+    made.mkdir()
+    upload(index, [make_torch_stand_in("2.14.2", made), make_torch_stand_in("2.15.0", made)], when)
+    upload(index, [make_torch_stand_in("2.14.3", made)], when, yanked=True)
+    upload(index, [make_torch_stand_in("2.16.0rc1", made)], when)
+    upload(index, [make_torch_stand_in("2.15.1", made)], ago(hours=2))  # inside the cooldown
+    code, out, err = kiln(capsys, "outdated", "torch", "--recipes", str(recipes), "--index-url", index.simple)
+    assert (code, out) == (1, [f"torch 2.14: 2.14.1 -> 2.14.2 (uploaded {when:%Y-%m-%d})",
+                               f"torch: new minor 2.15 (newest in the table: 2.14): 2.15.0 (uploaded {when:%Y-%m-%d})"])
+    # the whole run: every recipe (kilnfix is current) and the table
+    code, out_all, _ = kiln(capsys, "outdated", "--recipes", str(recipes), "--index-url", index.simple)
+    assert (code, out_all) == (1, out)
+
+
+def test_bump_no_build_adds_the_version_keeping_the_file_byte_for_byte(
+        index: StaticIndex, recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    upload(index, [kilnfix_sdist("1.1.0", tmp_path)], ago(days=10))
+    code, out, _ = kiln(capsys, "bump", "--no-build", "--recipes", str(recipes), "--index-url", index.simple,
+                        "--home", str(tmp_path / "home"))
+    assert code == 0
+    assert out[-1] == f"added 1.1.0 to {recipes / 'kilnfix.yaml'}"
+    assert (recipes / "kilnfix.yaml").read_text() == RECIPE.replace(
+        'versions: ["1.0.0"]   # the first release', 'versions: ["1.0.0", "1.1.0"]   # the first release')
+    assert not (tmp_path / "home").exists()  # --no-build builds nothing, touches no home
+    assert kiln(capsys, "outdated", "kilnfix", "--recipes", str(recipes), "--index-url", index.simple)[:2] == (0, [])
+
+
+def test_bump_of_a_version_that_fails_to_build_leaves_the_recipe_unchanged(
+        index: StaticIndex, recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    upload(index, [kilnfix_sdist("1.1.0", tmp_path, broken=True)], ago(days=10))
+    before = (recipes / "kilnfix.yaml").read_bytes()
+    code, out, err = kiln(capsys, "bump", "--recipes", str(recipes), "--index-url", index.simple,
+                          "--home", str(tmp_path / "home"))
+    assert code == BumpError.exit_code
+    assert (recipes / "kilnfix.yaml").read_bytes() == before
+    assert sorted(p.name for p in recipes.iterdir()) == ["kilnfix.yaml", "toolchains.yaml"]
+    failed = [line for line in out if line.startswith("FAILED ")]
+    assert len(failed) == 1 and failed[0].startswith(f"FAILED kilnfix-1.1.0-cp{PY.replace('.', '')}-main")
+    assert "kilnfix 1.1.0: this platform is not supported" in failed[0], out
+    assert "new version(s) not added" in err
+
+
+def test_bump_builds_the_new_version_before_writing_it(
+        index: StaticIndex, recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    upload(index, [kilnfix_sdist("1.1.0", tmp_path)], ago(days=10))
+    code, out, _ = kiln(capsys, "bump", "--recipes", str(recipes), "--index-url", index.simple,
+                        "--home", str(tmp_path / "home"))
+    assert code == 0, out
+    assert any(line.startswith(f"built kilnfix-1.1.0-cp{PY.replace('.', '')}-main") for line in out), out
+    assert out[-1] == f"added 1.1.0 to {recipes / 'kilnfix.yaml'}"
+    assert list((tmp_path / "home" / "wheelhouse").glob("kilnfix-1.1.0*.whl"))
+
+
+def test_append_to_list_keeps_a_block_list_and_its_comments(tmp_path: Path) -> None:
+    text = "# head\nproject: x\nversions:\n    - '1.0'   # first\n    - '1.1'\nbuild: {}  # tail\n"
+    assert append_to_list(text, "versions", ["1.2"], tmp_path / "x.yaml") == \
+        "# head\nproject: x\nversions:\n    - '1.0'   # first\n    - '1.1'\n    - '1.2'\nbuild: {}  # tail\n"
+    flow = 'project: x\nversions: ["1.0"]\n'
+    assert append_to_list(flow, "versions", ["1.1", "2.0"], tmp_path / "x.yaml") == \
+        'project: x\nversions: ["1.0", "1.1", "2.0"]\n'
