@@ -275,7 +275,8 @@ def errors_since(paths: tuple[Path, ...], offsets: list[int]) -> list[str]:
 def start_mirror(home: Home, content: Content, upstream: str) -> Side:
     """kiln's mirror as `kiln serve` starts it, with the synthetic wheels uploaded by kiln's upload
     user to the index of their variant (`kiln publish` takes only wheels kiln built)."""
-    served, _ = mirror.serve(home, "127.0.0.1", free_port(), [Variant.parse(VARIANT)], None, upstream)
+    served, _ = mirror.serve(home, [Variant.parse(VARIANT)], None,
+                             mirror.ServeOptions(host="127.0.0.1", port=free_port(), upstream=upstream))
     by_index: dict[str, list[Path]] = {}
     for wheel in content.published:
         by_index.setdefault(mirror.index_name(mirror.variant_of_wheel(wheel.name).name), []).append(wheel)

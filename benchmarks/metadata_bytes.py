@@ -398,7 +398,8 @@ def upload(url: str, by_index: dict[str, list[Path]], creds: Credentials, what: 
 def start_kiln(home: Home, content: Content, upstream: str | None) -> Setup:
     """kiln's mirror, as `kiln serve` starts it, with the wheels published by kiln."""
     variants = [] if content.variant == MAIN else [Variant.parse(content.variant)]
-    served, _ = mirror.serve(home, "127.0.0.1", free_port(), variants, None, upstream)
+    served, _ = mirror.serve(home, variants, None,
+                             mirror.ServeOptions(host="127.0.0.1", port=free_port(), upstream=upstream))
     api = Devpi(served.url, root_credentials(home))
     for config in index_configs(content.variant, upstream):
         api.ensure_index(config)  # without an upstream: no root/pypi base

@@ -34,7 +34,7 @@ from kiln.matrix import expand
 from kiln.provenance import Provenance
 from kiln.recipe import load_recipes
 from kiln.toolchains import load_toolchains
-from kiln.wheel import finish
+from kiln.wheel import RawWheel, finish
 
 pytestmark = pytest.mark.e2e
 KILN = str(BIN / "kiln")
@@ -68,7 +68,7 @@ def crash_wheels(recipes: Path, out: Path, work: Path) -> list[Path]:
                           recipe=cell.recipe.path.name, recipe_sha256=cell.recipe.sha256,
                           source_url="file:///nowhere", source_sha256="0" * 64, python=PYTHON, torch=None,
                           cuda_archs=None, nvcc=None, compiler="none")
-        wheels.append(finish(raw, cell, prov, [], out, [], work / cell.version / "finish"))
+        wheels.append(finish(RawWheel(raw), cell, prov, [], out, work / cell.version / "finish"))
     return wheels
 
 

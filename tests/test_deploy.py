@@ -135,7 +135,7 @@ def test_team_and_embedded_nginx_come_from_one_template(tmp_path: Path) -> None:
     team = (REPO / "mirror" / "nginx" / "nginx.conf").read_text()
     site = deploy.Site(listen="127.0.0.1:3141", devpi_port=deploy.DEVPI_PORT, serverdir=deploy.TEAM_SERVERDIR,
                        secretfile=tmp_path / "s")
-    embedded = deploy.nginx_conf(site, **deploy.NGINX_TEAM_PATHS)
+    embedded = deploy.nginx_conf(site, paths=deploy.NGINX_TEAM_PATHS)
     assert embedded == team.replace("listen 3141;", "listen 127.0.0.1:3141;")
 
 

@@ -332,7 +332,8 @@ def kiln_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     home = Home(tmp_path_factory.mktemp("doctor-mirror"))
     variants = [Variant.parse(v) for v in ("cu130-torch2.14", "cu128-torch2.8", "cpu-torch2.14")]
-    served, _ = mirror.serve(home, "127.0.0.1", free_port(), variants, None, None, background=True)
+    options = mirror.ServeOptions(host="127.0.0.1", port=free_port(), background=True)
+    served, _ = mirror.serve(home, variants, None, options)
     try:
         yield served.url
     finally:

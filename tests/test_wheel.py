@@ -17,7 +17,7 @@ from kiln.provenance import Provenance
 from kiln.recipe import load_recipe
 from kiln.smoke import extension_modules, top_level_modules
 from kiln.toolchains import load_toolchains
-from kiln.wheel import Pin, finish, pins_for, rewrite_metadata
+from kiln.wheel import Pin, RawWheel, finish, pins_for, rewrite_metadata
 
 
 def torch_cell() -> Cell:
@@ -37,7 +37,7 @@ def test_label_goes_into_filename_metadata_and_record(tmp_path: Path) -> None:
     cell = torch_cell()
     pins = pins_for(cell, load_toolchains(FIXTURE_RECIPES), {"kilnfix-helper": "1.4.0", "torch": "2.14.1"})
     assert [str(p) for p in pins] == ["torch==2.14.*", "kilnfix-helper==1.4.*"]
-    out = finish(raw, cell, provenance(cell), pins, tmp_path / "out", [], tmp_path / "w")
+    out = finish(RawWheel(raw), cell, provenance(cell), pins, tmp_path / "out", tmp_path / "w")
     assert out.name == "kilnfix_helper-1.4.0+cu130.torch2.14-py3-none-any.whl"
     _, version, _, _ = parse_wheel_filename(out.name)
     with zipfile.ZipFile(out) as zf:
@@ -153,7 +153,7 @@ def finished_requires(tmp_path: Path, raw: Path, numpy: str) -> list[str]:
     """The Requires-Dist of ``raw`` finished under the repository's toolchains.yaml, built with ``numpy``."""
     cell = numpy_cell()
     pins = pins_for(cell, load_toolchains(REPO_RECIPES), {"numpy": numpy, "torch": "2.14.1"}, raw)
-    out = finish(raw, cell, provenance(cell), pins, tmp_path / "out", [], tmp_path / "w")
+    out = finish(RawWheel(raw), cell, provenance(cell), pins, tmp_path / "out", tmp_path / "w")
     with zipfile.ZipFile(out) as zf:
         meta = zf.read(next(n for n in zf.namelist() if n.endswith("/METADATA"))).decode()
     return [ln.split(": ", 1)[1] for ln in meta.splitlines() if ln.startswith("Requires-Dist:")]

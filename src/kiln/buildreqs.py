@@ -136,10 +136,23 @@ def _declares_build_system(source_dir: Path) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class HookStep:
+    """Where the backend hook runs: in ``sandbox`` (``stash``: the sandbox's own scratch
+    directory, kiln.sandbox.Sandbox.wrap), with ``env`` (the build step's environment), its
+    output appended to ``log``."""
+
+    sandbox: Sandbox
+    env: Mapping[str, str]
+    stash: Path
+    log: TextIO
+
+
 def backend_hook(reqs: BuildRequirements, source_dir: Path, python: Path, recipe: Recipe,
-                 env: dict[str, str], sandbox: Sandbox, stash: Path, log: TextIO) -> list[str]:
+                 step: HookStep) -> list[str]:
     """Ask the build backend (in ``python``'s environment, tiers 1 and 2 installed) what else
-    it needs to build a wheel; the answer, after build.replace, is tier 3."""
+    it needs to build a wheel, running as ``step`` says; the answer, after build.replace, is tier 3."""
+    sandbox, env, stash, log = step.sandbox, step.env, step.stash, step.log
 
     def runner(cmd: Sequence[str], cwd: str | None = None,
                extra_environ: Mapping[str, str] | None = None) -> None:

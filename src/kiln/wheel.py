@@ -123,15 +123,24 @@ def elf_members_holding(wheel: Path, strings: list[str]) -> list[str]:
     return found
 
 
-def finish(raw: Path, cell: Cell, provenance: Provenance, pins: list[Pin], out_dir: Path,
-           ld_paths: list[Path], work: Path) -> Path:
-    """The finished wheel in ``out_dir``, from the raw one the build made: upstream's
-    Requires-Dist after the recipe's ``runtime.replace``, the run-exports and ``runtime.requires``
-    (the provenance records what was replaced)."""
+@dataclass(frozen=True)
+class RawWheel:
+    """What finish starts from: the wheel the build made, and where the libraries its extensions
+    link (torch's) were found, for auditwheel (none for a wheel that links none of them)."""
+
+    path: Path
+    ld_paths: tuple[Path, ...] = ()
+
+
+def finish(raw: RawWheel, cell: Cell, provenance: Provenance, pins: list[Pin], out_dir: Path, work: Path) -> Path:
+    """The finished wheel in ``out_dir``, from the raw one the build made (``work``: finish's
+    scratch directory, emptied first): upstream's Requires-Dist after the recipe's
+    ``runtime.replace``, the run-exports and ``runtime.requires`` (the provenance records what was
+    replaced)."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    repaired = repair(raw, work / "repaired", ld_paths)
+    repaired = repair(raw.path, work / "repaired", raw.ld_paths)
     unpacked = work / "unpacked"
     _run([sys.executable, "-m", "wheel", "unpack", "--dest", str(unpacked), str(repaired)], cell)
     (root,) = list(unpacked.iterdir())
@@ -163,7 +172,7 @@ def finish(raw: Path, cell: Cell, provenance: Provenance, pins: list[Pin], out_d
     return dest
 
 
-def repair(raw: Path, dest: Path, ld_paths: list[Path]) -> Path:
+def repair(raw: Path, dest: Path, ld_paths: Sequence[Path]) -> Path:
     """auditwheel's platform tag, torch and CUDA libraries excluded rather than vendored.
 
     A pure-Python wheel is kept as it is; a wheel no manylinux policy fits keeps linux_*."""

@@ -67,8 +67,9 @@ class Embedded:
         return mirror.url_for("127.0.0.1", self.port)
 
     def start(self) -> None:
-        mirror.serve(Home(self.home), "127.0.0.1", self.port, [], None, self.upstream, background=True,
-                     storage=self.storage)
+        options = mirror.ServeOptions(host="127.0.0.1", port=self.port, upstream=self.upstream, background=True,
+                                      storage=self.storage)
+        mirror.serve(Home(self.home), [], None, options)
 
     def stop(self) -> None:
         mirror.stop(Home(self.home))
@@ -204,8 +205,8 @@ class Replica:
             secret.parent.mkdir(parents=True, exist_ok=True)
             secret.parent.chmod(0o700)
             shutil.copy2(mirror.ServerFiles(Home(self.home)).secretfile, secret)
-        mirror.serve(Home(self.replica_home), "127.0.0.1", self.replica_port, [], None,
-                     replica_of=self._primary.url)  # type: ignore[union-attr]
+        mirror.serve(Home(self.replica_home), [], None, mirror.ServeOptions(
+            host="127.0.0.1", port=self.replica_port, replica_of=self._primary.url))  # type: ignore[union-attr]
         self.settle()
 
     def stop(self) -> None:

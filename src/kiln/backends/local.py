@@ -100,8 +100,8 @@ class LocalBackend:
         print(f"kiln: the build step's environment: {composed.describe()}", file=log, flush=True)
         env = composed.env
         hook_env = {k: v for k, v in env.items() if k != "PIP_NO_INDEX"}
-        if backend := buildreqs.backend_hook(reqs, job.source_dir, python, cell.recipe, hook_env,
-                                             hook_box, stash, log):
+        if backend := buildreqs.backend_hook(reqs, job.source_dir, python, cell.recipe,
+                                             buildreqs.HookStep(hook_box, hook_env, stash, log)):
             feasible.install(job, python, feasible.backend_tier(backend))
         for line in reqs.describe():
             print(f"kiln: {line}", file=log, flush=True)

@@ -33,6 +33,7 @@ from kiln.mirror.server import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     Running,
+    ServeOptions,
     ServerFiles,
     _secret_file,
     export,
@@ -47,8 +48,8 @@ from kiln.mirror.server import (
 )
 from kiln.toolchains import Toolchains
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Moved", "Published", "Running", "Served", "ServerFiles", "configure",
-           "export", "import_", "index_name", "layout", "mirror_url", "move_off", "publish", "published",
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Moved", "Published", "Running", "ServeOptions", "Served", "ServerFiles",
+           "configure", "export", "import_", "index_name", "layout", "mirror_url", "move_off", "publish", "published",
            "published_for", "running", "serve", "simple_url", "start", "stop", "url_for", "variant_of_wheel", "wait",
            "wait_replicated"]
 
@@ -83,16 +84,15 @@ def configure(home: Home, url: str, variants: list[Variant], toolchains: Toolcha
     return [c.name for c in plan.indexes], changed, plan.notes
 
 
-def serve(home: Home, host: str, port: int, variants: list[Variant], toolchains: Toolchains | None,
-          upstream: str | None = None, background: bool = True, storage: str | None = None,
-          replica_of: str | None = None) -> tuple[Served, list[subprocess.Popen[bytes]]]:
-    """Start (or reuse) the mirror and configure it (a replica takes its primary's indexes).
-    The processes are returned when started here."""
-    server, procs = start(home, host, port, background, storage, replica_of)
-    if replica_of:
+def serve(home: Home, variants: list[Variant], toolchains: Toolchains | None,
+          options: ServeOptions) -> tuple[Served, list[subprocess.Popen[bytes]]]:
+    """Start (or reuse) the mirror as ``options`` say and configure it, an index per variant
+    (a replica takes its primary's indexes). The processes are returned when started here."""
+    server, procs = start(home, options)
+    if options.replica_of:
         return Served(server.url, server.pid, bool(procs), [], [], []), procs
     try:
-        names, changed, notes = configure(home, server.url, variants, toolchains, upstream)
+        names, changed, notes = configure(home, server.url, variants, toolchains, options.upstream)
     except BaseException:
         if procs:
             stop(home)

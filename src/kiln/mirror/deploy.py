@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kiln.errors import ConfigError, HostError
@@ -200,18 +200,28 @@ map $uri $kiln_not_metadata {{
 """
 
 
-def nginx_conf(site: Site, user: str | None = None, access_log: str = "access.log",
-               error_log: str = "error.log", pid: str = "nginx.pid", temp: str = "tmp",
+@dataclass(frozen=True)
+class NginxPaths:
+    """Where nginx writes: its access log, error log, pid file and temp files; relative paths
+    are under its prefix (``nginx -p PREFIX``)."""
+
+    access_log: str = "access.log"
+    error_log: str = "error.log"
+    pid: str = "nginx.pid"
+    temp: str = "tmp"
+
+
+def nginx_conf(site: Site, user: str | None = None, paths: NginxPaths = NginxPaths(),
                static_files: bool = True) -> str:
     """A whole nginx.conf for ``nginx -p PREFIX -c THIS``; relative paths are under PREFIX."""
-    return nginx_main_conf(nginx_server(site, access_log, static_files, temp), user=user, error_log=error_log, pid=pid,
-                           temp=temp)
+    return nginx_main_conf(nginx_server(site, paths.access_log, static_files, paths.temp), user=user, paths=paths)
 
 
-def nginx_main_conf(server: str, user: str | None = None, error_log: str = "error.log", pid: str = "nginx.pid",
-                    temp: str = "tmp") -> str:
+def nginx_main_conf(server: str, user: str | None = None, paths: NginxPaths = NginxPaths()) -> str:
     """nginx.conf around one ``server {}`` block: the mirror's (``nginx_server``), or another
-    with the same tuning (benchmarks/load.py's static tree, measured against the mirror)."""
+    with the same tuning (benchmarks/load.py's static tree, measured against the mirror); its
+    ``paths`` but the access log, which the ``server {}`` block names."""
+    error_log, pid, temp = paths.error_log, paths.pid, paths.temp
     head = f"user {user};\n" if user else ""
     return f"""\
 # nginx in front of devpi-server; rendered by kiln
@@ -323,8 +333,8 @@ def _devpi_unit(config: str, description: str) -> str:
     return _unit(description, f"{bin_}/devpi-server --configfile {conf}", pre=pre, env=env)
 
 
-NGINX_TEAM_PATHS = {"access_log": "/dev/stdout", "error_log": "stderr", "pid": "/run/kiln-nginx.pid",
-                    "temp": "/var/cache/kiln-nginx"}
+NGINX_TEAM_PATHS = NginxPaths(access_log="/dev/stdout", error_log="stderr", pid="/run/kiln-nginx.pid",
+                              temp="/var/cache/kiln-nginx")
 
 
 def _compose() -> str:
@@ -390,11 +400,8 @@ USER kiln
 
 def team_files() -> dict[str, str]:
     """Every file of ``mirror/`` but its README, by path inside it."""
-    paths = NGINX_TEAM_PATHS
-    nginx = nginx_conf(_team_site(), access_log=paths["access_log"], error_log=paths["error_log"], pid=paths["pid"],
-                       temp=paths["temp"])
     return {
-        "nginx/nginx.conf": nginx,
+        "nginx/nginx.conf": nginx_conf(_team_site(), paths=NGINX_TEAM_PATHS),
         "devpi/primary.yaml": devpi_config(_team_site()),
         "devpi/replica.yaml": devpi_config(_team_site(replica=True)),
         "systemd/kiln-devpi.service": _devpi_unit("primary.yaml", "kiln mirror: devpi-server (primary)"),
@@ -432,7 +439,7 @@ def nginx_test(conf: Path) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         text = conf.read_text()
-        for key, path in NGINX_TEAM_PATHS.items():
+        for key, path in asdict(NGINX_TEAM_PATHS).items():
             if key != "access_log":
                 text = text.replace(path, f"{tmp}/{key}")
         (Path(tmp) / "nginx.conf").write_text(text)

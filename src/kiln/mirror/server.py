@@ -328,15 +328,30 @@ def nginx_user() -> str | None:
     return pw.pw_name
 
 
-def start(home: Home, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, background: bool = True,
-          storage: str | None = None, primary_url: str | None = None,
-          ) -> tuple[Running, list[subprocess.Popen[bytes]]]:
-    """Start the home's mirror (or reuse the one running on the same address).
+@dataclass(frozen=True)
+class ServeOptions:
+    """How a home's mirror is served: nginx on ``host``:``port``; ``upstream``: the index
+    root/pypi mirrors (None: PyPI); ``background``: its processes outlive kiln (their own
+    session); ``storage``: a PostgreSQL URL (None: SQLite, or what the home recorded);
+    ``replica_of``: the primary's URL, for a replica (None: what the home recorded)."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    upstream: str | None = None
+    background: bool = True
+    storage: str | None = None
+    replica_of: str | None = None
+
+
+def start(home: Home, options: ServeOptions = ServeOptions()) -> tuple[Running, list[subprocess.Popen[bytes]]]:
+    """Start the home's mirror (or reuse the one running on the same address); ``options.upstream``
+    is not start's: it is configured once the mirror runs (kiln.mirror.configure).
 
     Returns the mirror and the processes this call started (none when reused).
     """
+    host, port, background = options.host, options.port, options.background
     url = url_for(host, port)
-    dep = deployment_of(home, storage, primary_url)
+    dep = deployment_of(home, options.storage, options.replica_of)
     current = running(home)
     if current:
         if current.url != url:
