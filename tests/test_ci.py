@@ -26,7 +26,7 @@ from kiln import ci
 from kiln.backends.cibuildwheel import BuildRecord, CibuildwheelBackend, environment
 from kiln.build import BuildContext, build_cell
 from kiln.buildreqs import BuildRequirements
-from kiln.errors import StaleWorkflowError
+from kiln.errors import ConfigError, StaleWorkflowError
 from kiln.home import Home
 from kiln.matrix import expand
 from kiln.provenance import Provenance
@@ -452,3 +452,33 @@ def test_every_dev_command_kiln_names_exists() -> None:
     texts = [p.read_text() for p in [*(repo / "src").rglob("*.py"), repo / "README.md", *(repo / "ci").glob("*.md")]]
     named = {m for t in texts for m in re.findall(r"`\./dev (\w+)", t)}
     assert named and named <= handled, named - handled
+
+
+def test_render_writes_the_scheduled_bump_workflow_checked_as_the_build_workflow(tmp_path: Path) -> None:
+    path = ci.write(RECIPES, tmp_path / "kiln-wheels.yml", "recipes")
+    bump = tmp_path / ci.BUMP_WORKFLOW_NAME
+    for wf in (path, bump):
+        lint = subprocess.run([tool("actionlint"), "-no-color", str(wf)], capture_output=True, text=True)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+        schema = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+                                 str(wf)], capture_output=True, text=True)
+        assert schema.returncode == 0, schema.stdout + schema.stderr
+    data = yaml.safe_load(bump.read_text())
+    assert data[True]["schedule"] == [{"cron": ci.BUMP_CRON}]  # YAML 1.1 reads the bare `on` as true
+    steps = data["jobs"]["bump"]["steps"]
+    assert any(s.get("uses") == ci.CREATE_PR for s in steps)
+    assert 'kiln bump "$PROJECT" --no-build --recipes recipes' in steps[3]["run"]
+    include = data["jobs"]["bump"]["strategy"]["matrix"]["include"]
+    assert {"project": "mamba-ssm", "recipe": "recipes/mamba-ssm.yaml"} in include
+    # the committed pair is checked together: a stale or missing bump workflow fails `kiln ci check`
+    ci.check(RECIPES, path, "recipes")
+    bump.write_text(bump.read_text().replace("17 5 * * *", "0 0 * * *"))
+    with pytest.raises(StaleWorkflowError, match="kiln-bump.yml is stale"):
+        ci.check(RECIPES, path, "recipes")
+    bump.unlink()
+    with pytest.raises(ConfigError, match="kiln-bump.yml: missing"):
+        ci.check(RECIPES, path, "recipes")
+
+
+def test_the_committed_bump_workflow_is_current() -> None:
+    ci.check(RECIPES, Path(".github/workflows/kiln-wheels.yml"), "recipes")

@@ -32,6 +32,10 @@ CACHE = "actions/cache@v5"
 UPLOAD = "actions/upload-artifact@v6"
 DOWNLOAD = "actions/download-artifact@v7"
 BUILD_IF = "env.KILN_BUILD == 'true'"
+BUMP_WORKFLOW_NAME = "kiln-bump.yml"
+"""The scheduled bump workflow, written beside the build workflow."""
+CREATE_PR = "peter-evans/create-pull-request@v8"
+BUMP_CRON = "17 5 * * *"
 
 
 @dataclass(frozen=True)
@@ -237,22 +241,79 @@ def render(recipes_dir: Path, recipes: str | None = None) -> str:
     """The workflow's text for the recipes in ``recipes_dir``."""
     toolchains, cells = load_cells(recipes_dir)
     name = recipes or recipes_dir.as_posix()
-    text = yaml.dump(workflow(name, toolchains, cells), Dumper=_Dumper, sort_keys=False,
-                     width=1000, default_flow_style=False, allow_unicode=True)
+    return _dump(name, workflow(name, toolchains, cells))
+
+
+def bump_workflow(recipes: str, toolchains: Toolchains, files: list[tuple[str, str]]) -> dict[str, Any]:
+    """The scheduled workflow: daily, per project (``files``: project, its recipe's file name),
+    `kiln bump --no-build`, and when the recipe changed, one pull request per project (opened or
+    updated by peter-evans/create-pull-request) with the bump's lines in its body; the build
+    workflow builds the new cells once it is merged."""
+    env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "KILN_INDEX_URL": "${{ vars.KILN_INDEX_URL }}"}
+    script = ("set -o pipefail\n"
+              f'kiln bump "$PROJECT" --no-build --recipes {recipes} | tee bump.txt\n'
+              "{ echo '`kiln bump --no-build` found:'; echo; echo '```'; cat bump.txt; echo '```'; } > body.md\n")
+    return {
+        "name": "kiln bump",
+        "on": {"schedule": [{"cron": BUMP_CRON}], "workflow_dispatch": None},
+        "permissions": {"contents": "write", "pull-requests": "write"},
+        "concurrency": {"group": "kiln-bump", "cancel-in-progress": False},
+        "env": env,
+        "jobs": {"bump": {
+            "name": "bump ${{ matrix.project }}",
+            "runs-on": "ubuntu-latest",
+            "strategy": {"fail-fast": False, "matrix": {"include": [
+                {"project": project, "recipe": f"{recipes}/{name}"} for project, name in files]}},
+            "steps": [
+                {"uses": CHECKOUT},
+                {"uses": SETUP_PYTHON, "with": {"python-version": toolchains.ci.python}},
+                {"name": "Install kiln", "run": "python -m pip install ."},
+                {"name": "kiln bump", "env": {"PROJECT": "${{ matrix.project }}"}, "run": script},
+                {"name": "Open or update the pull request", "uses": CREATE_PR, "with": {
+                    "add-paths": "${{ matrix.recipe }}",
+                    "branch": "kiln-bump/${{ matrix.project }}",
+                    "delete-branch": True,
+                    "commit-message": "kiln bump ${{ matrix.project }}",
+                    "title": "kiln bump ${{ matrix.project }}",
+                    "body-path": "body.md",
+                }},
+            ],
+        }},
+    }
+
+
+def render_bump(recipes_dir: Path, recipes: str | None = None) -> str:
+    """The scheduled bump workflow's text for the recipes in ``recipes_dir``."""
+    from kiln.recipe import load_recipes
+
+    toolchains, _ = load_cells(recipes_dir)
+    name = recipes or recipes_dir.as_posix()
+    files = [(r.project, r.path.name) for r in load_recipes(recipes_dir)]
+    return _dump(name, bump_workflow(name, toolchains, files))
+
+
+def _dump(name: str, wf: dict[str, Any]) -> str:
+    text = yaml.dump(wf, Dumper=_Dumper, sort_keys=False, width=1000, default_flow_style=False, allow_unicode=True)
     # YAML 1.1 readers take a bare `on` for true; GitHub reads it as the key it is.
     text = text.replace("\n'on':\n", "\non:\n", 1).replace("workflow_dispatch: null", "workflow_dispatch:")
     return header(name) + text
 
 
 def write(recipes_dir: Path, path: Path = WORKFLOW, recipes: str | None = None) -> Path:
+    """Write the build workflow at ``path`` and the scheduled bump workflow beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(recipes_dir, recipes))
+    (path.parent / BUMP_WORKFLOW_NAME).write_text(render_bump(recipes_dir, recipes))
     return path
 
 
 def check(recipes_dir: Path, path: Path = WORKFLOW, recipes: str | None = None) -> None:
-    """Raise StaleWorkflowError when ``path`` differs from a fresh render."""
-    fresh = render(recipes_dir, recipes)
+    """Raise StaleWorkflowError when ``path`` or the bump workflow beside it differs from a fresh render."""
+    _check(recipes_dir, path, render(recipes_dir, recipes))
+    _check(recipes_dir, path.parent / BUMP_WORKFLOW_NAME, render_bump(recipes_dir, recipes))
+
+
+def _check(recipes_dir: Path, path: Path, fresh: str) -> None:
     if not path.is_file():
         raise ConfigError(f"{path}: missing; run `kiln ci render`")
     committed = path.read_text()
