@@ -9,7 +9,8 @@ totals, overall and per set. A benchmark, not a test: it may take an hour.
 The corpus has sets: `held-out` and `tuning` (the halves of the later releases, split by a fixed
 rule before any was built: tune infer's rules on `tuning`, measure them on `held-out`),
 `held-out-2` (ten more, picked by a fixed rule after `held-out` had been seen, measured once with
-the rules as they stood) and `original` (the releases without a `set`). Each package's kiln infer / build gets --timeout seconds.
+the rules as they stood) and `original` (the releases without a `set`). Each package's kiln infer /
+build gets --timeout seconds.
 
     python benchmarks/corpus.py [--infer] [--set held-out|tuning|held-out-2|original] [--only NAME ...]
                                 [--python 3.12] [--timeout 1200] [--home DIR]

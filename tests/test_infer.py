@@ -28,6 +28,7 @@ from kiln.infer import (
     needs_cuda,
     numpy_removed_api,
     pkg_resources,
+    python_too_new,
     required_by_message,
     setup_requires_fetch,
     static_draft,
@@ -157,6 +158,22 @@ def test_cython_rules() -> None:
     pinned = draft()
     pinned.constraints.append("cython<3")
     assert cython(fail("Error compiling Cython file:", CYTHON3), pinned, OfflineContext()) is None
+
+
+def test_numpy_distutils_still_missing_with_numpy_1_means_an_older_python() -> None:
+    """numpy.distutils missing: first numpy<2 (a rule); still missing with it on 3.12+: no numpy
+    has it there, so only an older Python can work (the loop moves the draft down, as for a cell
+    found not buildable)."""
+    gone = fail("ModuleNotFoundError: No module named 'numpy.distutils'")
+    d = draft()
+    assert python_too_new(gone, d) is None  # numpy 1.x not tried yet
+    assert numpy_removed_api(gone, d, OfflineContext()).apply(d)  # type: ignore[union-attr]
+    assert python_too_new(gone, d) == ("the build imports numpy.distutils, which no numpy has for Python 3.12 "
+                                       "(numpy 1.26, the last with it, has it for 3.11 and older)")
+    d.python = "3.11"
+    assert python_too_new(gone, d) is None  # on 3.11 it is something else
+    d.python = "3.12"
+    assert python_too_new(fail("error: something else"), d) is None
 
 
 FETCH = ("distutils.errors.DistutilsError: Command '['/env/bin/python', '-m', 'pip', '--disable-pip-version-check', "

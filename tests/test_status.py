@@ -25,7 +25,7 @@ from kiln import status
 from kiln.cli import main
 from kiln.home import CellResult, Home
 from kiln.matrix import Cell, expand
-from kiln.plan import Status
+from kiln.plan import Status, cell_status
 from kiln.recipe import load_recipes
 from kiln.toolchains import Toolchains, load_toolchains
 
@@ -125,8 +125,9 @@ def fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fixture:
     return fx
 
 
-def collect(fx: Fixture, **kwargs: object) -> status.Page:
-    return status.collect(fx.cells, fx.toolchains, fx.home, MIRROR, fx.published, **kwargs)  # type: ignore[arg-type]
+def collect(fx: Fixture, served: bool = False) -> status.Page:
+    rows = cell_status(status.unique(fx.cells), fx.toolchains, fx.home, fx.home.wheelhouse, fx.published)
+    return status.collect(rows, fx.cells, fx.home, MIRROR, served=served)
 
 
 def cells_of(page: status.Page) -> dict[str, status.CellView]:
@@ -217,7 +218,7 @@ def test_page_escapes_what_it_shows_and_fetches_nothing(fixture: Fixture) -> Non
 
 def test_served_site_carries_the_failed_logs_only(fixture: Fixture, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    page = collect(fixture, log_href=status.served_href, failed_logs_only=True)
+    page = collect(fixture, served=True)
     failed = "kilnkern-1.0.0-cp312-cu130-torch2.14"
     linked = {c.cell: c.log_href for c in cells_of(page).values() if c.log_href}
     assert linked == {failed: f"logs/{failed}.log"}
@@ -376,7 +377,8 @@ def test_refresh_writes_the_page_the_mirror_serves(fixture: Fixture, upstream: S
 
     port = free_port()
     variants = sorted({c.variant for c in fixture.cells}, key=str)
-    mirror.serve(fixture.home, "127.0.0.1", port, variants, fixture.toolchains, upstream.simple, background=True)
+    mirror.serve(fixture.home, variants, fixture.toolchains,
+                 mirror.ServeOptions(host="127.0.0.1", port=port, upstream=upstream.simple, background=True))
     try:
         url = status.refresh(fixture.home, fixture.cells, fixture.toolchains)
         assert url == f"http://127.0.0.1:{port}/+kiln/"

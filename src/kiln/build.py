@@ -35,6 +35,7 @@ from kiln.provenance import CudaArchs, Provenance, ProvenanceError
 from kiln.sandbox import is_secret_name, secret_paths
 from kiln.toolchains import Toolchains
 from kiln.wheel import (
+    RawWheel,
     check_cuda_archs,
     check_served,
     cuda_archs_found,
@@ -311,7 +312,7 @@ def finish_cell(cell: Cell, toolchains: Toolchains, res: CompileResult, src: sou
     pins = pins_for(cell, toolchains, res.installed, res.wheel)
     for pin in pins:
         print(f"kiln: run-export: {pin}" + (f" ({pin.why})" if pin.why else ""), file=log, flush=True)
-    finished = finish(res.wheel, cell, prov, pins, work / "finished", res.ld_paths, work / "finish")
+    finished = finish(RawWheel(res.wheel, tuple(res.ld_paths)), cell, prov, pins, work / "finished", work / "finish")
     for old, new in (prov.runtime_replaced or {}).items():
         print(f"kiln: runtime.replace: {old} -> {new if new is not None else '(dropped)'}", file=log, flush=True)
     return finished, built_for

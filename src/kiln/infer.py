@@ -11,6 +11,7 @@ led to it.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import itertools
 import re
 import shutil
@@ -628,12 +629,23 @@ MAX_DEPTH = 2
 """How deep infer follows runtime dependencies that need recipes of their own."""
 
 
-def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str | None, max_tries: int,
-          out: TextIO, depth: int = 0) -> InferResult:
+@dataclass(frozen=True)
+class InferOptions:
+    """How `kiln infer` tries: the Python of the first try, the index (None: the default one),
+    how many builds to try before giving up, and where it says what it did."""
+
+    python: str
+    index_url: str | None
+    max_tries: int
+    out: TextIO
+
+
+def infer(spec: str, recipes_dir: Path, home: Home, options: InferOptions, depth: int = 0) -> InferResult:
     """Draft ``recipes_dir``/<project>.yaml for ``spec`` (``name`` or ``name==version``), and the
-    recipes of runtime dependencies that need one."""
+    recipes of runtime dependencies that need one (``depth``: how deep in them this one is)."""
+    python, max_tries, out = options.python, options.max_tries, options.out
     name, _, version = spec.partition("==")
-    index = index_url or source.default_index_url()
+    index = options.index_url or source.default_index_url()
     project = canonicalize_name(name)
     target = recipes_dir / f"{project}.yaml"
     if target.exists():
@@ -703,8 +715,9 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
             return InferResult(target, attempt, draft)
         if result.status != CellOutcome.NOT_BUILDABLE:
             builds += 1
-        if result.status == CellOutcome.NOT_BUILDABLE:  # impossible on this Python: try another one
-            reason = result.error or "not buildable"
+        too_new = python_too_new(Failure.of(result), draft) if result.status == CellOutcome.FAILED else None
+        if result.status == CellOutcome.NOT_BUILDABLE or too_new:  # impossible on this Python: try another one
+            reason = too_new or result.error or "not buildable"
             last = f"not buildable on Python {draft.python}: {reason}"
             other = next_python(draft, ctx, tried_pythons)
             if other is None and (change := unsatisfiable_bound(reason, draft)) is not None and change.apply(draft):
@@ -730,7 +743,7 @@ def infer(spec: str, recipes_dir: Path, home: Home, python: str, index_url: str 
             dep_spec = f"{m.group(1)}=={m.group(2)}"
             say(f"try {attempt}: {_short(failure.line)} -> kiln infer {dep_spec}")
             try:
-                sub = infer(dep_spec, drafts, home, python, index, max_tries, out, depth + 1)
+                sub = infer(dep_spec, drafts, home, dataclasses.replace(options, index_url=index), depth + 1)
             except InferError as exc:
                 raise InferError(f"{project} {version}: its runtime dependency {dep_spec} has no working recipe: "
                                  f"{exc.message}") from None
@@ -765,6 +778,21 @@ def unsatisfiable_bound(reason: str, draft: Draft) -> Change | None:
         return None
     return Change("build.replace", unbounded(req), f"no Python kiln builds has a wheel within upstream's {req}",
                   key=m["req"])
+
+
+def python_too_new(failure: Failure, draft: Draft) -> str | None:
+    """Why a build failed for the draft's Python itself, so that only an older one can work:
+    numpy.distutils still missing with numpy 1.x pinned (numpy 1.26, the last with it, ships it
+    for Python 3.11 and older only); None otherwise."""
+    gone = "No module named 'numpy.distutils'"
+    if failure.stage != "build" or (gone not in failure.line and gone not in failure.log[-40000:]):
+        return None
+    if not any(c.replace(" ", "").startswith("numpy<2") for c in draft.constraints):
+        return None  # numpy 1.x not tried yet (numpy_removed_api pins it first)
+    if Version(draft.python) < Version("3.12"):
+        return None
+    return (f"the build imports numpy.distutils, which no numpy has for Python {draft.python} "
+            "(numpy 1.26, the last with it, has it for 3.11 and older)")
 
 
 def next_python(draft: Draft, ctx: Context, tried: list[str]) -> str | None:

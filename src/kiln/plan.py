@@ -299,6 +299,14 @@ def cell_status(cells: list[Cell], toolchains: Toolchains, home: Home, wheelhous
     return rows
 
 
+def replan(rows: list[CellStatus], built: list[Cell], toolchains: Toolchains, home: Home, wheelhouse: Path,
+           published: dict[str, list[str]] | None = None) -> list[CellStatus]:
+    """The run's plan after ``built`` were built: their rows (and those of closure cells recorded
+    for them since) worked out again from what the build left; every other row as it was."""
+    fresh = {r.cell: r for r in cell_status(built, toolchains, home, wheelhouse, published)}
+    return [fresh.pop(r.cell, r) for r in rows] + list(fresh.values())
+
+
 def impossible(result: CellResult | None, cell: Cell) -> bool:
     """Whether the cell's last build found it not buildable (kiln.feasible) with the recipe it has
     now; a changed recipe (another sha256) makes it a cell to try again."""

@@ -29,7 +29,7 @@ from kiln.clientconfig import render
 from kiln.home import CellOutcome, CellResult, Home, write_atomic
 from kiln.matrix import Cell, Variant
 from kiln.mirror.server import ServerFiles
-from kiln.plan import COLOURS, Status, cell_status
+from kiln.plan import COLOURS, CellStatus, Status, cell_status
 from kiln.provenance import CudaArchs
 from kiln.toolchains import Toolchains
 
@@ -134,15 +134,15 @@ def served_href(log: Path) -> str:
     return f"{LOGS}/{urllib.parse.quote(log.name)}"
 
 
-def collect(cells: list[Cell], toolchains: Toolchains, home: Home, mirror_url: str | None,
-            published: dict[str, list[str]] | None, wheelhouse: Path | None = None,
-            log_href: Callable[[Path], str] = file_href, failed_logs_only: bool = False) -> Page:
-    """The page's data for ``cells`` (and their recorded closure cells); ``published`` maps
-    variant -> filenames on the mirror. ``log_href`` links a log; with ``failed_logs_only``
-    only failed cells' logs get a link (the served page carries those alone)."""
+def collect(rows: list[CellStatus], cells: list[Cell], home: Home, mirror_url: str | None,
+            wheelhouse: Path | None = None, served: bool = False) -> Page:
+    """The page's data from the plan's ``rows`` (kiln.plan.cell_status of ``cells``, worked out
+    by the caller once). The page the mirror serves (``served``) links the logs of failed cells
+    alone, beside it; a page written elsewhere links every log as a file."""
     wheelhouse = wheelhouse or home.wheelhouse
-    rows = cell_status(_unique(cells), toolchains, home, wheelhouse, published)
-    by_id = {c.id: c for c in closure.with_closure(_unique(cells), home)}
+    log_href: Callable[[Path], str] = served_href if served else file_href
+    failed_logs_only = served
+    by_id = {c.id: c for c in closure.with_closure(unique(cells), home)}
     projects: dict[tuple[str, str], ProjectView] = {}
     for row in rows:
         result = CellResult.load(home, row.cell)
@@ -181,7 +181,8 @@ def collect(cells: list[Cell], toolchains: Toolchains, home: Home, mirror_url: s
                 projects=list(projects.values()), variants=variants)
 
 
-def _unique(cells: list[Cell]) -> list[Cell]:
+def unique(cells: list[Cell]) -> list[Cell]:
+    """``cells`` less repeats of a cell (the same id), in order."""
     return list({c.id: c for c in cells}.values())
 
 
@@ -376,15 +377,18 @@ def _copy_tail(src: Path, dest: Path) -> None:
     write_atomic(dest, data.decode("utf-8", errors="replace"))
 
 
-def refresh(home: Home, cells: list[Cell], toolchains: Toolchains) -> str | None:
+def refresh(home: Home, cells: list[Cell], toolchains: Toolchains, rows: list[CellStatus] | None = None) -> str | None:
     """Write the page the home's running mirror serves at ``/+kiln/``, with the logs of failed
-    cells beside it; returns its URL, or None when no mirror runs for the home."""
+    cells beside it, from ``rows`` (the run's plan), else from a plan of ``cells`` worked out
+    here against the mirror; returns its URL, or None when no mirror runs for the home."""
     current = mirror.running(home)
     if current is None:
         return None
-    variants = sorted({c.variant.name for c in closure.with_closure(_unique(cells), home)})
-    published = mirror.published(current.url, variants)
-    page = collect(cells, toolchains, home, current.url, published, log_href=served_href, failed_logs_only=True)
+    if rows is None:
+        variants = sorted({c.variant.name for c in closure.with_closure(unique(cells), home)})
+        published = mirror.published(current.url, variants)
+        rows = cell_status(unique(cells), toolchains, home, home.wheelhouse, published)
+    page = collect(rows, cells, home, current.url, served=True)
     logs = [Path(c.log) for p in page.projects for c in p.cells if c.log_href and c.log]
     write_site(page, site_dir(home), logs)
     return current.url.rstrip("/") + PATH

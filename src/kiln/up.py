@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rich.console import Console
 
-from kiln import estimate, mirror
+from kiln import closure, estimate, mirror
 from kiln import status as status_page
-from kiln.backends.registry import get_backend
 from kiln.build import BuildContext, build_cells
 from kiln.errors import KilnError
-from kiln.home import CellOutcome, Home
+from kiln.home import CellOutcome
 from kiln.logs import duration
 from kiln.matrix import MAIN, Cell
-from kiln.plan import Status, cell_status, to_build
-from kiln.toolchains import Toolchains
+from kiln.mirror.server import ServeOptions
+from kiln.plan import Status, cell_status, replan, to_build
 
 
 @dataclass
@@ -64,27 +63,35 @@ def install_lines(url: str, cells: list[Cell]) -> list[str]:
             for v, ps in sorted(by_variant.items())]
 
 
-def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: int,
-       all_variants: list[Cell], upstream: str | None = None, index_url: str | None = None,
-       backend: str = "local", console: Console | None = None) -> UpReport:
-    """Start (or reuse) the home's mirror in the background, build every missing cell this
-    host can build, publish every finished wheel of ``cells``.
+def up(cells: list[Cell], all_variants: list[Cell], run: BuildContext, serving: ServeOptions,
+       console: Console | None = None) -> UpReport:
+    """Start (or reuse) the home's mirror in the background (``serving``: where it listens, what
+    root/pypi mirrors), build every missing cell this host can build (``run``: the toolchains,
+    the home, whose wheelhouse they land in, the backend, the index), publish every finished
+    wheel of ``cells``.
 
     ``all_variants``: the cells whose variants get an index (every recipe's, not only the
     ones picked for building).
     """
+    toolchains, home = run.toolchains, run.home
     console = console or Console(stderr=True)
     variants = sorted({c.variant for c in all_variants} | {c.variant for c in cells}, key=str)
     say = functools.partial(console.print, markup=False, highlight=False, soft_wrap=True)
     say(f"kiln up: the mirror of {home.root}: starting it, or reusing the one running")
     began = time.monotonic()
-    served, _ = mirror.serve(home, host, port, variants, toolchains, upstream, background=True)
+    served, _ = mirror.serve(home, variants, toolchains, replace(serving, background=True))
     say(f"kiln up: mirror {served.url}: "
         + (f"started in {duration(time.monotonic() - began, about=True)}" if served.started else "already running"))
     report = UpReport(url=served.url, started=served.started, notes=list(served.notes))
-    published = mirror.published(served.url, sorted({c.variant.name for c in cells} | {MAIN}))
-    wheelhouse = home.wheelhouse
-    status = cell_status(cells, toolchains, home, wheelhouse, published)
+    # The plan, worked out once for this run: every cell the status page shows (the picked cells'
+    # decide what is built), updated below with what the build and the publishing did.
+    everything = status_page.unique([*all_variants, *cells])
+    wheelhouse = run.out
+    published = mirror.published(served.url, sorted({c.variant.name for c in closure.with_closure(everything, home)}
+                                                    | {MAIN}))
+    plan = cell_status(everything, toolchains, home, wheelhouse, published)
+    picked = {c.id for c in closure.with_closure(cells, home)}
+    status = [r for r in plan if r.cell in picked]
     report.already = [r.wheel or r.cell for r in status if r.status == Status.PUBLISHED]
     report.skipped = [f"{r.cell}: {r.detail}" for r in status if r.status == Status.NOT_BUILDABLE and not r.impossible]
     report.impossible = [f"{r.cell}: {r.detail}" for r in status if r.status == Status.NOT_BUILDABLE and r.impossible]
@@ -93,28 +100,38 @@ def up(cells: list[Cell], toolchains: Toolchains, home: Home, host: str, port: i
     if todo:
         report.planned = estimate.estimate(todo, home)
         say_plan(todo, report.planned, console)
-        results = build_cells(todo, BuildContext.of(toolchains, home, wheelhouse, get_backend(backend), index_url),
-                              console)
+        results = build_cells(todo, run, console)
         report.built = [w for r in results if r.status == CellOutcome.BUILT and r.wheel
                         for w in [r.wheel, *r.closure_built]]
         report.failed = [f"{r.cell}: {r.error} (log: {r.log})" for r in results if r.status == CellOutcome.FAILED]
         report.impossible += [f"{r.cell}: {r.error}" for r in results if r.status == CellOutcome.NOT_BUILDABLE]
-    rows = {r.cell: r for r in cell_status(cells, toolchains, home, wheelhouse, published)}
+        plan = replan(plan, todo, toolchains, home, wheelhouse, published)
+    picked = {c.id for c in closure.with_closure(cells, home)}  # with the closures this build found
+    rows = {r.cell: r for r in plan if r.cell in picked}
     wheels = [wheelhouse / r.wheel for r in rows.values() if r.status == Status.BUILT and r.wheel]
+    ok = {c.cell for c in rows.values() if c.status in (Status.BUILT, Status.PUBLISHED)}
+    touched = {c.id for c in todo}  # the rows the plan works out again at the end, with what is on the mirror then
     if wheels:
         say(f"kiln up: publishing {len(wheels)} wheel{'s' if len(wheels) != 1 else ''} to {served.url}")
         for res in mirror.publish(wheels, served.url, home, [*all_variants, *cells]):
             (report.uploaded if res.uploaded else report.already).append(res.wheel)
+        for row in rows.values():
+            if row.status == Status.BUILT and row.wheel:
+                published.setdefault(row.variant, []).append(row.wheel)
+                touched.add(row.cell)
     for row in unserved:  # after publishing: an index never goes without a wheel it could have
         assert row.wheel is not None and row.unserved is not None
         moved = mirror.move_off(served.url, home, mirror.index_name(row.variant), row.wheel,
                                 f"no code for {', '.join(row.unserved)}, which the index serves")
         report.moved.append(moved.line())
         say(f"kiln up: {moved.line()}")
-    ok = {c.cell for c in rows.values() if c.status in (Status.BUILT, Status.PUBLISHED)}
+        published[row.variant] = [f for f in published.get(row.variant, []) if f != row.wheel]
+        touched.add(row.cell)
     report.install = install_lines(served.url, [c for c in cells if c.id in ok])
+    known = closure.with_closure(everything, home)
+    plan = replan(plan, [c for c in known if c.id in touched], toolchains, home, wheelhouse, published)
     try:
-        report.status_page = status_page.refresh(home, [*all_variants, *cells], toolchains)
+        report.status_page = status_page.refresh(home, everything, toolchains, plan)
     except (OSError, KilnError) as exc:
         report.notes.append(f"status page not updated: {exc}")
     return report

@@ -83,14 +83,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from kiln.backends.registry import get_backend
+    from kiln.build import BuildContext
+    from kiln.mirror.server import ServeOptions
     from kiln.up import up
 
     toolchains, picked = load(args)
     _, everything = load(argparse.Namespace(**{**vars(args), "only": None, "variant": None}))
     picked = profile(args, toolchains, picked)
     home = Home(Path(args.home))
-    report = up(picked, toolchains, home, args.host, args.port, everything, args.upstream,
-                args.index_url, console=err_console)
+    run = BuildContext.of(toolchains, home, home.wheelhouse, get_backend("local"), args.index_url)
+    serving = ServeOptions(host=args.host, port=args.port, upstream=args.upstream)
+    report = up(picked, everything, run, serving, console=err_console)
     console.print(f"mirror: {report.url} ({'started' if report.started else 'reused'}; "
                   f"stop it with `kiln stop --home {home.root}`)")
     for note in report.notes:
@@ -111,11 +115,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from kiln.infer import infer
+    from kiln.infer import InferOptions, infer
 
     python = args.python or f"{sys.version_info.major}.{sys.version_info.minor}"
-    result = infer(args.project, Path(args.recipes), Home(Path(args.home)), python, args.index_url,
-                   args.max_tries, sys.stdout)
+    result = infer(args.project, Path(args.recipes), Home(Path(args.home)),
+                   InferOptions(python, args.index_url, args.max_tries, sys.stdout))
     console.print(f"wrote {result.recipe} after {result.tries} tries")
     return 0
 

@@ -18,13 +18,16 @@ from kiln.toolchains import Toolchains, load_toolchains
 def cmd_status(args: argparse.Namespace) -> int:
     from kiln import status
     from kiln.mirror import running
+    from kiln.plan import cell_status
 
     toolchains, cells = load(args)
     home = Home(Path(args.home))
     published = on_mirror(home, args.mirror, cells)
     current = None if args.mirror else running(home)
     url = args.mirror.rstrip("/") if args.mirror else (current.url if current else None)
-    page = status.collect(cells, toolchains, home, url, published, Path(args.out) if args.out else None)
+    out = Path(args.out) if args.out else home.wheelhouse
+    rows = cell_status(status.unique(cells), toolchains, home, out, published)
+    page = status.collect(rows, cells, home, url, out)
     if args.json:
         print(status.render_json(page), end="")
     if args.html:
@@ -56,9 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     home = Home(Path(args.home))
     toolchains, variants = variants_of(args)
     with home.lock("kiln serve", wait=not args.no_wait):
-        served, procs = mirror.serve(home, args.host, args.port, variants, toolchains, args.upstream,
-                                     background=args.background, storage=args.storage,
-                                     replica_of=args.replica_of)
+        served, procs = mirror.serve(home, variants, toolchains, mirror.ServeOptions(
+            host=args.host, port=args.port, upstream=args.upstream, background=args.background,
+            storage=args.storage, replica_of=args.replica_of))
     for note in served.notes:
         err_console.print(f"[yellow]note:[/] {note}")
     state = "started" if served.started else "already running"
