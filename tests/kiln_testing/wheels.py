@@ -80,7 +80,8 @@ def _kiln_json(name: str, version: str, variant: str, **fields: object) -> str:
     and ``variant`` built with Python 3.11, its made-up fields as ``fields`` set them."""
     from kiln_testing.provenance import provenance_json
 
-    return provenance_json(f"{name}-{version}-cp311-{variant}", variant, **{
+    cell = str(fields.pop("cell", f"{name}-{version}-cp311-{variant}"))
+    return provenance_json(cell, variant, **{
         "recipe": f"{name}.yaml", "source_url": f"{name}-{version}.tar.gz", "python": "3.11", **fields})
 
 
