@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -342,6 +342,29 @@ SOURCE_RECORD = ".kiln-source.json"
 """Written into an exported source tree: where the source came from, for the provenance."""
 
 
+@dataclass(frozen=True)
+class SourceRecord:
+    """What `kiln source` writes into the tree it exports (SOURCE_RECORD): the cell, and the
+    sdist's URL and sha256, for the provenance `kiln finish` writes."""
+
+    cell: str
+    url: str
+    sha256: str
+
+    def write(self, tree: Path) -> None:
+        (tree / SOURCE_RECORD).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, tree: Path) -> SourceRecord:
+        """The tree's record; BuildError naming it when it is not one."""
+        path = tree / SOURCE_RECORD
+        try:
+            data = json.loads(path.read_text())
+            return cls(str(data.get("cell") or ""), str(data["url"]), str(data["sha256"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BuildError(f"{path}: not a source record of `kiln source` ({type(exc).__name__}: {exc})") from None
+
+
 def export_source(cell: Cell, home: Home, out: Path, index_url: str | None = None) -> Path:
     """The cell's fetched and patched source tree at ``out`` (which must not hold anything)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -355,8 +378,7 @@ def export_source(cell: Cell, home: Home, out: Path, index_url: str | None = Non
         out.rmdir()
     shutil.move(srcdir, out)
     shutil.rmtree(work, ignore_errors=True)
-    record = {"cell": cell.id, "url": src.url, "sha256": src.sha256}
-    (out / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    SourceRecord(cell.id, src.url, src.sha256).write(out)
     return out
 
 
@@ -386,10 +408,10 @@ def finish_raw(raw: Path, cell: Cell, ctx: BuildContext, source_dir: Path | None
     if not raw.is_file():
         raise BuildError(f"{raw}: no such wheel")
     if source_dir is not None and (source_dir / SOURCE_RECORD).is_file():
-        rec = json.loads((source_dir / SOURCE_RECORD).read_text())
-        if rec.get("cell") not in (None, cell.id) and not rec["cell"].startswith(f"{cell.recipe.name}-{cell.version}-"):
-            raise BuildError(f"{source_dir} holds the source of {rec['cell']}, not of {cell.id}")
-        src = source.Source(source_dir, rec["url"], rec["sha256"])
+        rec = SourceRecord.read(source_dir)
+        if rec.cell not in ("", cell.id) and not rec.cell.startswith(f"{cell.recipe.name}-{cell.version}-"):
+            raise BuildError(f"{source_dir} holds the source of {rec.cell}, not of {cell.id}")
+        src = source.Source(source_dir, rec.url, rec.sha256)
     else:
         src = source.fetch(cell.recipe, cell.version, home.sources, ctx.index_url)
     res = BuildRecord.load(build_record or raw.parent / RECORD).result(raw)
