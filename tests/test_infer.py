@@ -27,6 +27,7 @@ from kiln.infer import (
     missing_module,
     needs_cuda,
     numpy_removed_api,
+    old_distutils,
     pkg_resources,
     python_too_new,
     required_by_message,
@@ -174,6 +175,16 @@ def test_numpy_distutils_still_missing_with_numpy_1_means_an_older_python() -> N
     assert python_too_new(gone, d) is None  # on 3.11 it is something else
     d.python = "3.12"
     assert python_too_new(fail("error: something else"), d) is None
+
+
+def test_a_distutils_module_newer_setuptools_dropped_means_setuptools_below_60() -> None:
+    gone = fail("ModuleNotFoundError: No module named 'distutils.msvccompiler'")
+    d = draft()
+    change = old_distutils(gone, d, OfflineContext())
+    assert change is not None and change.describe() == "build.constraints += setuptools<60"
+    change.apply(d)
+    assert old_distutils(gone, d, OfflineContext()) is None  # pinned already: something else
+    assert old_distutils(fail("No module named 'numpy.distutils'"), draft(), OfflineContext()) is None
 
 
 FETCH = ("distutils.errors.DistutilsError: Command '['/env/bin/python', '-m', 'pip', '--disable-pip-version-check', "

@@ -355,6 +355,21 @@ def pkg_resources(failure: Failure, draft: Draft, ctx: Context) -> Change | None
     return Change(target, "setuptools<81", "pkg_resources (gone from setuptools 81 on)")
 
 
+_OLD_DISTUTILS = re.compile(r"No module named '(distutils\.\w+)'")
+
+
+def old_distutils(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """A distutils module newer setuptools dropped from the distutils it ships
+    (`distutils.msvccompiler`, which numpy.distutils imports): the setuptools numpy.distutils is
+    made for (below 60, which takes Python's own distutils, there up to 3.11)."""
+    if failure.stage != "build" or not (m := _OLD_DISTUTILS.search(failure.line) or
+                                        _OLD_DISTUTILS.search(failure.log[-20000:])):
+        return None
+    if any(c.replace(" ", "").startswith("setuptools<") for c in draft.constraints):
+        return None
+    return Change("build.constraints", "setuptools<60", f"{m.group(1)} is gone from the distutils of setuptools 60+")
+
+
 _REQUIRED = re.compile(r"\b(Cython|cython|NumPy|numpy|pybind11|Pybind11)\b[^.\n]{0,40}?\b(?:is |are )?"
                        r"(?:required|needed|missing|not found|not installed)", re.IGNORECASE)
 
@@ -528,7 +543,7 @@ def needs_cuda(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
                   key=variant.torch)
 
 
-RULES: list[Rule] = [pkg_resources, missing_module, numpy_removed_api, cython, setup_requires_fetch,
+RULES: list[Rule] = [pkg_resources, missing_module, old_distutils, numpy_removed_api, cython, setup_requires_fetch,
                      required_by_message, upstream_bound, compiler_strictness, std_header, bundled_library_knob,
                      cmake_policy,
                      cuda_knob, needs_cuda]
