@@ -1,8 +1,9 @@
-"""The toolchain table (recipes/toolchains.yaml) and the checks of what this host can build.
+"""The toolchain table (recipes/toolchains.yaml).
 
 For each torch minor: the exact release to build against, the CUDA builds that exist and where
-each is installed from, the Pythons it supports and its C++ ABI. A variant whose torch cannot be
-installed here still plans; `buildable()` says why it cannot be built on this host.
+each is installed from, the Pythons it supports and its C++ ABI; per CUDA release the GPUs its
+variant indexes serve; the run-exports; the CI images. What this host has is kiln.host's;
+kiln.matrix.not_buildable says why a cell cannot be built here.
 """
 
 from __future__ import annotations

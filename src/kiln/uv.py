@@ -1,4 +1,4 @@
-"""kiln's uv toolbox: where uv is, the index options of a cell, fresh environments and installs
+"""kiln's uv toolbox: where uv is, uv's index options, fresh environments and installs
 into them, and what an environment holds. Every uv call kiln makes goes through here (the build
 steps, the smoke test, closures, sources, the CUDA toolkit cache, infer, publish)."""
 
