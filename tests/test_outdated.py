@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kiln_testing.fixtures import FIXTURE_RECIPES, FIXTURE_SDIST, FIXTURES
 from kiln_testing.index import StaticIndex
-from kiln_testing.wheels import make_helper_wheel, make_torch_stand_in
+from kiln_testing.wheels import make_helper_wheel, make_torch_release, make_torch_stand_in
 
 from kiln.cli import main
 from kiln.errors import BumpError, ConfigError
@@ -198,3 +198,117 @@ def test_append_to_list_keeps_a_block_list_and_its_comments(tmp_path: Path) -> N
     flow = 'project: x\nversions: ["1.0"]\n'
     assert append_to_list(flow, "versions", ["1.1", "2.0"], tmp_path / "x.yaml") == \
         'project: x\nversions: ["1.0", "1.1", "2.0"]\n'
+
+
+NEW_MINOR = """\
+  "2.15":
+    release: "2.15.0"
+    python: ["3.12", "3.13"]
+    cxx11_abi: true
+    cxx_std: 20
+    builds:
+      "13.0": pypi
+      "12.8": pytorch
+      cpu: pypi
+"""
+
+
+@pytest.fixture
+def torch_upstream(index: StaticIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StaticIndex]:
+    """torch 2.14.2 and 2.15.0 on the default index (2.15.0's wheels: the CUDA 13.0 build, C++20,
+    for CPython 3.12, 3.13 and 3.14, a Python kiln does not know), and a PyTorch index (PEP 503
+    HTML only, as that index is) whose cu128 build has 2.15.0 and whose cu126 build has not."""
+    when = ago(days=5)
+    made = tmp_path / "torch"
+    made.mkdir()
+    upload(index, [make_torch_stand_in("2.14.2", made),
+                   *(make_torch_release("2.15.0", "13.0", py, made, cxx_std=20) for py in ("3.12", "3.13", "3.14"))],
+           when)
+    pytorch = StaticIndex(tmp_path / "pytorch")
+    for build, version in (("cu128", "2.15.0+cu128"), ("cu126", "2.14.2+cu126")):
+        page = pytorch.root / build / "torch"
+        page.mkdir(parents=True)
+        wheel = make_torch_release(version, f"{build[2:4]}.{build[4:]}", "3.12", page)
+        page.joinpath("index.html").write_text(
+            f'<!DOCTYPE html><html><body>\n<a href="{wheel.name.replace("+", "%2B")}">{wheel.name}</a>\n'
+            "</body></html>\n")
+    pytorch.start()
+    monkeypatch.setenv("KILN_PYTORCH_INDEX_URL", pytorch.url)
+    yield pytorch
+    pytorch.stop()
+
+
+def test_bump_toolchains_writes_the_new_release_and_the_new_minor_from_its_wheels(
+        index: StaticIndex, torch_upstream: StaticIndex, recipes: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    table = recipes / "toolchains.yaml"
+    before = table.read_text()
+    code, out, err = kiln(capsys, "bump", "--toolchains", "--no-build", "torch", "--recipes", str(recipes),
+                          "--index-url", index.simple)
+    assert code == 0, (out, err)
+    assert out[-2:] == [
+        f"torch 2.14: release 2.14.2 in {table}",
+        f"added torch 2.15 (2.15.0; Pythons 3.12, 3.13; builds 13.0 from pypi, 12.8 from pytorch, cpu from pypi; "
+        f"C++20, cxx11_abi true) to {table}"]
+    old_head = 'torch:\n  "2.14":\n    release: "2.14.1"\n'
+    assert old_head in before
+    assert table.read_text() == before.replace(
+        old_head, 'torch:\n' + NEW_MINOR + '  "2.14":\n    release: "2.14.2"\n')
+    # the comment inside 2.14's builds came through byte for byte
+    assert '      "13.0": pypi        # the default index\'s torch 2.14 is the CUDA 13.0 build\n' in table.read_text()
+    # the table is current now
+    assert kiln(capsys, "outdated", "torch", "--recipes", str(recipes), "--index-url", index.simple)[:2] == (0, [])
+
+
+def test_bump_toolchains_names_what_it_cannot_read_and_does_not_write_the_minor(
+        index: StaticIndex, torch_upstream: StaticIndex, recipes: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KILN_PYTORCH_INDEX_URL")
+    table = recipes / "toolchains.yaml"
+    before = table.read_text()
+    code, out, err = kiln(capsys, "bump", "--toolchains", "--no-build", "torch", "--recipes", str(recipes),
+                          "--index-url", index.simple)
+    assert code == BumpError.exit_code
+    assert f"torch 2.14: release 2.14.2 in {table}" in out  # the patch release is still written
+    assert table.read_text() == before.replace('release: "2.14.1"', 'release: "2.14.2"')
+    assert err.strip().endswith(
+        f"torch 2.15 (2.15.0) not added to {table}: cannot read the pytorch index's CUDA builds "
+        "(KILN_PYTORCH_INDEX_URL is not set)"), err
+
+
+def test_the_wheel_is_read_by_range_requests_where_the_server_serves_ranges(tmp_path: Path) -> None:
+    """Two files of a torch wheel read through HTTP ranges (a zip's directory is at its end), no
+    download: every request the server sees asks for a range."""
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from kiln.torchtable import wheel_facts
+
+    wheel = make_torch_release("2.15.0", "12.8", "3.12", tmp_path, cxx_std=17)
+    seen: list[str | None] = []
+
+    class Ranged(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Range"))
+            data = wheel.read_bytes()
+            start, _, end = self.headers["Range"].removeprefix("bytes=").partition("-")
+            part = data[int(start):int(end) + 1]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{int(start) + len(part) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(part)))
+            self.end_headers()
+            self.wfile.write(part)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Ranged, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        facts, missing = wheel_facts(f"http://127.0.0.1:{server.server_address[1]}/{wheel.name}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (facts.cuda, facts.cxx_std, facts.cxx11_abi, missing) == ("12.8", 17, True, [])
+    assert seen and all(r is not None for r in seen)

@@ -84,6 +84,7 @@ class StaleWorkflowError(KilnError):
 
 class BumpError(KilnError):
     """`kiln bump`: a new version failed to build or pass its smoke test on this host (or none of
-    its cells builds here): that version is not written to its recipe."""
+    its cells builds here): that version is not written to its recipe; or (`--toolchains`) a new
+    torch minor's wheels did not say all its table entry needs: that minor is not written."""
 
     exit_code = 12

@@ -14,6 +14,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 from pathlib import Path
 
 from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
@@ -84,7 +85,8 @@ class IndexFile:
 
 
 def index_files(project: str, index_url: str) -> list[IndexFile]:
-    """Every file of ``project`` on a PEP 691 (JSON) simple index; none when it has no such project."""
+    """Every file of ``project`` on a PEP 691 (JSON) simple index, or a PEP 503 (HTML) one where the
+    index has no JSON; none when it has no such project."""
     page = index_url.rstrip("/") + "/" + canonicalize_name(project) + "/"
     req = urllib.request.Request(page, headers={"Accept": f"{SIMPLE_JSON}, text/html;q=0.1"})
     try:
@@ -98,10 +100,51 @@ def index_files(project: str, index_url: str) -> list[IndexFile]:
     except (urllib.error.URLError, OSError) as exc:
         raise SourceError(f"{page}: unreachable ({getattr(exc, 'reason', exc)})") from None
     if SIMPLE_JSON not in ctype:
+        if "text/html" in ctype:  # PEP 503 only (the PyTorch wheel index): its anchors
+            return _html_files(page, body.decode("utf-8", "replace"))
         raise SourceError(f"{page}: the index did not answer with the JSON simple API ({ctype})")
     return [IndexFile(f["filename"], urllib.parse.urljoin(page, f["url"]), f.get("hashes", {}).get("sha256"),
                       f.get("requires-python") or None, _upload_time(f.get("upload-time")), bool(f.get("yanked")))
             for f in json.loads(body)["files"]]
+
+
+class _Anchors(HTMLParser):
+    """The ``<a>`` elements of a PEP 503 project page: (href, text, attributes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, str, dict[str, str | None]]] = []
+        self._open: dict[str, str | None] | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._open, self._text = dict(attrs), []
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._open is not None:
+            self.found.append((self._open.get("href") or "", "".join(self._text).strip(), self._open))
+            self._open = None
+
+
+def _html_files(page: str, body: str) -> list[IndexFile]:
+    """The files of a PEP 503 (HTML) project page: each anchor's text is the filename, its URL's
+    ``#sha256=`` fragment the hash; ``data-requires-python`` and ``data-yanked`` (PEP 592) read.
+    An index that has no JSON API (PEP 691) answers this way; it carries no upload-time."""
+    parser = _Anchors()
+    parser.feed(body)
+    files = []
+    for href, text, attrs in parser.found:
+        url, _, fragment = urllib.parse.urljoin(page, href).partition("#")
+        name = text or Path(urllib.parse.urlparse(url).path).name
+        algo, _, digest = fragment.partition("=")
+        files.append(IndexFile(urllib.parse.unquote(name), url, digest if algo == "sha256" else None,
+                               attrs.get("data-requires-python") or None, None, "data-yanked" in attrs))
+    return files
 
 
 def _upload_time(value: object) -> datetime | None:

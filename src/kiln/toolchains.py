@@ -60,11 +60,15 @@ class TorchSpec(_Model):
     release: str
     """The exact torch release wheels are built against, e.g. `2.14.1`."""
     python: list[str]
-    """The Python minors this torch publishes wheels for."""
+    """The Python minors this torch publishes wheels for (`kiln bump --toolchains`: the `cpXY` tags
+    of its Linux wheels on the default index)."""
     cxx11_abi: bool = True
-    """Whether this torch is built with the C++11 ABI (`_GLIBCXX_USE_CXX11_ABI=1`)."""
+    """Whether this torch is built with the C++11 ABI (`_GLIBCXX_USE_CXX11_ABI=1`): the flag in the
+    `TORCH_CXX_FLAGS` of the wheel's `torch/share/cmake/Torch/TorchConfig.cmake`."""
     cxx_std: int = 17
-    """The C++ standard torch's headers need; extensions compiled older fail."""
+    """The C++ standard torch's headers need; extensions compiled older fail. Checkable in the
+    wheel: the `CXX_STANDARD` its `torch/share/cmake/Torch/TorchConfig.cmake` gives the `torch`
+    target (what `kiln bump --toolchains` reads)."""
     builds: dict[str, str]
     """CUDA version (`"13.0"`) or `cpu` -> where that build is installed from: `pypi` (the
     default index) or the name of an entry in `indexes`."""

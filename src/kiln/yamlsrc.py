@@ -301,25 +301,13 @@ def pydantic_error(doc: YamlDoc, exc: Any) -> ConfigError:
     return doc.error(loc, msg)
 
 
-def append_to_list(text: str, key: str, values: list[str], where: Path) -> str:
-    """``text`` (a YAML mapping) with ``values`` appended to its top-level list ``key``, edited as a
-    person would: ruamel.yaml's round trip keeps every comment, key order, flow or block style and
-    quoting (new items are quoted as the list's last item is, double quotes when it is bare).
-
-    The indentation is the file's own: of the layouts ruamel writes, the one that writes the file
-    back unchanged is used; when none does, the file is refused rather than reformatted."""
-    import io
-
+def round_trip(text: str, where: Path) -> tuple[Any, Any]:
+    """(the ruamel.yaml ``YAML`` that writes ``text`` back byte for byte, the data it loaded):
+    comments, key order, flow or block style and quoting kept (``preserve_quotes``). Of the
+    indentations ruamel writes, the one that writes the file back unchanged is used; when none
+    does, the file is refused (ConfigError) rather than reformatted."""
     from ruamel.yaml import YAML
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq
     from ruamel.yaml.error import YAMLError
-    from ruamel.yaml.scalarstring import DoubleQuotedScalarString, PlainScalarString, ScalarString
-    from ruamel.yaml.tokens import CommentToken
-
-    def dump(yml: YAML, data: object) -> str:
-        buf = io.StringIO()
-        yml.dump(data, buf)
-        return buf.getvalue()
 
     for mapping, offset in ((2, 0), (2, 2), (2, 4), (4, 0), (4, 2), (4, 4)):
         sequence = offset + 2
@@ -331,21 +319,41 @@ def append_to_list(text: str, key: str, values: list[str], where: Path) -> str:
             data = yml.load(text)
         except YAMLError as exc:
             raise ConfigError(f"{where}: invalid YAML: {one_line(str(exc))}") from None
-        if dump(yml, data) != text:
-            continue
-        seq = data.get(key) if isinstance(data, CommentedMap) else None
-        if not isinstance(seq, CommentedSeq):
-            raise ConfigError(f"{where}: expected a list at {key!r}")
-        last = seq[-1] if seq else None
-        kind = type(last) if isinstance(last, ScalarString) else DoubleQuotedScalarString
-        seq.extend(kind(v) for v in values)
-        if seq.fa.flow_style():  # a comment after `[...]` keeps its distance, as an editor moves it
-            grown = sum(len(", ") + len(v) + (0 if kind is PlainScalarString else 2) for v in values)
-            grown -= 0 if last is not None else len(", ")
-            tokens = {id(t): t for t in (*(data.ca.items.get(key) or [])[2:3], *(seq.ca.comment or [])[:1])
-                      if isinstance(t, CommentToken)}
-            for token in tokens.values():
-                token.column += grown
-        return dump(yml, data)
+        if dump_round_trip(yml, data) == text:
+            return yml, data
     raise ConfigError(f"{where}: cannot edit it without reformatting it (an indentation ruamel.yaml "
-                      "does not write back); add the versions by hand")
+                      "does not write back); edit it by hand")
+
+
+def dump_round_trip(yml: Any, data: object) -> str:
+    """``data`` as ``yml`` (a round-trip ``YAML``) writes it."""
+    import io
+
+    buf = io.StringIO()
+    yml.dump(data, buf)
+    return buf.getvalue()
+
+
+def append_to_list(text: str, key: str, values: list[str], where: Path) -> str:
+    """``text`` (a YAML mapping) with ``values`` appended to its top-level list ``key``, edited as a
+    person would (kiln.yamlsrc.round_trip): every comment, key order, flow or block style and
+    quoting kept (new items are quoted as the list's last item is, double quotes when it is bare)."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString, PlainScalarString, ScalarString
+    from ruamel.yaml.tokens import CommentToken
+
+    yml, data = round_trip(text, where)
+    seq = data.get(key) if isinstance(data, CommentedMap) else None
+    if not isinstance(seq, CommentedSeq):
+        raise ConfigError(f"{where}: expected a list at {key!r}")
+    last = seq[-1] if seq else None
+    kind = type(last) if isinstance(last, ScalarString) else DoubleQuotedScalarString
+    seq.extend(kind(v) for v in values)
+    if seq.fa.flow_style():  # a comment after `[...]` keeps its distance, as an editor moves it
+        grown = sum(len(", ") + len(v) + (0 if kind is PlainScalarString else 2) for v in values)
+        grown -= 0 if last is not None else len(", ")
+        tokens = {id(t): t for t in (*(data.ca.items.get(key) or [])[2:3], *(seq.ca.comment or [])[:1])
+                  if isinstance(t, CommentToken)}
+        for token in tokens.values():
+            token.column += grown
+    return dump_round_trip(yml, data)

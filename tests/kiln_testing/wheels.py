@@ -127,6 +127,32 @@ def make_torch_build(version: str, cuda: str | None, dest: Path) -> Path:
     }, dest)
 
 
+def make_torch_release(version: str, cuda: str | None, python: str, dest: Path, cxx_std: int = 17) -> Path:
+    """A ``torch`` wheel with no code, named and laid out as a release on an index is:
+    ``torch-<version>-cp312-cp312-manylinux_2_28_x86_64.whl`` for ``python`` 3.12, its
+    ``torch/version.py`` saying the CUDA build (:func:`make_torch_build`'s) and the CMake config torch
+    ships for C++ consumers (``share/cmake/Torch/TorchConfig.cmake``) its C++ standard and ABI."""
+    cp = "cp" + python.replace(".", "")
+    tag = f"{cp}-{cp}-manylinux_2_28_x86_64"
+    work = dest / f"torch-{version}-{cp}"
+    built = make_torch_build(version, cuda, work)
+    root = work / "tree"
+    with zipfile.ZipFile(built) as zf:
+        zf.extractall(root)
+    (root / "torch/share/cmake/Torch").mkdir(parents=True)
+    (root / "torch/share/cmake/Torch/TorchConfig.cmake").write_text(
+        "# When we build libtorch with the old libstdc++ ABI, dependent libraries must too.\n"
+        'if(CMAKE_SYSTEM_NAME STREQUAL "Linux")\n  set(TORCH_CXX_FLAGS "-D_GLIBCXX_USE_CXX11_ABI=1")\nendif()\n'
+        "set_target_properties(torch PROPERTIES\n    IMPORTED_LOCATION \"${TORCH_LIBRARY}\"\n"
+        f"    CXX_STANDARD {cxx_std}\n)\n")
+    info = root / f"torch-{version}.dist-info"
+    (info / "RECORD").unlink()
+    (info / "WHEEL").write_text(f"Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: false\nTag: {tag}\n")
+    subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(dest), str(root)],
+                   check=True, capture_output=True)
+    return dest / f"torch-{version}-{tag}.whl"
+
+
 def _record_hash(data: bytes) -> str:
     return "sha256=" + urlsafe_b64encode(sha256(data).digest()).rstrip(b"=").decode()
 

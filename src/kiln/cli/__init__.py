@@ -122,6 +122,8 @@ def parser() -> argparse.ArgumentParser:
     opt.cooldown(sp)
     sp.add_argument("--no-build", action="store_true",
                     help="add them without building (CI, whose build workflow builds them on the pull request)")
+    sp.add_argument("--toolchains", action="store_true",
+                    help="also the toolchain table: new torch releases and minors, read from torch's wheels")
     sp.set_defaults(func=keep.cmd_bump)
 
     sp = sub.add_parser("infer", help="draft a working recipe from failing builds")

@@ -27,7 +27,7 @@ def _report(args: argparse.Namespace, with_toolchains: bool) -> tuple[list[Recip
     named = [p for p in args.projects if p != TORCH]
     recipes = load_recipes(recipes_dir, named) if named or not args.projects else []
     table = (toolchains, recipes_dir / TOOLCHAINS_FILE) if with_toolchains and (
-        not args.projects or TORCH in args.projects) else None
+        not args.projects or TORCH in args.projects or getattr(args, "toolchains", False)) else None
     query = Query(args.index_url or default_index_url(), timedelta(days=args.cooldown_days))
     return recipes, outdated(recipes, table, query), query
 
@@ -52,13 +52,25 @@ def cmd_outdated(args: argparse.Namespace) -> int:
 def cmd_bump(args: argparse.Namespace) -> int:
     from kiln.bump import Verify, bump
 
-    recipes, report, query = _report(args, with_toolchains=False)
+    recipes, report, query = _report(args, with_toolchains=args.toolchains)
     _say_held(report, query)
     if not report.findings:
         console.print("current: no newer releases", markup=False, highlight=False)
         return 0
     for f in report.findings:
         console.print(f.line(), markup=False, highlight=False)
+    refused: list[str] = []
+    if args.toolchains:
+        from kiln.torchtable import bump_table
+
+        recipes_dir = Path(args.recipes)
+        table = bump_table(report.findings, recipes_dir / TOOLCHAINS_FILE, load_toolchains(recipes_dir),
+                           query.index_url)
+        for line in table.lines:
+            console.print(line, markup=False, highlight=False)
+        refused = table.refused
+        for line in refused:
+            console.print(f"FAILED {line}", markup=False, highlight=False)
     if args.no_build:
         result = bump(report.findings, recipes, None)
     else:
@@ -77,6 +89,9 @@ def cmd_bump(args: argparse.Namespace) -> int:
         console.print(f"added {', '.join(versions)} to {path}", markup=False, highlight=False)
     for line in result.failed:
         console.print(f"FAILED {line}", markup=False, highlight=False)
+    if refused:
+        raise BumpError(refused[0] if len(refused) == 1 else f"{len(refused)} torch minors not added: "
+                        + " | ".join(refused))
     if result.failed:
         raise BumpError(f"{len(result.failed)} new version(s) not added: they did not build and pass "
                         "their smoke test here (the recipes hold what did)")
