@@ -464,3 +464,61 @@ def test_a_changed_recipe_makes_the_wheel_stale_and_a_build_number_tags_it(
     assert main(["plan", "--recipes", str(recipes), "--home", str(home), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["status"] == "built" and row["wheel"] == tagged.name
+
+
+def test_closure_cells_run_as_cells_of_the_run_and_their_results_go_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_cell's loop, with stand-in cell builds: app needs lib and util, lib needs base. Each
+    closure cell runs after the cell that needs it has stopped at its closure, is reported to the
+    progress as a cell of its own, and its result is handed back to the cell that waits."""
+    import dataclasses
+
+    from kiln import build as build_mod
+    from kiln.build import BuildContext, build_cell
+    from kiln.home import CellOutcome, CellResult, Home
+
+    tc = load_toolchains(FIXTURE_RECIPES)
+    template = expand(load_recipes(FIXTURE_RECIPES), tc)[0]
+    cells = {name: dataclasses.replace(template, project=name) for name in ("app", "lib", "util", "base")}
+    needs = {"app": ["lib", "util"], "lib": ["base"]}
+    got: dict[str, list[str]] = {}
+
+    def run(cell, ctx, building):  # type: ignore[no-untyped-def]
+        name = cell.project
+        if name in needs:
+            results = yield [cells[n] for n in needs[name]]
+            got[name] = [r.cell for r in results]
+        return CellResult(cell=cell.id, status=CellOutcome.BUILT, log="", seconds=0.0, wheel=f"{name}.whl")
+
+    events: list[str] = []
+
+    class Progress:
+        def start(self, cell_id: str, log: Path, label: str) -> None:
+            events.append(f"start {label}")
+
+        def end(self, result: CellResult) -> None:
+            events.append(f"end {result.cell}")
+
+    monkeypatch.setattr(build_mod, "_cell_run", run)
+    ctx = dataclasses.replace(BuildContext(tc, Home(tmp_path), tmp_path / "out", None, "file:///x"),  # type: ignore[arg-type]
+                              progress=Progress())  # type: ignore[arg-type]
+    result = build_cell(cells["app"], ctx)
+    app, lib, util, base = (cells[n].id for n in ("app", "lib", "util", "base"))
+    assert result.cell == app and result.wheel == "app.whl"
+    assert got == {"lib": [base], "app": [lib, util]}
+    assert events == [f"start {lib} (closure of {app})", f"start {base} (closure of {lib})", f"end {base}",
+                      f"end {lib}", f"start {util} (closure of {app})", f"end {util}"]
+
+
+def test_a_closure_cell_that_would_need_itself_is_refused(tmp_path: Path) -> None:
+    from kiln.build import BuildContext, _closure_cell
+    from kiln.closure import Need
+    from kiln.home import Home
+
+    tc = load_toolchains(FIXTURE_RECIPES)
+    cell = expand(load_recipes(FIXTURE_RECIPES), tc)[0]
+    dep = Need("kilnlib", "1.0.0").cell(cell)
+    ctx = BuildContext(tc, Home(tmp_path), tmp_path / "out", None, "file:///x")  # type: ignore[arg-type]
+    with open(tmp_path / "log", "w") as log, pytest.raises(BuildError) as exc:
+        _closure_cell(Need("kilnlib", "1.0.0"), cell, ctx, log, frozenset({cell.id, dep.id}))
+    assert exc.value.message == f"closure: {dep.id} depends on itself through {cell.id}"

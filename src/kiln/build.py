@@ -14,7 +14,9 @@ import shutil
 import subprocess
 import time
 import traceback
-from dataclasses import asdict, dataclass, replace
+from collections import deque
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -67,10 +69,62 @@ class BuildContext:
         return cls(toolchains, home, out, backend, index_url or source.default_index_url())
 
 
-def build_cell(cell: Cell, ctx: BuildContext, building: frozenset[str] = frozenset()) -> CellResult:
+CellRun = Generator[list[Cell], list[CellResult], CellResult]
+"""One cell's build as the run drives it: it yields the closure cells it needs (runtime
+requirements with no wheel upstream), is sent their results once the run has built them, and
+returns its own result."""
+
+
+@dataclass
+class _Frame:
+    """A cell of the run in progress: its build, the closure cells it waits for, their results."""
+
+    cell: Cell
+    run: CellRun
+    building: frozenset[str]
+    waiting: deque[Cell] = field(default_factory=deque)
+    results: list[CellResult] = field(default_factory=list)
+    reply: list[CellResult] | None = None
+
+
+def build_cell(cell: Cell, ctx: BuildContext) -> CellResult:
     """Build, finish and smoke-test one cell, and the closure of runtime requirements that have
-    no wheel upstream; never raises for a failure of the cell itself. ``building``: the ids of
-    the cells whose closure this cell is part of (a cycle is refused)."""
+    no wheel upstream; never raises for a failure of the cell itself.
+
+    The closure cells are cells of the same run, not builds inside builds: when a cell's build
+    needs them it waits, this loop builds each (and what each needs in turn), reporting it to
+    ``ctx.progress``, then hands their results back to the cell that waits. A cell that would need
+    itself is refused."""
+    frames = [_Frame(cell, _cell_run(cell, ctx, frozenset({cell.id})), frozenset({cell.id}))]
+    while True:
+        top = frames[-1]
+        if top.waiting:  # the next closure cell it waits for runs now, as a cell of its own
+            dep = top.waiting.popleft()
+            if ctx.progress:
+                ctx.progress.start(dep.id, ctx.home.logs / f"{dep.id}.log", f"{dep.id} (closure of {top.cell.id})")
+            frames.append(_Frame(dep, _cell_run(dep, ctx, top.building | {dep.id}), top.building | {dep.id}))
+            continue
+        try:
+            reply, top.reply = top.reply, None
+            needs = top.run.send(reply)  # type: ignore[arg-type]  # None starts it
+        except StopIteration as done:
+            result: CellResult = done.value
+            frames.pop()
+            if not frames:
+                return result
+            if ctx.progress:
+                ctx.progress.end(result)
+            parent = frames[-1]
+            parent.results.append(result)
+            if not parent.waiting:
+                parent.reply, parent.results = parent.results, []
+            continue
+        top.waiting.extend(needs)
+
+
+def _cell_run(cell: Cell, ctx: BuildContext, building: frozenset[str]) -> CellRun:
+    """One cell's build (build_cell drives it): its log, its steps, its result, saved. ``building``:
+    the ids of this cell and the cells whose closure it is part of (a cycle is refused)."""
     home = ctx.home
     home.logs.mkdir(parents=True, exist_ok=True)
     log_path = home.logs / f"{cell.id}.log"
@@ -82,7 +136,7 @@ def build_cell(cell: Cell, ctx: BuildContext, building: frozenset[str] = frozens
               file=log, flush=True)
         closure_built: list[str] = []
         try:
-            wheel, archs = _steps(cell, ctx, work, log, building | {cell.id}, closure_built)
+            wheel, archs = yield from _steps(cell, ctx, work, log, building, closure_built)
         except NotBuildable as exc:  # not a failure: the cell cannot exist (kiln.feasible)
             print(f"kiln: not buildable: {exc.message}", file=log, flush=True)
             shutil.rmtree(work, ignore_errors=True)
@@ -141,7 +195,7 @@ def oom_killed(log_path: Path) -> str | None:
 
 
 def _steps(cell: Cell, ctx: BuildContext, work: Path, log: TextIO, building: frozenset[str],
-           closure_built: list[str]) -> tuple[Path, str | None]:
+           closure_built: list[str]) -> Generator[list[Cell], list[CellResult], tuple[Path, str | None]]:
     toolchains, home, backend, index_url = ctx.toolchains, ctx.home, ctx.backend, ctx.index_url
     src, srcdir = prepare_source(cell, home, work / "src", index_url, log)
     feasible.check_python(cell, srcdir)
@@ -158,17 +212,17 @@ def _steps(cell: Cell, ctx: BuildContext, work: Path, log: TextIO, building: fro
                      index_url=index_url, hidden=secret_paths(home.root), toolkit=toolkit)
     res = backend.compile(job)
     finished, archs = finish_cell(cell, toolchains, res, src, work, log)
-    closure_built += build_closure(cell, finished, ctx, work, log, building)
+    closure_built += yield from build_closure(cell, finished, ctx, work, log, building)
     dest = smoke_and_keep(finished, cell, ctx, work, log)
     shutil.rmtree(work, ignore_errors=True)
     return dest, archs
 
 
 def build_closure(cell: Cell, wheel: Path, ctx: BuildContext, work: Path, log: TextIO,
-                  building: frozenset[str]) -> list[str]:
-    """Build, as cells of their own, the runtime requirements of ``wheel`` that have no wheel
-    for the cell upstream; a closure cell that fails fails this cell, saying it needs a recipe.
-    Returns the wheels built (theirs and their own closures')."""
+                  building: frozenset[str]) -> Generator[list[Cell], list[CellResult], list[str]]:
+    """The runtime requirements of ``wheel`` that have no wheel for the cell upstream, asked of
+    the run (yielded) as cells of their own; a closure cell that fails fails this cell, saying it
+    needs a recipe. Returns the wheels built (theirs and their own closures')."""
     indexes = cell.index_urls(ctx.toolchains, ctx.index_url)
     built: list[str] = []
     recorded: list[closure.Need] = []
@@ -181,8 +235,10 @@ def build_closure(cell: Cell, wheel: Path, ctx: BuildContext, work: Path, log: T
             break
         recorded += needs
         closure.save(ctx.home, cell, recorded)
-        for need in needs:
-            built += _build_need(need, cell, ctx, log, building)
+        deps = [_closure_cell(need, cell, ctx, log, building) for need in needs]
+        results = yield deps
+        for need, result in zip(needs, results, strict=True):
+            built += _closure_built(need, cell, result, log)
     else:
         raise BuildError(f"closure: runtime requirements of {wheel.name} still missing "
                          f"after {MAX_CLOSURE_ROUNDS} rounds")
@@ -193,17 +249,19 @@ def build_closure(cell: Cell, wheel: Path, ctx: BuildContext, work: Path, log: T
 MAX_CLOSURE_ROUNDS = 10
 
 
-def _build_need(need: closure.Need, cell: Cell, ctx: BuildContext, log: TextIO,
-                building: frozenset[str]) -> list[str]:
+def _closure_cell(need: closure.Need, cell: Cell, ctx: BuildContext, log: TextIO,
+                  building: frozenset[str]) -> Cell:
+    """The cell that builds ``need`` for ``cell``, said in the cell's log; a cycle is refused."""
     dep = need.cell(cell)
     if dep.id in building:
         raise BuildError(f"closure: {dep.id} depends on itself through {cell.id}")
     print(f"kiln: closure: building {dep.id} (log: {ctx.home.logs / (dep.id + '.log')})", file=log, flush=True)
-    if ctx.progress:
-        ctx.progress.start(dep.id, ctx.home.logs / f"{dep.id}.log", f"{dep.id} (closure of {cell.id})")
-    result = build_cell(dep, ctx, building)
-    if ctx.progress:
-        ctx.progress.end(result)
+    return dep
+
+
+def _closure_built(need: closure.Need, cell: Cell, result: CellResult, log: TextIO) -> list[str]:
+    """The wheels a closure cell built for ``cell``; its failure is the cell's, naming the recipe."""
+    dep = need.cell(cell)
     if result.status == CellOutcome.NOT_BUILDABLE:
         raise NotBuildable(f"{need.project} {need.version}, a runtime requirement with no wheel for "
                            f"{cell.python_tag}, is not buildable: {result.error}")
