@@ -177,6 +177,19 @@ def test_numpy_distutils_still_missing_with_numpy_1_means_an_older_python() -> N
     assert python_too_new(fail("error: something else"), d) is None
 
 
+def test_a_standard_library_name_python_3_12_removed_means_an_older_python() -> None:
+    safe = fail("AttributeError: module 'configparser' has no attribute 'SafeConfigParser'. Did you mean: "
+                "'RawConfigParser'? (the build backend's get_requires_for_build_wheel failed)")
+    assert python_too_new(safe, draft()) == ("the build uses SafeConfigParser, which Python 3.12 removed from the "
+                                             "standard library")
+    assert python_too_new(fail("ModuleNotFoundError: No module named 'imp'"), draft()) == \
+        "the build uses imp, which Python 3.12 removed from the standard library"
+    older = draft()
+    older.python = "3.11"
+    assert python_too_new(safe, older) is None  # there it is something else
+    assert python_too_new(fail("ModuleNotFoundError: No module named 'impala'"), draft()) is None
+
+
 def test_a_distutils_module_newer_setuptools_dropped_means_setuptools_below_60() -> None:
     gone = fail("ModuleNotFoundError: No module named 'distutils.msvccompiler'")
     d = draft()

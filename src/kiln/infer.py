@@ -795,10 +795,22 @@ def unsatisfiable_bound(reason: str, draft: Draft) -> Change | None:
                   key=m["req"])
 
 
+_GONE_IN_312 = re.compile(r"module 'configparser' has no attribute '(SafeConfigParser)'|"
+                          r"'(?:Raw|Safe)?ConfigParser' object has no attribute '(readfp)'|"
+                          r"No module named '(imp|asyncore|asynchat|smtpd)'")
+"""What Python 3.12 removed from the standard library that old setup.py files (and the versioneer
+they vendor) still use."""
+
+
 def python_too_new(failure: Failure, draft: Draft) -> str | None:
-    """Why a build failed for the draft's Python itself, so that only an older one can work:
+    """Why a build failed for the draft's Python itself, so that only an older one can work: a
+    standard-library name Python 3.12 removed (``configparser.SafeConfigParser``, ``imp``), or
     numpy.distutils still missing with numpy 1.x pinned (numpy 1.26, the last with it, ships it
     for Python 3.11 and older only); None otherwise."""
+    text = failure.line + "\n" + failure.log[-40000:]
+    if failure.stage == "build" and Version(draft.python) >= Version("3.12") and (m := _GONE_IN_312.search(text)):
+        name = next(g for g in m.groups() if g)
+        return f"the build uses {name}, which Python 3.12 removed from the standard library"
     gone = "No module named 'numpy.distutils'"
     if failure.stage != "build" or (gone not in failure.line and gone not in failure.log[-40000:]):
         return None
