@@ -67,6 +67,13 @@ def upstream(tmp_path_factory: pytest.TempPathFactory, upstream_wheels: list[Pat
 # ----------------------------------------------------------------------------- the mirror
 
 
+@pytest.fixture(autouse=True)
+def _no_upstream_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kiln plan`, `kiln status` and the page `kiln up` writes ask no index for each project's
+    newest release (KILN_OFFLINE) unless a test takes it off: a test's default index is the public one."""
+    monkeypatch.setenv("KILN_OFFLINE", "1")
+
+
 @pytest.fixture(scope="module", params=os.environ.get("KILN_TEST_DEPLOYMENTS", ",".join(DEPLOYMENTS)).split(","))
 def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                upstream: StaticIndex) -> Iterator[Deployment]:

@@ -312,3 +312,69 @@ def test_the_wheel_is_read_by_range_requests_where_the_server_serves_ranges(tmp_
         server.server_close()
     assert (facts.cuda, facts.cxx_std, facts.cxx11_abi, missing) == ("12.8", 17, True, [])
     assert seen and all(r is not None for r in seen)
+
+
+# ----------------------------------------------------------------------------- plan and the page: newest upstream
+
+
+def test_plan_and_the_status_page_show_the_newest_upstream_release(
+        index: StaticIndex, recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    monkeypatch.delenv("KILN_OFFLINE")
+    upload(index, [kilnfix_sdist("1.1.0", tmp_path)], ago(days=10))
+    upload(index, [kilnfix_sdist("1.2.0rc1", tmp_path)], ago(days=10))  # a pre-release is not the newest
+    args = ["--recipes", str(recipes), "--home", str(tmp_path / "home"), "--index-url", index.simple]
+    code, out, _ = kiln(capsys, "plan", "--json", *args)
+    rows = json.loads("\n".join(out))
+    assert code == 0 and {(r["project"], r["upstream"], r["upstream_on_mirror"]) for r in rows} == \
+        {("kilnfix", "1.1.0", False)}
+    code, out, _ = kiln(capsys, "plan", *args)
+    assert code == 0
+    cells = [[c.strip() for c in line.split("│")[1:4]] for line in out if "1.1.0" in line]
+    assert cells == [["kilnfix", "1.1.0", "no"]]
+
+    code, out, _ = kiln(capsys, "status", "--json", *args)
+    project = json.loads("\n".join(out))["projects"][0]
+    assert (project["project"], project["upstream"], project["upstream_why"], project["mirror_has_upstream"]) == \
+        ("kilnfix", "1.1.0", None, False)
+    page = tmp_path / "page.html"
+    assert kiln(capsys, "status", "--html", str(page), *args)[0] == 0
+    assert "newest upstream: 1.1.0 &middot; on the mirror: no" in page.read_text()
+
+
+def test_an_unreachable_index_or_offline_is_unknown_not_a_failure(
+        recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import socket
+
+    monkeypatch.delenv("KILN_OFFLINE")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/simple/"
+    args = ["--recipes", str(recipes), "--home", str(tmp_path / "home")]
+    code, out, _ = kiln(capsys, "plan", "--json", *args, "--index-url", dead)
+    rows = json.loads("\n".join(out))
+    assert code == 0 and {(r["upstream"], r["upstream_on_mirror"]) for r in rows} == {(None, None)}
+    code, out, _ = kiln(capsys, "plan", *args, "--index-url", dead)
+    assert code == 0 and any("kilnfix" in line and "unknown (" in line and "unreachable" in line for line in out), out
+    code, out, _ = kiln(capsys, "status", "--json", *args, "--offline")
+    project = json.loads("\n".join(out))["projects"][0]
+    assert (project["upstream"], project["upstream_why"], project["mirror_has_upstream"]) == (None, "offline", None)
+    page = tmp_path / "page.html"
+    assert kiln(capsys, "status", "--html", str(page), *args, "--offline")[0] == 0
+    assert "newest upstream: unknown (offline) &middot; on the mirror: unknown" in page.read_text()
+
+
+def test_the_mirror_has_the_newest_release_when_a_cell_of_it_is_published() -> None:
+    from kiln.plan import CellStatus, Status, mirror_has
+
+    def row(version: str, status: Status) -> CellStatus:
+        return CellStatus(cell=f"kilnfix-{version}-cp311-main", project="kilnfix", version=version, python="3.11",
+                          variant="main", torch=None, cuda=None, cuda_archs=None, status=status)
+
+    rows = [row("1.0.0", Status.PUBLISHED), row("1.1.0", Status.BUILT)]
+    assert mirror_has(rows, "kilnfix", "1.1.0") is False
+    assert mirror_has(rows, "KilnFix", "1.0.0") is True
+    assert mirror_has(rows, "kilnfix", None) is None

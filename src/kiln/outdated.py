@@ -40,12 +40,12 @@ class Release:
     yanked: bool
 
 
-def releases(project: str, index_url: str) -> list[Release]:
+def releases(project: str, index_url: str, timeout: float = 60) -> list[Release]:
     """The releases of ``project`` on the index, oldest version first (none when it has no page)."""
     uploaded: dict[Version, list[datetime]] = defaultdict(list)
     live: dict[Version, bool] = {}
     want = canonicalize_name(project)
-    for f in index_files(project, index_url):
+    for f in index_files(project, index_url, timeout):
         try:
             if f.filename.endswith(".whl"):
                 name, version, _, _ = parse_wheel_filename(f.filename)
@@ -129,6 +129,12 @@ class Report:
 
 def _minor(v: Version) -> str:
     return f"{v.major}.{v.minor}"
+
+
+def newest_final(project: str, index_url: str, timeout: float = 60) -> Version | None:
+    """The newest final, unyanked release of ``project`` on the index (no cooldown); None: none."""
+    found = _counted(releases(project, index_url, timeout))
+    return found[-1].version if found else None
 
 
 def _counted(found: list[Release]) -> list[Release]:

@@ -22,6 +22,7 @@ the cell until the recipe changes, or `kiln build --force` tries it again.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
@@ -121,6 +122,11 @@ class CellStatus:
     impossible: bool = False
     """For a not-buildable cell: whether its last build here found it impossible (kiln.feasible), with
     the recipe it has now, rather than this host lacking something."""
+    upstream: str | None = None
+    """The newest final release of the cell's project on the index (kiln.plan.upstream_versions);
+    None when not asked or unknown."""
+    upstream_on_mirror: bool | None = None
+    """Whether the mirror has that release (a published cell of it); None when it is unknown."""
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -398,6 +404,88 @@ def to_build(cells: list[Cell], rows: list[CellStatus], home: Home,
         else:
             todo.append(cell)
     return todo, skipped
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A project's newest final release on the index (kiln.outdated.newest_final), asked once per
+    run; ``newest`` None with ``why``: unknown (offline, the index unreachable)."""
+
+    newest: str | None
+    why: str = ""
+
+    def text(self) -> str:
+        if self.newest:
+            return self.newest
+        return f"unknown ({self.why})" if self.why else "none on the index"
+
+
+UPSTREAM_TIMEOUT = 10.0
+"""Seconds each project's index page may take before its newest release is unknown."""
+OFFLINE_ENV = "KILN_OFFLINE"
+"""Set (to anything but empty or 0): `kiln plan` and the status page do not ask the index."""
+
+
+def offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0")
+
+
+def upstream_versions(projects: list[str], index_url: str | None) -> dict[str, Upstream]:
+    """Each project's newest final release on ``index_url`` (None: unknown, offline), keyed by its
+    canonical name; asked in parallel, never failing: an unreachable index or a bad page is an
+    unknown, with why."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kiln.errors import KilnError
+    from kiln.outdated import newest_final
+
+    names = sorted({canonicalize_name(p) for p in projects})
+    if index_url is None:
+        return {n: Upstream(None, "offline") for n in names}
+
+    def ask(name: str) -> Upstream:
+        try:
+            found = newest_final(name, index_url, UPSTREAM_TIMEOUT)
+        except KilnError as exc:
+            return Upstream(None, exc.message)
+        except (OSError, ValueError) as exc:
+            return Upstream(None, str(exc) or type(exc).__name__)
+        return Upstream(str(found) if found else None)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(names, pool.map(ask, names), strict=True))
+
+
+def mirror_has(rows: list[CellStatus], project: str, version: str | None) -> bool | None:
+    """Whether the mirror has ``version`` of ``project``: a published cell of that version; None
+    when the version is unknown."""
+    if version is None:
+        return None
+    want, name = Version(version), canonicalize_name(project)
+    return any(r.on_mirror or r.status == Status.PUBLISHED for r in rows
+               if canonicalize_name(r.project) == name and Version(r.version) == want)
+
+
+def with_upstream(rows: list[CellStatus], upstream: dict[str, Upstream]) -> list[CellStatus]:
+    """``rows`` with each one's project's newest upstream release and whether the mirror has it."""
+    for r in rows:
+        up = upstream.get(canonicalize_name(r.project))
+        if up is not None:
+            r.upstream, r.upstream_on_mirror = up.newest, mirror_has(rows, r.project, up.newest)
+    return rows
+
+
+def upstream_table(rows: list[CellStatus], upstream: dict[str, Upstream]) -> Table:
+    """`kiln plan`'s second table: per project, the newest upstream release and whether the mirror has it."""
+    out = Table("project", "newest upstream", "on the mirror")
+    for name in sorted({canonicalize_name(r.project) for r in rows}):
+        up = upstream.get(name)
+        if up is None:
+            continue
+        has = mirror_has(rows, name, up.newest)
+        mirrored = ("unknown" if up.why else "-") if has is None else ("yes" if has else "[yellow]no")
+        out.add_row(name, escape(up.text()), mirrored)
+    return out
 
 
 def table(rows: list[CellStatus]) -> Table:

@@ -84,13 +84,13 @@ class IndexFile:
     """Whether the file is yanked (PEP 592, ``yanked`` true or a reason)."""
 
 
-def index_files(project: str, index_url: str) -> list[IndexFile]:
+def index_files(project: str, index_url: str, timeout: float = 60) -> list[IndexFile]:
     """Every file of ``project`` on a PEP 691 (JSON) simple index, or a PEP 503 (HTML) one where the
     index has no JSON; none when it has no such project."""
     page = index_url.rstrip("/") + "/" + canonicalize_name(project) + "/"
     req = urllib.request.Request(page, headers={"Accept": f"{SIMPLE_JSON}, text/html;q=0.1"})
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = resp.read()
             ctype = resp.headers.get("Content-Type", "")
     except urllib.error.HTTPError as exc:

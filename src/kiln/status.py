@@ -23,13 +23,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 import kiln
 from kiln import closure, mirror
 from kiln.clientconfig import render
 from kiln.home import CellOutcome, CellResult, Home, write_atomic
 from kiln.matrix import Cell, Variant
 from kiln.mirror.server import ServerFiles
-from kiln.plan import COLOURS, CellStatus, Status, cell_status
+from kiln.plan import COLOURS, CellStatus, Status, Upstream, cell_status, mirror_has
 from kiln.provenance import CudaArchs
 from kiln.toolchains import Toolchains
 
@@ -97,6 +99,14 @@ class ProjectView:
     pythons: list[str]
     variants: list[str]
     cells: list[CellView]
+
+    upstream: str | None = None
+    """The project's newest final release on the index (kiln.plan.upstream_versions); None: unknown
+    or none (``upstream_why`` says which)."""
+    upstream_why: str | None = None
+    """Why the newest release is unknown (offline, the index unreachable); None when known or not asked."""
+    mirror_has_upstream: bool | None = None
+    """Whether the mirror has that release; None when it is unknown."""
 
     def at(self, python: str, variant: str) -> CellView | None:
         return next((c for c in self.cells if c.python == python and c.variant == variant), None)
@@ -179,6 +189,18 @@ def collect(rows: list[CellStatus], cells: list[Cell], home: Home, mirror_url: s
     return Page(kiln_version=kiln.__version__, mirror=mirror_url,
                 generated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), counts=counts,
                 projects=list(projects.values()), variants=variants)
+
+
+def with_upstream(page: Page, rows: list[CellStatus], upstream: dict[str, Upstream] | None) -> Page:
+    """``page`` with each project's newest upstream release (asked once for the run) and whether
+    the mirror has it (from the plan's ``rows``)."""
+    for pv in page.projects:
+        up = (upstream or {}).get(canonicalize_name(pv.project))
+        if up is None:
+            continue
+        pv.upstream, pv.upstream_why = up.newest, up.why or None
+        pv.mirror_has_upstream = mirror_has(rows, pv.project, up.newest)
+    return page
 
 
 def unique(cells: list[Cell]) -> list[Cell]:
@@ -290,13 +312,26 @@ def _cell_html(c: CellView | None) -> str:
             f'style="background:{bg};border-color:{border}">{"".join(parts)}</td>')
 
 
+def _upstream_html(p: ProjectView) -> str:
+    """The project's newest upstream release and whether the mirror has it; nothing when not asked."""
+    if p.upstream is None and p.upstream_why is None:
+        return ""
+    if p.upstream is None:
+        newest, has = f"unknown ({p.upstream_why})", "unknown"
+    else:
+        newest, has = p.upstream, "yes" if p.mirror_has_upstream else "no"
+    return (f'<div class="meta upstream" data-upstream="{html.escape(p.upstream or "unknown", quote=True)}" '
+            f'data-on-mirror="{html.escape(has, quote=True)}">newest upstream: {html.escape(newest)} &middot; '
+            f"on the mirror: {html.escape(has)}</div>")
+
+
 def _project_html(p: ProjectView) -> str:
     pid = html.escape(f"{p.project}-{p.version}", quote=True)
     head = "".join(f"<th>{html.escape(v)}</th>" for v in p.variants)
     rows = "".join(f"<tr><th>Python {html.escape(py)}</th>{''.join(_cell_html(p.at(py, v)) for v in p.variants)}</tr>"
                    for py in p.pythons)
     return (f'<section class="project" id="{pid}" data-project="{html.escape(p.project, quote=True)}">'
-            f"<h2>{html.escape(p.project)} {html.escape(p.version)}</h2>"
+            f"<h2>{html.escape(p.project)} {html.escape(p.version)}</h2>{_upstream_html(p)}"
             f'<table class="matrix"><tr><th></th>{head}</tr>{rows}</table></section>')
 
 
@@ -377,10 +412,12 @@ def _copy_tail(src: Path, dest: Path) -> None:
     write_atomic(dest, data.decode("utf-8", errors="replace"))
 
 
-def refresh(home: Home, cells: list[Cell], toolchains: Toolchains, rows: list[CellStatus] | None = None) -> str | None:
+def refresh(home: Home, cells: list[Cell], toolchains: Toolchains, rows: list[CellStatus] | None = None,
+            upstream: dict[str, Upstream] | None = None) -> str | None:
     """Write the page the home's running mirror serves at ``/+kiln/``, with the logs of failed
     cells beside it, from ``rows`` (the run's plan), else from a plan of ``cells`` worked out
-    here against the mirror; returns its URL, or None when no mirror runs for the home."""
+    here against the mirror, and ``upstream`` (each project's newest release, asked once for the
+    run; None: not shown); returns its URL, or None when no mirror runs for the home."""
     current = mirror.running(home)
     if current is None:
         return None
@@ -388,7 +425,7 @@ def refresh(home: Home, cells: list[Cell], toolchains: Toolchains, rows: list[Ce
         variants = sorted({c.variant.name for c in closure.with_closure(unique(cells), home)})
         published = mirror.published(current.url, variants)
         rows = cell_status(unique(cells), toolchains, home, home.wheelhouse, published)
-    page = collect(rows, cells, home, current.url, served=True)
+    page = with_upstream(collect(rows, cells, home, current.url, served=True), rows, upstream)
     logs = [Path(c.log) for p in page.projects for c in p.cells if c.log_href and c.log]
     write_site(page, site_dir(home), logs)
     return current.url.rstrip("/") + PATH

@@ -16,7 +16,7 @@ from kiln.home import CellOutcome
 from kiln.logs import duration
 from kiln.matrix import MAIN, Cell
 from kiln.mirror.server import ServeOptions
-from kiln.plan import Status, cell_status, replan, to_build
+from kiln.plan import Status, cell_status, offline, replan, to_build, upstream_versions
 
 
 @dataclass
@@ -130,8 +130,9 @@ def up(cells: list[Cell], all_variants: list[Cell], run: BuildContext, serving: 
     report.install = install_lines(served.url, [c for c in cells if c.id in ok])
     known = closure.with_closure(everything, home)
     plan = replan(plan, [c for c in known if c.id in touched], toolchains, home, wheelhouse, published)
+    upstream = upstream_versions([c.project for c in everything], None if offline() else run.index_url)
     try:
-        report.status_page = status_page.refresh(home, everything, toolchains, plan)
+        report.status_page = status_page.refresh(home, everything, toolchains, plan, upstream)
     except (OSError, KilnError) as exc:
         report.notes.append(f"status page not updated: {exc}")
     return report

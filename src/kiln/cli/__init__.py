@@ -40,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     opt.json_output(sp)
     sp.add_argument("--missing", action="store_true", help="only cells still missing")
     opt.profile(sp, "all", "all (default): every cell; host: the cells `kiln up` builds here by default")
+    opt.upstream(sp)
     sp.set_defaults(func=build.cmd_plan)
 
     sp = sub.add_parser("status", help="the status page of every cell (HTML, or its JSON)")
@@ -48,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
     opt.mirror(sp, "mirror URL to look for published wheels (default: the home's running mirror)")
     sp.add_argument("--html", metavar="FILE", help="write the page (one self-contained HTML file) to FILE")
     opt.json_output(sp, "print the page's data as JSON")
+    opt.upstream(sp)
     sp.set_defaults(func=mirror.cmd_status)
 
     sp = writer("build", help="build, finish and smoke-test wheels")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from kiln.cli.common import cell_of, console, err_console, load, load_recipes, profile
+from kiln.cli.common import cell_of, console, err_console, load, load_recipes, profile, upstream_of
 from kiln.errors import BuildError
 from kiln.home import CellOutcome, Home
 from kiln.matrix import Cell
@@ -30,19 +30,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from kiln.plan import Status, cell_status, table
+    from kiln.plan import Status, cell_status, table, upstream_table, with_upstream
 
     toolchains, cells = load(args)
     cells = profile(args, toolchains, cells)
     home = Home(Path(args.home))
     published = on_mirror(Home(Path(args.home)), args.mirror, cells)
     rows = cell_status(cells, toolchains, home, Path(args.out or home.wheelhouse), published)
+    upstream = upstream_of(args, [r.project for r in rows])
+    every = with_upstream(rows, upstream)
     if args.missing:
         rows = [r for r in rows if r.status == Status.MISSING]
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=2))
         return 0
     console.print(table(rows))
+    if upstream:
+        console.print(upstream_table(every, upstream))
     return 0
 
 

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -16,6 +17,9 @@ from kiln.matrix import Cell, expand
 from kiln.recipe import Recipe
 from kiln.recipe import load_recipes as load_recipe_dir
 from kiln.toolchains import Toolchains, load_toolchains
+
+if TYPE_CHECKING:
+    from kiln.plan import Upstream
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -71,3 +75,20 @@ def refresh_status(home: Home, cells: list[Cell], toolchains: Toolchains) -> Non
         return
     if page:
         err_console.print(f"status page: {page}", markup=False, highlight=False)
+
+
+def upstream_of(args: argparse.Namespace, projects: list[str]) -> dict[str, Upstream]:
+    """Each project's newest upstream release (kiln.plan.upstream_versions), asked once for the
+    run: of ``--index-url`` or the default index; unknown with ``--offline`` or KILN_OFFLINE, or
+    when there is no index to ask."""
+    from kiln.errors import SourceError
+    from kiln.plan import offline, upstream_versions
+    from kiln.source import default_index_url
+
+    if getattr(args, "offline", False) or offline():
+        return upstream_versions(projects, None)
+    try:
+        url = args.index_url or default_index_url()
+    except SourceError:
+        url = None
+    return upstream_versions(projects, url)

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from kiln.cli.build import on_mirror
-from kiln.cli.common import console, err_console, load, refresh_status
+from kiln.cli.common import console, err_console, load, refresh_status, upstream_of
 from kiln.errors import ConfigError, KilnError
 from kiln.home import Home
 from kiln.matrix import Variant, expand
@@ -27,7 +27,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     url = args.mirror.rstrip("/") if args.mirror else (current.url if current else None)
     out = Path(args.out) if args.out else home.wheelhouse
     rows = cell_status(status.unique(cells), toolchains, home, out, published)
-    page = status.collect(rows, cells, home, url, out)
+    page = status.with_upstream(status.collect(rows, cells, home, url, out), rows,
+                                upstream_of(args, [r.project for r in rows]))
     if args.json:
         print(status.render_json(page), end="")
     if args.html:

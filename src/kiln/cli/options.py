@@ -126,3 +126,12 @@ def cooldown(sp: argparse.ArgumentParser) -> None:
 
     sp.add_argument("--cooldown-days", type=int, default=DEFAULT_COOLDOWN_DAYS, metavar="N",
                     help=f"skip releases uploaded less than N days ago (default: {DEFAULT_COOLDOWN_DAYS})")
+
+
+def upstream(sp: argparse.ArgumentParser) -> None:
+    """Where `kiln plan` and `kiln status` ask for each project's newest release, or not at all."""
+    from kiln.plan import OFFLINE_ENV
+
+    index_url(sp, "index asked for each project's newest release (default: KILN_INDEX_URL, uv/pip settings)")
+    sp.add_argument("--offline", action="store_true",
+                    help=f"do not ask the index (newest upstream: unknown); also {OFFLINE_ENV}=1")
