@@ -256,8 +256,27 @@ def test_bump_toolchains_writes_the_new_release_and_the_new_minor_from_its_wheel
         old_head, 'torch:\n' + NEW_MINOR + '  "2.14":\n    release: "2.14.2"\n')
     # the comment inside 2.14's builds came through byte for byte
     assert '      "13.0": pypi        # the default index\'s torch 2.14 is the CUDA 13.0 build\n' in table.read_text()
-    # the table is current now
-    assert kiln(capsys, "outdated", "torch", "--recipes", str(recipes), "--index-url", index.simple)[:2] == (0, [])
+    # the table is current now, but for torch 2.15's wheels for a Python kiln does not know yet
+    code, out, _ = kiln(capsys, "outdated", "torch", "--recipes", str(recipes), "--index-url", index.simple)
+    assert (code, out) == (1, [f"torch 2.15: 2.15.0 has wheels for Python 3.14, which the table's python list "
+                               f"lacks (uploaded {ago(days=5):%Y-%m-%d})"])
+
+
+def test_outdated_names_the_pythons_a_minor_has_wheels_for_and_the_table_lacks(
+        index: StaticIndex, recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    made = tmp_path / "torch"
+    made.mkdir()
+    # 2.14.1, the table's release of 2.14 (Pythons 3.10 to 3.13): wheels for 3.9 (older than the
+    # table's oldest: left out on purpose), 3.12 and 3.14; a yanked 3.15 wheel does not count
+    upload(index, [make_torch_release("2.14.1", "13.0", py, made) for py in ("3.9", "3.12", "3.14")], ago(days=400))
+    upload(index, [make_torch_release("2.14.1", "13.0", "3.15", made)], ago(days=400), yanked=True)
+    code, out, _ = kiln(capsys, "outdated", "torch", "--recipes", str(recipes), "--index-url", index.simple)
+    assert (code, out) == (1, ["torch 2.14: 2.14.1 has wheels for Python 3.14, which the table's python list lacks "
+                               f"(uploaded {StaticIndex.UPLOAD_TIME[:10]})"])
+    code, out, _ = kiln(capsys, "outdated", "--json", "torch", "--recipes", str(recipes), "--index-url", index.simple)
+    import json
+    assert [(f["kind"], f["current"], f["new"]) for f in json.loads("\n".join(out))["outdated"]] == \
+        [("torch-python", "2.14.1", "3.14")]
 
 
 def test_bump_toolchains_names_what_it_cannot_read_and_does_not_write_the_minor(

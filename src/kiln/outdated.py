@@ -9,6 +9,7 @@ rule, so that a bump never takes a release uploaded minutes ago (the time of its
 from __future__ import annotations
 
 import enum
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,7 +25,7 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from kiln.recipe import Recipe
-from kiln.source import index_files
+from kiln.source import IndexFile, index_files
 from kiln.toolchains import Toolchains
 
 DEFAULT_COOLDOWN_DAYS = 3
@@ -42,10 +43,15 @@ class Release:
 
 def releases(project: str, index_url: str, timeout: float = 60) -> list[Release]:
     """The releases of ``project`` on the index, oldest version first (none when it has no page)."""
+    return releases_of(project, index_files(project, index_url, timeout))
+
+
+def releases_of(project: str, files: list[IndexFile]) -> list[Release]:
+    """The releases of ``project`` among ``files`` (its index page's), oldest version first."""
     uploaded: dict[Version, list[datetime]] = defaultdict(list)
     live: dict[Version, bool] = {}
     want = canonicalize_name(project)
-    for f in index_files(project, index_url, timeout):
+    for f in files:
         try:
             if f.filename.endswith(".whl"):
                 name, version, _, _ = parse_wheel_filename(f.filename)
@@ -68,6 +74,8 @@ class Kind(enum.StrEnum):
     """A torch minor of the table has a patch release newer than its `release`."""
     TORCH_MINOR = "torch-minor"
     """torch has a minor newer than the table's newest."""
+    TORCH_PYTHON = "torch-python"
+    """A torch minor's release has wheels for Pythons its `python` list lacks (newer than its oldest)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,9 @@ class Finding:
         when = f"uploaded {self.uploaded:%Y-%m-%d}" if self.uploaded else "upload time unknown"
         if self.kind == Kind.RECIPE:
             return f"{self.project}: {self.current} -> {self.new} ({when})"
+        if self.kind == Kind.TORCH_PYTHON:
+            return f"torch {_minor(Version(self.current))}: {self.current} has wheels for Python {self.new}, " \
+                   f"which the table's python list lacks ({when})"
         if self.kind == Kind.TORCH_RELEASE:
             return f"torch {_minor(Version(self.new))}: {self.current} -> {self.new} ({when})"
         return f"torch: new minor {_minor(Version(self.new))} (newest in the table: {self.current}): " \
@@ -154,10 +165,17 @@ def check_recipe(recipe: Recipe, query: Query, report: Report) -> None:
 def check_toolchains(toolchains: Toolchains, table: Path, query: Query, report: Report) -> None:
     """torch patch releases newer than each minor's `release` (the newest of each), and the newest
     release of each torch minor newer than the table's newest."""
-    found = _counted(releases(TORCH, query.index_url))
+    files = index_files(TORCH, query.index_url)
+    every = releases_of(TORCH, files)
+    found = _counted(every)
     minors = {m: Version(m) for m in toolchains.torch}
     for minor, spec in toolchains.torch.items():
         pinned = Version(spec.release)
+        lacking = new_pythons(files, pinned, spec.python, toolchains.ci.arch)
+        release = next((r for r in every if r.version == pinned), None)
+        if lacking and release is not None:
+            report.add(Finding(Kind.TORCH_PYTHON, TORCH, spec.release, ", ".join(lacking), release.uploaded, table),
+                       release, query)
         patches = [r for r in found if _minor(r.version) == minor and r.version > pinned]
         fresh = [r for r in patches if not query.cooling(r)]
         pick = (fresh or patches)[-1:]  # the newest out of the cooldown, else the newest held
@@ -174,6 +192,34 @@ def check_toolchains(toolchains: Toolchains, table: Path, query: Query, report: 
         fresh = [r for r in rels if not query.cooling(r)]
         r = (fresh or rels)[-1]
         report.add(Finding(Kind.TORCH_MINOR, TORCH, str(top), str(r.version), r.uploaded, table), r, query)
+
+
+def wheel_pythons(files: list[IndexFile], release: Version, arch: str) -> set[str]:
+    """The Pythons (``3.12``) whose CPython ABI (``cp312-cp312``; not free-threaded ``cp313t``) the
+    unyanked Linux ``arch`` wheels of torch ``release`` (``2.15.0+cu128`` counts as 2.15.0) carry."""
+    found = set()
+    for f in files:
+        if f.yanked or not f.filename.endswith(".whl"):
+            continue
+        try:
+            name, version, _, tags = parse_wheel_filename(f.filename)
+        except (InvalidWheelFilename, InvalidVersion):
+            continue
+        if name != canonicalize_name(TORCH) or Version(version.public) != release:
+            continue
+        for t in tags:
+            m = re.fullmatch(r"cp(\d)(\d+)", t.interpreter)
+            if m and t.abi == t.interpreter and t.platform.startswith(("linux", "manylinux")) \
+                    and t.platform.endswith(arch):
+                found.add(f"{m.group(1)}.{m.group(2)}")
+    return found
+
+
+def new_pythons(files: list[IndexFile], release: Version, table: list[str], arch: str) -> list[str]:
+    """The Pythons torch ``release`` has wheels for that ``table`` (a minor's `python`) lacks,
+    newer than its oldest (an old Python the table left out on purpose is not named)."""
+    oldest = min((Version(p) for p in table), default=Version("0"))
+    return sorted((p for p in wheel_pythons(files, release, arch) - set(table) if Version(p) > oldest), key=Version)
 
 
 def outdated(recipes: list[Recipe], toolchains: tuple[Toolchains, Path] | None, query: Query) -> Report:

@@ -40,7 +40,7 @@ from packaging.version import Version
 
 from kiln.errors import ConfigError, SourceError
 from kiln.matrix import DEFAULT_PYTHONS
-from kiln.outdated import Finding, Kind
+from kiln.outdated import Finding, Kind, wheel_pythons
 from kiln.source import IndexFile, index_files
 from kiln.toolchains import PYPI, Toolchains, TorchSpec, load_toolchains
 from kiln.yamlsrc import dump_round_trip, round_trip
@@ -202,17 +202,6 @@ def _wheels(files: list[IndexFile], release: Version, arch: str) -> list[tuple[I
     return out
 
 
-def _pythons(wheels: list[tuple[IndexFile, frozenset[Tag]]], known: set[str]) -> list[str]:
-    """The Pythons whose CPython ABI (``cp312-cp312``; not free-threaded ``cp313t``) the wheels carry."""
-    found = set()
-    for _, tags in wheels:
-        for t in tags:
-            m = re.fullmatch(r"cp(\d)(\d+)", t.interpreter)
-            if m and t.abi == t.interpreter:
-                found.add(f"{m.group(1)}.{m.group(2)}")
-    return sorted(found & known, key=Version)
-
-
 def new_minor(release: str, toolchains: Toolchains, index_url: str) -> NewMinor:
     """The table entry of torch ``release``'s minor, read from its wheels (see the module)."""
     want = Version(release)
@@ -227,7 +216,7 @@ def new_minor(release: str, toolchains: Toolchains, index_url: str) -> NewMinor:
         entry.missing.append(f"a Linux {arch} wheel of torch {release} on the default index")
         return entry
     known = set(DEFAULT_PYTHONS) | {py for spec in toolchains.torch.values() for py in spec.python}
-    pythons = _pythons(default, known)
+    pythons = sorted(wheel_pythons([f for f, _ in default], want, arch) & known, key=Version)
     if not pythons:
         entry.missing.append(f"Pythons: no cpXY wheel of torch {release} for one of {sorted(known, key=Version)}")
     facts, missing = wheel_facts(sorted(default, key=lambda w: w[0].filename)[0][0].url)
