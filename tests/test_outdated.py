@@ -291,8 +291,8 @@ def test_bump_toolchains_names_what_it_cannot_read_and_does_not_write_the_minor(
     assert f"torch 2.14: release 2.14.2 in {table}" in out  # the patch release is still written
     assert table.read_text() == before.replace('release: "2.14.1"', 'release: "2.14.2"')
     assert err.strip().endswith(
-        f"torch 2.15 (2.15.0) not added to {table}: cannot read the pytorch index's CUDA builds "
-        "(KILN_PYTORCH_INDEX_URL is not set)"), err
+        f"torch 2.15 (2.15.0) not added to {table}, its wheels do not say: the pytorch index's CUDA builds: "
+        "KILN_PYTORCH_INDEX_URL is not set"), err
 
 
 def test_the_wheel_is_read_by_range_requests_where_the_server_serves_ranges(tmp_path: Path) -> None:
@@ -397,3 +397,17 @@ def test_the_mirror_has_the_newest_release_when_a_cell_of_it_is_published() -> N
     assert mirror_has(rows, "kilnfix", "1.1.0") is False
     assert mirror_has(rows, "KilnFix", "1.0.0") is True
     assert mirror_has(rows, "kilnfix", None) is None
+
+
+def test_the_cxx_standard_and_abi_as_torch_releases_write_them() -> None:
+    """TorchConfig.cmake as torch 2.14 writes it (CXX_STANDARD, the ABI flag) and as 2.15 does
+    (a cxx_std_20 compile feature, no ABI flag: libc10.so's symbols say it)."""
+    from kiln.torchtable import cmake_facts, libc10_abi
+
+    assert cmake_facts('set(TORCH_CXX_FLAGS "-D_GLIBCXX_USE_CXX11_ABI=0")\n'
+                       "set_target_properties(torch PROPERTIES\n    CXX_STANDARD 17\n)\n") == (17, False)
+    assert cmake_facts('  if("cxx_std_20" IN_LIST CMAKE_CXX_COMPILE_FEATURES)\n'
+                       "    target_compile_features(torch INTERFACE cxx_std_20)\n") == (20, None)
+    assert cmake_facts("find_package(Caffe2 REQUIRED)\n") == (None, None)
+    assert libc10_abi(b"\0_ZNK3c1011StringUtil2clENSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE\0")
+    assert not libc10_abi(b"\0_ZN3c106detail19torchCheckFailEPKcS2_jRKSs\0")

@@ -64,11 +64,12 @@ class TorchSpec(_Model):
     of its Linux wheels on the default index)."""
     cxx11_abi: bool = True
     """Whether this torch is built with the C++11 ABI (`_GLIBCXX_USE_CXX11_ABI=1`): the flag in the
-    `TORCH_CXX_FLAGS` of the wheel's `torch/share/cmake/Torch/TorchConfig.cmake`."""
+    `TORCH_CXX_FLAGS` of the wheel's `torch/share/cmake/Torch/TorchConfig.cmake` where it sets one,
+    else whether `torch/lib/libc10.so`'s symbols name `std::__cxx11`."""
     cxx_std: int = 17
     """The C++ standard torch's headers need; extensions compiled older fail. Checkable in the
-    wheel: the `CXX_STANDARD` its `torch/share/cmake/Torch/TorchConfig.cmake` gives the `torch`
-    target (what `kiln bump --toolchains` reads)."""
+    wheel: the standard its `torch/share/cmake/Torch/TorchConfig.cmake` asks for on the `torch`
+    target, `CXX_STANDARD 20` or (from 2.15) `cxx_std_20` (what `kiln bump --toolchains` reads)."""
     builds: dict[str, str]
     """CUDA version (`"13.0"`) or `cpu` -> where that build is installed from: `pypi` (the
     default index) or the name of an entry in `indexes`."""

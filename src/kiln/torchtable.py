@@ -10,10 +10,12 @@ added (first: the table lists the newest minor first) with what its wheels say, 
   default index as the table's other minors have it; then each CUDA build of the table's ``cuda``
   that an index of ``indexes`` (the PyTorch index: ``<url>/cu128``) has a wheel of the release for;
 - ``cxx_std`` and ``cxx11_abi``: from the CMake config torch ships for C++ consumers,
-  ``torch/share/cmake/Torch/TorchConfig.cmake``: the ``CXX_STANDARD`` of its imported ``torch``
-  target, and the ``-D_GLIBCXX_USE_CXX11_ABI=`` of its ``TORCH_CXX_FLAGS``.
+  ``torch/share/cmake/Torch/TorchConfig.cmake``: the standard its ``torch`` target asks for
+  (``CXX_STANDARD 20``, or ``cxx_std_20`` as a compile feature from 2.15), and the
+  ``-D_GLIBCXX_USE_CXX11_ABI=`` of its ``TORCH_CXX_FLAGS`` where it sets one; newer torch sets none
+  (the C++11 ABI is its only one), and then ``torch/lib/libc10.so``'s symbols say it (``__cxx11``).
 
-Two files of one wheel are read: by HTTP range requests where the index serves ranges (a zip's
+Those files of one wheel are read: by HTTP range requests where the index serves ranges (a zip's
 directory is at its end), else the one wheel is downloaded to a temporary directory. What cannot be
 read is named, and that minor is not written.
 """
@@ -48,6 +50,7 @@ from kiln.yamlsrc import dump_round_trip, round_trip
 TORCH = "torch"
 VERSION_PY = "torch/version.py"
 TORCH_CONFIG = "torch/share/cmake/Torch/TorchConfig.cmake"
+LIBC10 = "torch/lib/libc10.so"
 _CHUNK = 1 << 20
 
 
@@ -159,10 +162,19 @@ def cuda_of_version_py(text: str) -> tuple[bool, str | None]:
 
 
 def cmake_facts(text: str) -> tuple[int | None, bool | None]:
-    """(``CXX_STANDARD``, the ``_GLIBCXX_USE_CXX11_ABI`` flag) of torch's TorchConfig.cmake."""
-    std = re.search(r"\bCXX_STANDARD\s+(\d+)\b", text)
+    """(the C++ standard, the ``_GLIBCXX_USE_CXX11_ABI`` flag) of torch's TorchConfig.cmake: the
+    standard its ``torch`` target asks consumers for, ``CXX_STANDARD 20`` (torch 2.14 and older) or
+    ``target_compile_features(torch INTERFACE cxx_std_20)`` (2.15); the ABI flag of its
+    ``TORCH_CXX_FLAGS`` where it sets one (newer torch sets none: see :func:`libc10_abi`)."""
+    stds = [int(a or b) for a, b in re.findall(r"\bCXX_STANDARD\s+(\d+)\b|\bcxx_std_(\d+)\b", text)]
     abi = re.search(r"-D_GLIBCXX_USE_CXX11_ABI=([01])\b", text)
-    return (int(std.group(1)) if std else None), (abi.group(1) == "1" if abi else None)
+    return (max(stds) if stds else None), (abi.group(1) == "1" if abi else None)
+
+
+def libc10_abi(data: bytes) -> bool:
+    """Whether torch's ``libc10.so`` is built with the C++11 ABI: its symbols name
+    ``std::__cxx11::basic_string`` (mangled ``St7__cxx11``), which the old ABI has no such name for."""
+    return b"St7__cxx11" in data
 
 
 def wheel_facts(url: str) -> tuple[WheelFacts, list[str]]:
@@ -171,17 +183,19 @@ def wheel_facts(url: str) -> tuple[WheelFacts, list[str]]:
     try:
         with _open_remote(url) as zf:
             version_py, config = _read(zf, VERSION_PY), _read(zf, TORCH_CONFIG)
+            std, abi = cmake_facts(config) if config is not None else (None, None)
+            if abi is None and LIBC10 in zf.namelist():
+                abi = libc10_abi(zf.read(LIBC10))
     except (OSError, urllib.error.URLError, zipfile.BadZipFile, _NoRanges) as exc:
         name = url.rsplit("/", 1)[-1]
-        return WheelFacts(None, None, None), [f"{name} could not be read ({getattr(exc, 'reason', exc)})"]
+        return WheelFacts(None, None, None), [f"{name}: could not be read ({getattr(exc, 'reason', exc)})"]
     found, cuda = cuda_of_version_py(version_py) if version_py is not None else (False, None)
     if not found:
-        missing.append(f"the CUDA build (no `cuda =` in {VERSION_PY})")
-    std, abi = cmake_facts(config) if config is not None else (None, None)
+        missing.append(f"its CUDA build: no `cuda =` in {VERSION_PY}")
     if std is None:
-        missing.append(f"the C++ standard (no CXX_STANDARD in {TORCH_CONFIG})")
+        missing.append(f"its C++ standard: no CXX_STANDARD or cxx_std_NN in {TORCH_CONFIG}")
     if abi is None:
-        missing.append(f"the C++11 ABI (no -D_GLIBCXX_USE_CXX11_ABI in {TORCH_CONFIG})")
+        missing.append(f"its C++11 ABI: no -D_GLIBCXX_USE_CXX11_ABI in {TORCH_CONFIG}, no {LIBC10}")
     return WheelFacts(cuda, std, abi), missing
 
 
@@ -210,22 +224,23 @@ def new_minor(release: str, toolchains: Toolchains, index_url: str) -> NewMinor:
     try:
         default = _wheels(index_files(TORCH, index_url), want, arch)
     except SourceError as exc:
-        entry.missing.append(f"the default index's torch page ({exc.message})")
+        entry.missing.append(f"the default index's torch page: {exc.message}")
         return entry
     if not default:
-        entry.missing.append(f"a Linux {arch} wheel of torch {release} on the default index")
+        entry.missing.append(f"its wheels: no Linux {arch} wheel of torch {release} on the default index")
         return entry
     known = set(DEFAULT_PYTHONS) | {py for spec in toolchains.torch.values() for py in spec.python}
     pythons = sorted(wheel_pythons([f for f, _ in default], want, arch) & known, key=Version)
     if not pythons:
-        entry.missing.append(f"Pythons: no cpXY wheel of torch {release} for one of {sorted(known, key=Version)}")
+        entry.missing.append(f"its Pythons: no cpXY wheel of torch {release} for one of {sorted(known, key=Version)}")
     facts, missing = wheel_facts(sorted(default, key=lambda w: w[0].filename)[0][0].url)
     entry.missing += missing
     builds: dict[str, str] = {}
     if facts.cuda is not None and not missing:
         cuda = ".".join(facts.cuda.split(".")[:2])
         if cuda not in toolchains.cuda:
-            entry.missing.append(f"CUDA {cuda} (the default index's build) has no entry in the table's `cuda`")
+            entry.missing.append(f"CUDA {cuda}, the default index's build: no entry in the table's `cuda` "
+                                 "(the GPUs its indexes serve; add it by hand)")
         builds[cuda] = PYPI
     if not missing:
         builds["cpu"] = PYPI
@@ -236,13 +251,13 @@ def new_minor(release: str, toolchains: Toolchains, index_url: str) -> NewMinor:
             build = "cu" + cuda.replace(".", "")
             url = index.url(build)
             if url is None:
-                entry.missing.append(f"the {name} index's CUDA builds ({index.url_env} is not set)")
+                entry.missing.append(f"the {name} index's CUDA builds: {index.url_env} is not set")
                 break
             try:
                 if _wheels(index_files(TORCH, url), want, arch):
                     builds[cuda] = name
             except SourceError as exc:
-                entry.missing.append(f"the {name} index's {build} build ({exc.message})")
+                entry.missing.append(f"the {name} index's {build} build: {exc.message}")
     if entry.missing:
         return entry
     order = sorted((k for k in builds if k != "cpu"), key=Version, reverse=True) + ["cpu"]
@@ -312,8 +327,8 @@ def bump_table(findings: list[Finding], table: Path, toolchains: Toolchains, ind
             continue
         entry = new_minor(f.new, toolchains, index_url)
         if entry.spec is None:
-            result.refused.append(f"torch {entry.minor} ({entry.release}) not added to {table}: cannot read "
-                                  + "; ".join(entry.missing))
+            result.refused.append(f"torch {entry.minor} ({entry.release}) not added to {table}, its wheels do "
+                                  "not say: " + "; ".join(entry.missing))
         else:
             minors.append(entry)
     if not releases and not minors:
