@@ -191,6 +191,31 @@ def test_bump_builds_the_new_version_before_writing_it(
     assert list((tmp_path / "home" / "wheelhouse").glob("kilnfix-1.1.0*.whl"))
 
 
+@pytest.mark.e2e
+def test_kiln_up_publishes_the_version_bump_added(
+        index: StaticIndex, recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What the bump is for: the next `kiln up` builds the new version and the mirror serves it
+    beside the old one (a real devpi-server behind nginx, on 127.0.0.1, stopped after)."""
+    import urllib.request
+
+    from kiln_testing.tools import free_port
+
+    upload(index, [kilnfix_sdist("1.1.0", tmp_path)], ago(days=10))
+    assert kiln(capsys, "bump", "--no-build", "--recipes", str(recipes), "--index-url", index.simple)[0] == 0
+    home, port = tmp_path / "home", free_port()
+    try:
+        code, out, err = kiln(capsys, "up", "--recipes", str(recipes), "--home", str(home), "--port", str(port),
+                              "--index-url", index.simple, "--upstream", index.simple)
+        assert code == 0, out + [err]
+        assert "built 2, uploaded 2, already published 0, failed 0" in out, out
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/kiln/main/+simple/kilnfix/", timeout=30) as page:
+            html = page.read().decode()
+        tag = f"cp{PY.replace('.', '')}"
+        assert f"kilnfix-1.0.0-{tag}-{tag}-" in html and f"kilnfix-1.1.0-{tag}-{tag}-" in html, html
+    finally:
+        kiln(capsys, "stop", "--home", str(home))
+
+
 def test_append_to_list_keeps_a_block_list_and_its_comments(tmp_path: Path) -> None:
     text = "# head\nproject: x\nversions:\n    - '1.0'   # first\n    - '1.1'\nbuild: {}  # tail\n"
     assert append_to_list(text, "versions", ["1.2"], tmp_path / "x.yaml") == \
