@@ -139,6 +139,9 @@ def test_matrix_is_kiln_plan_of_the_same_recipes(tmp_path: Path) -> None:
     assert sorted(wf["jobs"]["publish"]["needs"]) == sorted(["plan", *build_jobs])
     assert "--mirror" in wf["jobs"]["plan"]["steps"][-1]["run"]
     assert "secrets.KILN_MIRROR_TOKEN" in json.dumps(wf["jobs"]["publish"])
+    # a pull request (a bump's) builds and smoke-tests its cells; only main publishes
+    assert wf["on"]["pull_request"] == {"paths": ["recipes/**"]}
+    assert "github.event_name != 'pull_request'" in wf["jobs"]["publish"]["if"]
     assert "PASSWORD" not in json.dumps(wf)  # CI uploads with a scoped token, never the kiln password
     assert "kiln publish wheelhouse --recipes recipes --mirror" in wf["jobs"]["publish"]["steps"][-1]["run"]
 
@@ -466,7 +469,9 @@ def test_render_writes_the_scheduled_bump_workflow_checked_as_the_build_workflow
     data = yaml.safe_load(bump.read_text())
     assert data[True]["schedule"] == [{"cron": ci.BUMP_CRON}]  # YAML 1.1 reads the bare `on` as true
     steps = data["jobs"]["bump"]["steps"]
-    assert any(s.get("uses") == ci.CREATE_PR for s in steps)
+    (opens,) = [s for s in steps if s.get("uses") == ci.CREATE_PR]
+    # a token GitHub starts the build workflow for, so the pull request's new cells are built on it
+    assert opens["with"]["token"] == "${{ secrets.KILN_BOT_TOKEN || github.token }}"
     assert 'kiln bump "$PROJECT" --no-build --recipes recipes' in steps[3]["run"]
     include = data["jobs"]["bump"]["strategy"]["matrix"]["include"]
     assert {"project": "mamba-ssm", "recipe": "recipes/mamba-ssm.yaml"} in include

@@ -135,7 +135,8 @@ def workflow(recipes: str, toolchains: Toolchains, cells: list[Cell]) -> dict[st
     jobs["publish"] = {
         "name": "publish smoke-tested wheels",
         "needs": ["plan", *build_ids],
-        "if": "${{ !cancelled() && needs.plan.outputs.missing != '[]' }}",
+        # a pull request (a bump's) builds and smoke-tests its cells; only main publishes
+        "if": "${{ !cancelled() && github.event_name != 'pull_request' && needs.plan.outputs.missing != '[]' }}",
         "runs-on": "ubuntu-latest",
         "steps": [*setup, {
             "uses": DOWNLOAD,
@@ -152,10 +153,11 @@ def workflow(recipes: str, toolchains: Toolchains, cells: list[Cell]) -> dict[st
         "name": "kiln wheels",
         "on": {
             "push": {"branches": ["main"], "paths": [f"{recipes}/**", str(WORKFLOW)]},
+            "pull_request": {"paths": [f"{recipes}/**"]},
             "workflow_dispatch": None,
         },
         "permissions": {"contents": "read"},
-        "concurrency": {"group": "kiln-wheels", "cancel-in-progress": False},
+        "concurrency": {"group": "kiln-wheels-${{ github.ref }}", "cancel-in-progress": False},
         "env": env,
         "jobs": jobs,
     }
@@ -247,8 +249,10 @@ def render(recipes_dir: Path, recipes: str | None = None) -> str:
 def bump_workflow(recipes: str, toolchains: Toolchains, files: list[tuple[str, str]]) -> dict[str, Any]:
     """The scheduled workflow: daily, per project (``files``: project, its recipe's file name),
     `kiln bump --no-build`, and when the recipe changed, one pull request per project (opened or
-    updated by peter-evans/create-pull-request) with the bump's lines in its body; the build
-    workflow builds the new cells once it is merged."""
+    updated by peter-evans/create-pull-request) with the bump's lines in its body. The pull request
+    is opened with the KILN_BOT_TOKEN secret where there is one (a token GitHub starts workflows
+    for), so the build workflow builds and smoke-tests the new cells on it; it publishes them
+    once merged. With the default token GitHub starts no workflow for the pull request."""
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "KILN_INDEX_URL": "${{ vars.KILN_INDEX_URL }}"}
     script = ("set -o pipefail\n"
               f'kiln bump "$PROJECT" --no-build --recipes {recipes} | tee bump.txt\n'
@@ -276,6 +280,7 @@ def bump_workflow(recipes: str, toolchains: Toolchains, files: list[tuple[str, s
                     "commit-message": "kiln bump ${{ matrix.project }}",
                     "title": "kiln bump ${{ matrix.project }}",
                     "body-path": "body.md",
+                    "token": "${{ secrets.KILN_BOT_TOKEN || github.token }}",
                 }},
             ],
         }},
