@@ -287,6 +287,40 @@ def test_bump_toolchains_writes_the_new_release_and_the_new_minor_from_its_wheel
                                f"lacks (uploaded {ago(days=5):%Y-%m-%d})"])
 
 
+TORCH_RECIPE = RECIPE.replace(f'  python: ["{PY}"]\n', f'  python: ["{PY}"]\n  torch: ["2.14"]\n  cuda: [cpu]\n')
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_bump_toolchains_builds_the_cells_of_a_new_release_before_writing_the_table(
+        index: StaticIndex, recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], broken: bool) -> None:
+    """torch 2.14.2 appears: the recipe's torch 2.14 cell is built against it (the edited table)
+    before the table is written; a 2.14.2 that does not install leaves the table byte for byte."""
+    from kiln_testing.wheels import make_wheel
+
+    (recipes / "kilnfix.yaml").write_text(TORCH_RECIPE)
+    made = tmp_path / "torch"
+    made.mkdir()
+    files = {"torch/__init__.py": "__version__ = '2.14.2'\n", "torch/version.py": "cuda = None\n"}
+    upload(index, [make_wheel("torch", "2.14.2", files, made, ("kiln-no-such-project",) if broken else ())],
+           ago(days=5))
+    table = recipes / "toolchains.yaml"
+    before = table.read_bytes()
+    code, out, err = kiln(capsys, "bump", "--toolchains", "torch", "--recipes", str(recipes),
+                          "--index-url", index.simple, "--home", str(tmp_path / "home"))
+    cell = f"kilnfix-1.0.0-cp{PY.replace('.', '')}-cpu-torch2.14"
+    if not broken:
+        assert code == 0, (out, err)
+        assert any(line.startswith(f"built {cell}: kilnfix-1.0.0+cpu.torch2.14-") for line in out), out
+        assert out[-1] == f"torch 2.14: release 2.14.2 in {table}"
+        assert table.read_bytes() == before.replace(b'release: "2.14.1"', b'release: "2.14.2"', 1)
+        return
+    assert code == BumpError.exit_code, (out, err)
+    assert table.read_bytes() == before
+    failed = [line for line in out if line.startswith("FAILED ")]
+    assert len(failed) == 1 and failed[0].startswith(f"FAILED {table} not written: {cell}: "), out
+    assert "kiln-no-such-project" in failed[0]
+
+
 def test_outdated_names_the_pythons_a_minor_has_wheels_for_and_the_table_lacks(
         index: StaticIndex, recipes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     made = tmp_path / "torch"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packaging.version import Version
@@ -24,6 +24,7 @@ from kiln.matrix import expand
 from kiln.outdated import Finding, Kind
 from kiln.profile import HOST, HostFacts, select
 from kiln.recipe import Recipe, load_recipe
+from kiln.toolchains import Toolchains
 from kiln.yamlsrc import append_to_list
 
 
@@ -65,6 +66,27 @@ def verify(recipe: Recipe, version: str, how: Verify, result: BumpResult) -> boo
         else:
             result.built.append(f"not buildable {r.cell}: {r.error}")
     return ok
+
+
+def verify_table(toolchains: Toolchains, minors: set[str], recipes: list[Recipe], how: Verify,
+                 result: BumpResult) -> list[str]:
+    """Build the host profile's cells of ``recipes`` that use the torch ``minors`` an edited table
+    (``toolchains``) changed, against it; the failed cells, one line each (none: write it)."""
+    picked = select(expand(recipes, toolchains), toolchains, HOST, how.facts).cells
+    cells = [c for c in picked if c.variant.torch in minors]
+    if not cells:
+        result.built.append(f"no recipe builds a cell of torch {', '.join(sorted(minors))} on this host: "
+                            "nothing to build before the table is written")
+        return []
+    failed = []
+    for r in build_cells(cells, replace(how.ctx, toolchains=toolchains), how.console):
+        if r.status == CellOutcome.FAILED:
+            failed.append(f"{r.cell}: {r.error} (log: {r.log})")
+        elif r.status == CellOutcome.BUILT:
+            result.built.append(f"built {r.cell}: {r.wheel} ({r.seconds:.0f}s)")
+        else:
+            result.built.append(f"not buildable {r.cell}: {r.error}")
+    return failed
 
 
 def bump(findings: list[Finding], recipes: list[Recipe], how: Verify | None) -> BumpResult:

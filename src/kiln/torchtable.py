@@ -30,7 +30,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,9 +316,16 @@ class TableBump:
     refused: list[str] = field(default_factory=list)
 
 
-def bump_table(findings: list[Finding], table: Path, toolchains: Toolchains, index_url: str) -> TableBump:
+TableCheck = Callable[[Toolchains, set[str]], list[str]]
+"""Builds the cells a new table changes (the edited table, the torch minors it changed) before
+the table is written; returns a line per cell that failed (kiln.bump.verify_table)."""
+
+
+def bump_table(findings: list[Finding], table: Path, toolchains: Toolchains, index_url: str,
+               check: TableCheck | None = None) -> TableBump:
     """Apply the torch findings to the table at ``table``: new releases set, new minors added
-    (those whose wheels said all), in one edit."""
+    (those whose wheels said all), in one edit, written once ``check`` (None: ``--no-build``)
+    built the cells it changes; when one fails, nothing is written."""
     result = TableBump()
     releases = {_minor(f.new): f.new for f in findings if f.kind == Kind.TORCH_RELEASE}
     minors = []
@@ -333,7 +340,15 @@ def bump_table(findings: list[Finding], table: Path, toolchains: Toolchains, ind
             minors.append(entry)
     if not releases and not minors:
         return result
-    write_table(table, edit_table(table.read_text(), table, releases, minors))
+    text = edit_table(table.read_text(), table, releases, minors)
+    if check is not None:
+        with tempfile.TemporaryDirectory(prefix="kiln-table-") as tmp:
+            (Path(tmp) / table.name).write_text(text)
+            trial = load_toolchains(Path(tmp))
+        if failed := check(trial, set(releases) | {m.minor for m in minors}):
+            result.refused += [f"{table} not written: {line}" for line in failed]
+            return result
+    write_table(table, text)
     for minor, release in releases.items():
         result.lines.append(f"torch {minor}: release {release} in {table}")
     for entry in minors:

@@ -15,8 +15,9 @@ from kiln.mirror.layout import variant_of_wheel
 from kiln.provenance import PROVENANCE
 
 
-def make_wheel(name: str, version: str, files: dict[str, str], dest: Path) -> Path:
-    """A pure-Python wheel of ``name`` ``version`` holding ``files`` (path -> text)."""
+def make_wheel(name: str, version: str, files: dict[str, str], dest: Path, requires: tuple[str, ...] = ()) -> Path:
+    """A pure-Python wheel of ``name`` ``version`` holding ``files`` (path -> text), requiring
+    ``requires``."""
     module = name.replace("-", "_")
     root = dest / f"{module}-{version}-tree"
     info = root / f"{module}-{version}.dist-info"
@@ -24,7 +25,8 @@ def make_wheel(name: str, version: str, files: dict[str, str], dest: Path) -> Pa
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
     info.mkdir(parents=True, exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                                   + "".join(f"Requires-Dist: {r}\n" for r in requires))
     (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
     subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(dest), str(root)],
                    check=True, capture_output=True)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -50,7 +51,7 @@ def cmd_outdated(args: argparse.Namespace) -> int:
 
 
 def cmd_bump(args: argparse.Namespace) -> int:
-    from kiln.bump import Verify, bump
+    from kiln.bump import BumpResult, Verify, bump, verify_table
 
     recipes, report, query = _report(args, with_toolchains=args.toolchains)
     _say_held(report, query)
@@ -60,29 +61,39 @@ def cmd_bump(args: argparse.Namespace) -> int:
     for f in report.findings:
         console.print(f.line(), markup=False, highlight=False)
     refused: list[str] = []
-    if args.toolchains:
-        from kiln.torchtable import bump_table
+    with contextlib.ExitStack() as stack:
+        how: Verify | None = None
+        if not args.no_build:
+            from kiln.backends.registry import get_backend
+            from kiln.build import BuildContext
+            from kiln.profile import probe_facts
 
-        recipes_dir = Path(args.recipes)
-        table = bump_table(report.findings, recipes_dir / TOOLCHAINS_FILE, load_toolchains(recipes_dir),
-                           query.index_url)
-        for line in table.lines:
-            console.print(line, markup=False, highlight=False)
-        refused = table.refused
-        for line in refused:
-            console.print(f"FAILED {line}", markup=False, highlight=False)
-    if args.no_build:
-        result = bump(report.findings, recipes, None)
-    else:
-        from kiln.backends.registry import get_backend
-        from kiln.build import BuildContext
-        from kiln.profile import probe_facts
-
-        home = Home(Path(args.home))
-        with home.lock("kiln bump", wait=not args.no_wait):
+            home = Home(Path(args.home))
+            stack.enter_context(home.lock("kiln bump", wait=not args.no_wait))
             ctx = BuildContext.of(load_toolchains(Path(args.recipes)), home, home.wheelhouse,
                                   get_backend("local"), query.index_url)
-            result = bump(report.findings, recipes, Verify(ctx, probe_facts(), err_console))
+            how = Verify(ctx, probe_facts(), err_console)
+        result = BumpResult()
+        if args.toolchains:
+            from kiln.torchtable import bump_table
+
+            recipes_dir = Path(args.recipes)
+            verified, every = how, load_recipes(recipes_dir)  # any recipe may build on the changed minors
+            check = None if verified is None else (
+                lambda trial, minors: verify_table(trial, minors, every, verified, result))
+            table = bump_table(report.findings, recipes_dir / TOOLCHAINS_FILE, load_toolchains(recipes_dir),
+                               query.index_url, check)
+            for line in result.built:  # the cells the table changes, built before it was written
+                console.print(line, markup=False, highlight=False)
+            result.built = []
+            for line in table.lines:
+                console.print(line, markup=False, highlight=False)
+            refused = table.refused
+            for line in refused:
+                console.print(f"FAILED {line}", markup=False, highlight=False)
+        recipe_result = bump(report.findings, recipes, how)
+        result.written, result.failed = recipe_result.written, recipe_result.failed
+        result.built += recipe_result.built
     for line in result.built:
         console.print(line, markup=False, highlight=False)
     for path, versions in result.written.items():
