@@ -25,7 +25,7 @@ from kiln_testing.deploy import Deployment
 from kiln_testing.index import SIMPLE_JSON, StaticIndex
 from kiln_testing.provenance import provenance_json
 from kiln_testing.tools import BIN
-from kiln_testing.wheels import make_helper_wheel
+from kiln_testing.wheels import make_helper_wheel, make_wheel
 
 from kiln import mirror
 from kiln.home import Home
@@ -62,18 +62,9 @@ def wheel_requiring(name: str, version: str, requires: list[str], dest: Path, va
     """A pure-Python wheel of ``name`` ``version`` whose metadata requires ``requires``, with
     kiln's provenance for ``variant`` (the mirror takes no other wheel on a kiln index)."""
     module = name.replace("-", "_")
-    root = dest / f"{module}-tree"
-    (root / module).mkdir(parents=True)
-    (root / module / "__init__.py").write_text("")
-    info = root / f"{module}-{version}.dist-info"
-    info.mkdir()
-    (info / PROVENANCE).write_text(provenance_json(f"{name}-{version.split('+')[0]}-py3-{variant}", variant))
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-                                   + "".join(f"Requires-Dist: {r}\n" for r in requires))
-    (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: kiln-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-    subprocess.run([sys.executable, "-m", "wheel", "pack", "--dest-dir", str(dest), str(root)],
-                   check=True, capture_output=True)
-    return dest / f"{module}-{version}-py3-none-any.whl"
+    kiln_json = provenance_json(f"{name}-{version.split('+')[0]}-py3-{variant}", variant)
+    files = {f"{module}/__init__.py": "", f"{module}-{version}.dist-info/{PROVENANCE}": kiln_json}
+    return make_wheel(name, version, files, dest, tuple(requires))
 
 
 def clean_env() -> dict[str, str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from packaging.tags import Tag
 from packaging.utils import (
     InvalidSdistFilename,
     InvalidWheelFilename,
@@ -194,10 +195,10 @@ def check_toolchains(toolchains: Toolchains, table: Path, query: Query, report: 
         report.add(Finding(Kind.TORCH_MINOR, TORCH, str(top), str(r.version), r.uploaded, table), r, query)
 
 
-def wheel_pythons(files: list[IndexFile], release: Version, arch: str) -> set[str]:
-    """The Pythons (``3.12``) whose CPython ABI (``cp312-cp312``; not free-threaded ``cp313t``) the
-    unyanked Linux ``arch`` wheels of torch ``release`` (``2.15.0+cu128`` counts as 2.15.0) carry."""
-    found = set()
+def release_wheels(files: list[IndexFile], release: Version, arch: str) -> list[tuple[IndexFile, list[Tag]]]:
+    """The unyanked wheels of torch ``release`` (``2.15.0+cu128`` counts as 2.15.0), each with its
+    Linux ``arch`` tags (a wheel with none is left out)."""
+    out = []
     for f in files:
         if f.yanked or not f.filename.endswith(".whl"):
             continue
@@ -205,12 +206,19 @@ def wheel_pythons(files: list[IndexFile], release: Version, arch: str) -> set[st
             name, version, _, tags = parse_wheel_filename(f.filename)
         except (InvalidWheelFilename, InvalidVersion):
             continue
-        if name != canonicalize_name(TORCH) or Version(version.public) != release:
-            continue
+        linux = [t for t in tags if t.platform.startswith(("linux", "manylinux")) and t.platform.endswith(arch)]
+        if name == canonicalize_name(TORCH) and Version(version.public) == release and linux:
+            out.append((f, linux))
+    return out
+
+
+def wheel_pythons(files: list[IndexFile], release: Version, arch: str) -> set[str]:
+    """The Pythons (``3.12``) whose CPython ABI (``cp312-cp312``; not free-threaded ``cp313t``) the
+    unyanked Linux ``arch`` wheels of torch ``release`` carry."""
+    found = set()
+    for _, tags in release_wheels(files, release, arch):
         for t in tags:
-            m = re.fullmatch(r"cp(\d)(\d+)", t.interpreter)
-            if m and t.abi == t.interpreter and t.platform.startswith(("linux", "manylinux")) \
-                    and t.platform.endswith(arch):
+            if (m := re.fullmatch(r"cp(\d)(\d+)", t.interpreter)) and t.abi == t.interpreter:
                 found.add(f"{m.group(1)}.{m.group(2)}")
     return found
 

@@ -36,14 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packaging.tags import Tag
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from kiln.errors import ConfigError, SourceError
 from kiln.matrix import DEFAULT_PYTHONS
-from kiln.outdated import Finding, Kind, wheel_pythons
-from kiln.source import IndexFile, index_files
+from kiln.outdated import Finding, Kind, release_wheels, wheel_pythons
+from kiln.source import index_files
 from kiln.toolchains import PYPI, Toolchains, TorchSpec, load_toolchains
 from kiln.yamlsrc import dump_round_trip, round_trip
 
@@ -199,30 +197,13 @@ def wheel_facts(url: str) -> tuple[WheelFacts, list[str]]:
     return WheelFacts(cuda, std, abi), missing
 
 
-def _wheels(files: list[IndexFile], release: Version, arch: str) -> list[tuple[IndexFile, frozenset[Tag]]]:
-    """The Linux ``arch`` wheels of torch ``release`` (its public version: ``2.15.0+cu128`` too),
-    not yanked."""
-    out = []
-    for f in files:
-        if f.yanked or not f.filename.endswith(".whl"):
-            continue
-        try:
-            name, version, _, tags = parse_wheel_filename(f.filename)
-        except (InvalidWheelFilename, ValueError):
-            continue
-        if name == canonicalize_name(TORCH) and Version(version.public) == release and any(
-                t.platform.startswith(("linux", "manylinux")) and t.platform.endswith(arch) for t in tags):
-            out.append((f, tags))
-    return out
-
-
 def new_minor(release: str, toolchains: Toolchains, index_url: str) -> NewMinor:
     """The table entry of torch ``release``'s minor, read from its wheels (see the module)."""
     want = Version(release)
     entry = NewMinor(f"{want.major}.{want.minor}", release)
     arch = toolchains.ci.arch
     try:
-        default = _wheels(index_files(TORCH, index_url), want, arch)
+        default = release_wheels(index_files(TORCH, index_url), want, arch)
     except SourceError as exc:
         entry.missing.append(f"the default index's torch page: {exc.message}")
         return entry
@@ -254,7 +235,7 @@ def new_minor(release: str, toolchains: Toolchains, index_url: str) -> NewMinor:
                 entry.missing.append(f"the {name} index's CUDA builds: {index.url_env} is not set")
                 break
             try:
-                if _wheels(index_files(TORCH, url), want, arch):
+                if release_wheels(index_files(TORCH, url), want, arch):
                     builds[cuda] = name
             except SourceError as exc:
                 entry.missing.append(f"the {name} index's {build} build: {exc.message}")
