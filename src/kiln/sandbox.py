@@ -47,6 +47,15 @@ Python process there replace ``torch.cuda``'s device functions once it is import
 the log. torch's files are not touched; the smoke test's fresh environment has no shim, and the
 wheel holds none of it.
 
+In the same build steps setuptools' PEP 517 backend runs setup.py with ``__builtins__`` as
+``python setup.py`` has it, the builtins module (kiln.setupshim): ``setuptools.build_meta`` execs
+setup.py in a namespace where ``exec`` puts the builtins module's dict instead, and an old setup.py
+that says ``__builtins__.__NUMPY_SETUP__ = False`` fails there with ``AttributeError: 'dict' object
+has no attribute '__NUMPY_SETUP__'``. ``_kiln_setup_shim.pth`` gives ``setuptools.build_meta``
+alone an ``exec`` of its own that binds the module when the code names ``__builtins__`` (and the
+namespace binds nothing), and says so in the log (``kiln: setup.py shim: ...``). setuptools' files
+are not touched; other code, and the smoke test, see nothing of it.
+
 `Sandbox.wrap(cmd)` returns the command line: ``unshare`` (as root; as a mapped root in a user
 namespace when not root, or when root may not unshare) then ``python -P .../kiln/sandbox.py``,
 which hides the paths, drops the capabilities and runs ``cmd`` as the namespace's init (reaping

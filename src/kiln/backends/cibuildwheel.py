@@ -23,7 +23,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from kiln import buildreqs, cythonize, gpushim
+from kiln import buildreqs, cythonize, gpushim, setupshim
 from kiln.backends import CompileJob, CompileResult
 from kiln.buildenv import build_env, ccache_settings, constraint_lines
 from kiln.buildreqs import BuildRequirements
@@ -114,7 +114,9 @@ def before_build(cell: Cell, toolchains: Toolchains, reqs: BuildRequirements) ->
     2 of kiln.buildreqs, then what the backend hook answers in the container); before the hook
     runs the package's setup.py, put kiln.gpushim into the container's Python (from the host's
     kiln through the host mount), so torch answers about GPUs for the cell (KILN_GPU_SHIM, in
-    CIBW_ENVIRONMENT; cibuildwheel's test step runs in a venv of its own, without it); remove the stale
+    CIBW_ENVIRONMENT; cibuildwheel's test step runs in a venv of its own, without it), and
+    kiln.setupshim, so setuptools' backend runs setup.py with ``__builtins__`` as ``python
+    setup.py`` has it; remove the stale
     Cython output (kiln.cythonize, run from the host's kiln through the host mount: kiln is not
     installed in the container); put ccache in front of the compilers; record the build
     environment."""
@@ -142,6 +144,7 @@ def before_build(cell: Cell, toolchains: Toolchains, reqs: BuildRequirements) ->
         (f'printf "%s\\n" {_join(lines)} > {CONSTRAINTS}' if lines else f": > {CONSTRAINTS}"),
         _join(install + first),
         _join(gpushim.install_command(HOST_MOUNT + str(Path(gpushim.__file__).resolve()))),
+        _join(setupshim.install_command(HOST_MOUNT + str(Path(setupshim.__file__).resolve()))),
         f"python -c {_quote(hook)}",
         f"{{ ! [ -s {BACKEND_REQUIRES} ] || {_join(install)} -r {BACKEND_REQUIRES}; }}",
         f"python -I {_join([script, '.', *keep])} > {CYTHON_RECORD}",

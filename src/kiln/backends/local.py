@@ -4,7 +4,8 @@ requirements (kiln.buildreqs), then `python -m build --wheel --no-isolation` in 
 toolkit for cells without CUDA; for a CUDA cell built with the index's compiler packages
 (kiln.cuda), its own CUDA home, made once the build environment exists, and the host's toolkits
 hidden). The backend hook runs the package's code too: in the same sandbox, with network. In
-both, torch answers about GPUs for the cell, not for this machine (kiln.gpushim)."""
+both, torch answers about GPUs for the cell, not for this machine (kiln.gpushim), and setuptools'
+backend runs setup.py with ``__builtins__`` as ``python setup.py`` has it (kiln.setupshim)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TextIO
 
-from kiln import buildreqs, cuda, cythonize, feasible, gpushim
+from kiln import buildreqs, cuda, cythonize, feasible, gpushim, setupshim
 from kiln.backends import CompileJob, CompileResult
 from kiln.errors import BuildError
 from kiln.host import probe_host
@@ -86,6 +87,8 @@ class LocalBackend:
         feasible.install(job, python, feasible.first_tiers(reqs, cell.torch_release))
         # torch in the hook and build steps answers about GPUs for the cell, not for this machine
         gpushim.install_into(site_packages(python))
+        # setuptools' backend runs setup.py with __builtins__ as `python setup.py` has it (kiln.setupshim)
+        setupshim.install_into(site_packages(python))
         print(f"kiln: {gpushim.describe(job.env.get(gpushim.ENV))}", file=log, flush=True)
         path = job.env.get("PATH", os.environ.get("PATH", ""))
         if toolkit is not None:
