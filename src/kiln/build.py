@@ -365,8 +365,8 @@ def finish_cell(cell: Cell, toolchains: Toolchains, res: CompileResult, src: sou
         if device and cell.archs_served else None,
         gpus_reason=cell.recipe.build.gpus.reason if cell.recipe.build.gpus and cell.variant.cuda_major else None,
         cuda_toolkit=res.cuda_toolkit if cell.variant.cuda_major else None,
-        cython_regenerated=dict(res.cython.removed) if res.cython and res.cython.removed else None,
-        cython_regenerated_by=res.cython.cython if res.cython and res.cython.removed else None)
+        cython_regenerated=dict(res.cython.replaced) if res.cython and res.cython.replaced else None,
+        cython_regenerated_by=res.cython.cython if res.cython and res.cython.replaced else None)
     pins = pins_for(cell, toolchains, res.installed, res.wheel)
     for pin in pins:
         print(f"kiln: run-export: {pin}" + (f" ({pin.why})" if pin.why else ""), file=log, flush=True)

@@ -58,9 +58,10 @@ class Provenance:
     (nvcc 13.0)``, or NVIDIA's packages from the index, ``index: nvidia-cuda-nvcc 13.0.88,
     nvidia-nvvm 13.0.88, ...``, or a CI image's."""
     cython_regenerated: dict[str, str] | None = None
-    """The sdist's stale Cython output that kiln removed before the build so that the package's
-    own cythonize wrote it again (kiln.cythonize, the recipe's ``build.regenerate_cython``): each
-    file -> the Cython that generated it, ``{"pkg/_x.c": "0.29.21"}``; None when none was."""
+    """The sdist's stale Cython output that kiln regenerated before the build (kiln.cythonize, the
+    recipe's ``build.regenerate_cython``): in place with the build environment's Cython, or removed
+    for the package's own cythonize to write again where that could not: each file -> the Cython that
+    generated it, ``{"pkg/_x.c": "0.29.21"}``; None when none was."""
     cython_regenerated_by: str | None = None
     """The build environment's Cython, which regenerated them: ``3.0.11``."""
 

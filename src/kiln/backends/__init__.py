@@ -56,7 +56,7 @@ class CompileResult:
     """The CUDA toolkit that compiled it, as the provenance records it (kiln.cuda.Toolkit.describe:
     ``host /usr/local/cuda (nvcc 13.0)``, ``index: nvidia-cuda-nvcc 13.0.88, ...``)."""
     cython: Regeneration | None = None
-    """The sdist's stale Cython output removed before the build (kiln.cythonize), when the backend
+    """The sdist's stale Cython output regenerated (or removed) before the build (kiln.cythonize), when the backend
     knows."""
     backend: str = ""
     """The backend that compiled it (``local``, ``cibuildwheel``), as the provenance records it."""

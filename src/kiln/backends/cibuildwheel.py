@@ -48,7 +48,7 @@ RECORD = "kiln-build-env.txt"
 FRONTEND = "build; args: --no-isolation"
 BACKEND_REQUIRES = "/tmp/kiln-backend-requires.txt"
 CYTHON_RECORD = "/tmp/kiln-cython.txt"
-"""What kiln.cythonize removed in the container, copied into the build record."""
+"""What kiln.cythonize regenerated or removed in the container, copied into the build record."""
 
 # Keys of kiln.build.build_env that describe this host, replaced by the container's own.
 _HOST_KEYS = ("CUDA_HOME", "PIP_CONSTRAINT", "UV_CONSTRAINT", "PIP_NO_INDEX", "CC", "CXX",
@@ -240,7 +240,7 @@ class BuildRecord:
     nvcc: str | None = None
     freeze: list[str] = field(default_factory=list)
     cython: cythonize.Regeneration | None = None
-    """The stale Cython output before-build removed (kiln.cythonize), from the record's lines."""
+    """The stale Cython output before-build regenerated or removed (kiln.cythonize), from the record's lines."""
 
     @property
     def installed(self) -> dict[str, str]:

@@ -110,8 +110,14 @@ class LocalBackend:
             print(f"kiln: {line}", file=log, flush=True)
         reqs.write(job.work_dir / "build-requirements")
         versions, freeze = installed(python)
-        # An old Cython's output shipped in the sdist is compiled as is unless it is removed.
-        cython = cythonize.regenerate(job.source_dir, versions.get("cython"), cell.recipe.build.regenerate_cython)
+        # An old Cython's output shipped in the sdist is compiled as is unless it is regenerated
+        # (by the build environment's Cython, in the compile step's sandbox) or removed.
+        def in_box(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(compile_box.wrap(cmd, stash), cwd=cwd, env=env, capture_output=True, text=True,
+                                  timeout=600, check=False)
+
+        cython = cythonize.regenerate(job.source_dir, versions.get("cython"), cell.recipe.build.regenerate_cython,
+                                      python=str(python), run=in_box)
         for line in cython.describe():
             print(f"kiln: {line}", file=log, flush=True)
 
