@@ -27,6 +27,7 @@ from kiln.infer import (
     missing_module,
     needs_cuda,
     numpy_removed_api,
+    old_cxx_standard,
     old_distutils,
     pkg_resources,
     python_too_new,
@@ -338,6 +339,44 @@ def test_code_a_newer_compiler_rejects_gets_the_diagnostic_back_as_a_warning() -
     second.apply(d)
     assert compiler_strictness(fail(implicit), d, OfflineContext()) is None
     assert compiler_strictness(fail("x.c:1: error: unknown type name 'foo'"), draft(), OfflineContext()) is None
+
+
+TR1 = ("cppjieba/deps/limonp/StdExtension.hpp:19:17: error: ‘template<class _Key, class _Tp, class _Hash, class "
+       "_Pred, class _Alloc> class std::tr1::unordered_map’ conflicts with a previous declaration (`python -m build "
+       "...` exited 1)")
+
+
+def test_old_cxx_is_compiled_with_the_standard_it_was_written_for() -> None:
+    d = draft()
+    first = old_cxx_standard(fail(TR1), d, OfflineContext())
+    assert first is not None and first.describe() == "build.env.CXXFLAGS = -std=c++11"
+    first.apply(d)
+    second = old_cxx_standard(fail(TR1), d, OfflineContext())  # setuptools before 72 compiles C++ with CFLAGS
+    assert second is not None and second.describe() == "build.env.CFLAGS = -std=c++11"
+    second.apply(d)
+    assert old_cxx_standard(fail(TR1), d, OfflineContext()) is None  # both set: nothing more to try
+    removed = "x.cpp:3:18: error: ISO C++17 does not allow dynamic exception specifications"
+    other = draft()
+    other.env["CXXFLAGS"] = "-Wno-narrowing"
+    change = old_cxx_standard(fail(removed), other, OfflineContext())
+    assert change is not None and change.describe() == "build.env.CXXFLAGS = -Wno-narrowing -std=c++14"
+    assert old_cxx_standard(fail("x.cpp:1: error: 'foo' was not declared in this scope"), draft(),
+                            OfflineContext()) is None
+    assert old_cxx_standard(fail(TR1, stage="smoke"), draft(), OfflineContext()) is None
+
+
+def test_a_pyx_whose_c_is_not_shipped_means_cython() -> None:
+    """setuptools compiles pyworld.cpp for pyworld.pyx when Cython is missing, and there is none."""
+    line = "cc1plus: fatal error: pyworld/pyworld.cpp: No such file or directory (`python -m build ...` exited 1)"
+    ctx = OfflineContext()
+    ctx.setup_py = 'ext = [Extension("pyworld.pyworld", ["pyworld/pyworld.pyx", "lib/World/src/cheaptrick.cpp"])]'
+    d = draft()
+    change = cython(fail(line), d, ctx)
+    assert change is not None and change.describe() == "build.requires += cython"
+    change.apply(d)
+    assert cython(fail(line), d, ctx) is None  # Cython is there: something else is wrong
+    ctx.setup_py = 'ext = [Extension("pyworld.pyworld", ["pyworld/pyworld.cpp"])]'  # a C++ file of its own, missing
+    assert cython(fail(line), draft(), ctx) is None
 
 
 def test_a_standard_name_used_without_its_header_gets_the_header_included() -> None:

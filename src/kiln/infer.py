@@ -321,12 +321,22 @@ _SYSTEM_HEADER = re.compile(r"fatal error: [\w+.-]+\.(h|hh|hpp|hxx): No such fil
 Cython can bring; a path the package names relatively (../common/maskApi.c) is Cython 3's doing."""
 
 
+_NO_GENERATED = re.compile(r"fatal error: (?P<path>[\w./+-]+)\.(?:c|cpp): No such file or directory")
+"""The ``.c``/``.cpp`` setuptools compiles in place of a ``.pyx`` when Cython is not installed."""
+
+
 def cython(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
-    """A Cython-generated C file too old for this Python (regenerate it with Cython), or Cython 3
-    rejecting code written for Cython 0.29."""
+    """A Cython-generated C file too old for this Python (regenerate it with Cython), or missing
+    altogether where setup.py names its ``.pyx`` (setuptools compiles ``x.c`` for ``x.pyx`` without
+    Cython), or Cython 3 rejecting code written for Cython 0.29."""
     text = failure.log[-40000:]
     if failure.stage != "build":
         return None
+    has_cython = any(canonicalize_name(Requirement(r).name) == "cython" for r in draft.requires)
+    if ((m := _NO_GENERATED.search(failure.line)) and not has_cython
+            and f"{m['path'].rsplit('/', 1)[-1]}.pyx" in ctx.setup_py):
+        return Change("build.requires", "cython", f"{m['path'].rsplit('/', 1)[-1]}.pyx has no C shipped; "
+                      "setuptools compiles what Cython would generate")
     pins_numpy = any(r.startswith("numpy") for r in draft.constraints)
     if "the NumPy Cython headers require Cython 3" in text and not pins_numpy:
         return Change("build.constraints", "numpy<2", "numpy 2's Cython headers need Cython 3, which this code rejects")
@@ -477,6 +487,36 @@ def compiler_strictness(failure: Failure, draft: Draft, ctx: Context) -> Change 
     return Change("build.env", f"{have} {flag}".strip(), f"the compiler rejects old code: [-W{m['flag']}]", key=key)
 
 
+_NEWER_STD = [
+    (re.compile(r"error: .*std::tr1::\w+.* conflicts with a previous declaration|error: .*[‘'`]tr1[’'`] "
+                r"(?:in namespace [‘'`]std[’'`] does not name|has not been declared)"), "-std=c++11",
+     "old code picks std::tr1 unless __cplusplus is C++11's"),
+    (re.compile(r"error: ISO C\+\+1[7-9] does not allow|error: ISO C\+\+2\d does not allow"), "-std=c++14",
+     "old code that C++17 no longer allows"),
+]
+"""Compiler errors of old C++ under GCC's default standard (C++17): the older standard it was
+written for, and why."""
+
+
+def old_cxx_standard(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """Old C++ that GCC's default standard (C++17) rejects: code that takes ``std::tr1`` unless
+    ``__cplusplus`` is C++11's (`std::tr1::unordered_map ... conflicts with a previous declaration`),
+    or what C++17 removed (dynamic exception specifications, ``register``): compiled with the
+    standard it was written for, through CXXFLAGS, then CFLAGS too (setuptools before 72 compiles C++
+    with CFLAGS alone; GCC only warns about a C++ standard for C)."""
+    if failure.stage != "build":
+        return None
+    text = f"{failure.line}\n{failure.log[-40000:]}"
+    for pattern, flag, why in _NEWER_STD:
+        if pattern.search(text):
+            for key in ("CXXFLAGS", "CFLAGS"):
+                have = draft.env.get(key, "")
+                if not any(f.startswith("-std=") for f in have.split()):
+                    return Change("build.env", f"{have} {flag}".strip(), why, key=key)
+            return None
+    return None
+
+
 _NOT_IN_STD = re.compile(r"error: [‘'`](?P<name>\w+)[’'`] is not a member of [‘'`]std[’'`]")
 STD_HEADERS = {"unique_ptr": "memory", "shared_ptr": "memory", "make_unique": "memory", "make_shared": "memory",
                "weak_ptr": "memory", "numeric_limits": "limits", "runtime_error": "stdexcept",
@@ -544,7 +584,8 @@ def needs_cuda(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
 
 
 RULES: list[Rule] = [pkg_resources, missing_module, old_distutils, numpy_removed_api, cython, setup_requires_fetch,
-                     required_by_message, upstream_bound, compiler_strictness, std_header, bundled_library_knob,
+                     required_by_message, upstream_bound, compiler_strictness, old_cxx_standard, std_header,
+                     bundled_library_knob,
                      cmake_policy,
                      cuda_knob, needs_cuda]
 
