@@ -11,7 +11,6 @@ upstream's answer, and uv's own retries get it. See kiln/mirror/plugin.py.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import urllib.error
@@ -21,18 +20,16 @@ from pathlib import Path
 
 import pytest
 from devpi_server.config import DEFAULT_REQUEST_TIMEOUT
-from kiln_testing.deploy import Deployment
+from kiln_testing.deploy import Deployment, upload
 from kiln_testing.index import SIMPLE_JSON, StaticIndex
-from kiln_testing.provenance import provenance_json
 from kiln_testing.tools import BIN
-from kiln_testing.wheels import make_helper_wheel, make_wheel
+from kiln_testing.wheels import make_helper_wheel, make_kiln_wheel, make_wheel
 
 from kiln import mirror
 from kiln.home import Home
 from kiln.matrix import Variant
 from kiln.mirror.deploy import Site
-from kiln.mirror.server import upload_credentials
-from kiln.provenance import PROVENANCE
+from kiln.mirror.pages import CACHED_ACCEPT
 
 pytestmark = pytest.mark.e2e
 
@@ -48,27 +45,14 @@ def devpi_wait_s() -> float:
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StaticIndex]:
     """This module's upstream (it overrides conftest's, so the ``deployment`` fixture mirrors it):
-    kilnfix-helper 1.4.0 alone, every simple page 2 s slower than devpi waits."""
+    kilnfix-helper 1.4.0 and kilnslow 1.0, every simple page 2 s slower than devpi waits."""
     root = tmp_path_factory.mktemp("slow-upstream")
     wheels = tmp_path_factory.mktemp("slow-upstream-wheels")
     index = StaticIndex(root, delay=devpi_wait_s() + 2)
-    index.add([make_helper_wheel("1.4.0", wheels)])
+    index.add([make_helper_wheel("1.4.0", wheels), make_wheel("kilnslow", "1.0", {"kilnslow/__init__.py": ""}, wheels)])
     index.start()
     yield index
     index.stop()
-
-
-def wheel_requiring(name: str, version: str, requires: list[str], dest: Path, variant: str) -> Path:
-    """A pure-Python wheel of ``name`` ``version`` whose metadata requires ``requires``, with
-    kiln's provenance for ``variant`` (the mirror takes no other wheel on a kiln index)."""
-    module = name.replace("-", "_")
-    kiln_json = provenance_json(f"{name}-{version.split('+')[0]}-py3-{variant}", variant)
-    files = {f"{module}/__init__.py": "", f"{module}-{version}.dist-info/{PROVENANCE}": kiln_json}
-    return make_wheel(name, version, files, dest, tuple(requires))
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_")) and k != "VIRTUAL_ENV"}
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +63,9 @@ def published(deployment: Deployment, upstream: StaticIndex, tmp_path_factory: p
     home = Home(deployment.home)
     primary = mirror.url_for("127.0.0.1", deployment.port)
     mirror.configure(home, primary, [Variant.parse(VARIANT)], None, upstream.simple)
-    wheel = wheel_requiring("kilncold", "1.0+cpu.torch2.14", ["kilnfix-helper==1.4.0"],
-                            tmp_path_factory.mktemp("kilncold"), VARIANT)
-    creds = upload_credentials(home)
-    # credentials through the environment: never on argv (and a password may start with "-")
-    env = {**clean_env(), "UV_PUBLISH_USERNAME": creds.user, "UV_PUBLISH_PASSWORD": creds.password}
-    res = subprocess.run([str(BIN / "uv"), "publish", "--no-progress", "--publish-url",
-                          f"{primary}/{mirror.index_name(VARIANT)}/", str(wheel)], check=False, capture_output=True,
-                         text=True, env=env)
-    assert res.returncode == 0, res.stderr
-    deployment.settle()
+    wheel = make_kiln_wheel("kilncold", "1.0", VARIANT, tmp_path_factory.mktemp("kilncold"),
+                            ("kilnfix-helper==1.4.0",))
+    upload(deployment, VARIANT, wheel)
     return mirror.simple_url(deployment.url, VARIANT)
 
 
@@ -107,23 +84,40 @@ def test_first_install_through_a_cold_mirror_succeeds(published: str, client_env
     assert version.stdout.strip() == "1.4.0", version.stderr
 
 
-def get(url: str) -> tuple[int, dict[str, str]]:
-    req = urllib.request.Request(url, headers={"Accept": SIMPLE_JSON})
+def get(url: str, accept: str = SIMPLE_JSON) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers={"Accept": accept})
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
-            return resp.status, dict(resp.headers)
+            return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers)
+        return exc.code, dict(exc.headers), exc.read()
 
 
 def test_a_project_the_upstream_lacks_is_503_until_known_then_404(published: str) -> None:
     """The mirror says "try again" only while it does not know: once the slow upstream has
     answered 404, the kiln index answers 404 too (an installer then says "not found")."""
     page = f"{published}kilnnosuch/"
-    status, headers = get(page)
+    status, headers, _ = get(page)
     assert status == 503, status
     assert headers.get("Retry-After") and headers.get("Cache-Control") == "no-store", headers
     statuses = [status]
     while statuses[-1] == 503 and len(statuses) < 20:  # each try waits for devpi's upstream fetch
         statuses.append(get(page)[0])
     assert statuses[-1] == 404, statuses
+
+
+def test_the_cold_answer_is_never_kept(published: str) -> None:
+    """uv's own request, the one whose pages nginx serves from kiln's page store once kept
+    (kiln/mirror/pages.py): the 503 a cold mirror answers is not kept, and the page with the
+    upstream's file is, once devpi has it."""
+    page = f"{published}kilnslow/"
+    uv_accept = CACHED_ACCEPT[1]
+    answers = [get(page, uv_accept)]
+    assert answers[0][0] == 503, answers[0][:2]
+    while answers[-1][0] == 503 and len(answers) < 20:
+        answers.append(get(page, uv_accept))
+    status, headers, body = answers[-1]
+    assert status == 200 and b"kilnslow-1.0-py3-none-any.whl" in body, (status, body[:300])
+    assert "X-Devpi-Serial" in headers  # devpi's answer, which it keeps
+    kept = get(page, uv_accept)
+    assert kept[0] == 200 and "X-Devpi-Serial" not in kept[1] and kept[2] == body, kept[:2]

@@ -224,3 +224,21 @@ class Replica:
 
 
 DEPLOYMENTS: dict[str, type] = {"embedded": Embedded, "replica": Replica, "postgresql": PostgreSQL}
+
+
+def upload(dep: Deployment, variant: str, wheel: Path) -> None:
+    """Upload ``wheel`` to the primary's kiln/<variant> as kiln's upload user, straight with `uv
+    publish` (`kiln publish` takes only wheels of a recipe), then wait until clients can read it."""
+    from kiln.mirror.server import upload_credentials
+    from kiln_testing.tools import uv
+
+    creds = upload_credentials(Home(dep.home))
+    # credentials through the environment: never on argv (and a password may start with "-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_")) and k != "VIRTUAL_ENV"}
+    env.update(UV_PUBLISH_USERNAME=creds.user, UV_PUBLISH_PASSWORD=creds.password)
+    primary = mirror.url_for("127.0.0.1", dep.port)
+    res = subprocess.run([uv(), "publish", "--no-progress", "--publish-url",
+                          f"{primary}/{mirror.index_name(variant)}/", str(wheel)],
+                         check=False, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    dep.settle()

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kiln.errors import ConfigError, HostError
+from kiln.mirror.pages import CACHED_ACCEPT, PAGE_FILE, PAGE_HEADER, PAGE_PATH, PAGES_DIR, SIMPLE_JSON
 
 DEVPI_PORT = 3142  # devpi-server behind nginx, in mirror/ deployments
 
@@ -122,7 +123,7 @@ map $uri $kiln_not_metadata {{
     ~/\\+[fe]/.+\\.metadata$  "";
     default                  1;
 }}
-
+{_page_maps()}
 """ if static_files else ""
     files = f"""
     # devpi's state; release files live under +files/ with the same path as their URL
@@ -138,6 +139,20 @@ map $uri $kiln_not_metadata {{
         expires max;
         add_header Cache-Control "public, immutable";
         try_files /+files$uri @devpi;
+    }}
+
+    # PEP 691 project pages that kiln's plugin keeps as files (kiln.mirror.pages), as it answered
+    # them; the rest (another Accept, HTML, a page not kept yet or gone stale) goes to devpi
+    location ~ "{PAGE_PATH}" {{
+        error_page 418 = @devpi;
+        if ($kiln_page = "") {{
+            return 418;
+        }}
+        types {{ }}
+        default_type {SIMPLE_JSON};
+        add_header Cache-Control "max-age=0, must-revalidate, no-cache";
+        add_header Vary "Accept, User-Agent";
+        try_files /{PAGES_DIR}$uri$kiln_page @devpi;
     }}
 
     # kiln's status page and the logs of failed cells: `kiln up` and `kiln publish` write them
@@ -158,7 +173,7 @@ map $uri $kiln_not_metadata {{
         add_header Cache-Control "no-cache";
     }}
 """ if static_files else ""
-    ranges = """
+    ranges = f"""
         # byte ranges of what devpi streams too: files kept in PostgreSQL, mirror files on first use
         proxy_force_ranges on;
         add_header Cache-Control $kiln_file_cache;
@@ -166,7 +181,8 @@ map $uri $kiln_not_metadata {{
         proxy_cache_valid 200 30d;
         proxy_no_cache $kiln_not_metadata;
         proxy_cache_bypass $kiln_not_metadata;
-        proxy_cache_lock on;  # many clients asking at once for one .metadata: devpi answers once""" \
+        proxy_cache_lock on;  # many clients asking at once for one .metadata: devpi answers once
+        proxy_set_header {PAGE_HEADER} $kiln_page;  # devpi keeps the page it answers: nginx serves it next""" \
         if static_files else ""
     return f"""\
 {cache}server {{
@@ -196,6 +212,23 @@ map $uri $kiln_not_metadata {{
         proxy_set_header X-Real-IP $remote_addr;
         proxy_set_header Host $http_host;{ranges}
     }}
+}}
+"""
+
+
+def _page_maps() -> str:
+    """$kiln_page: the file name of a kept page for a GET or HEAD without a query whose Accept is
+    one devpi answers with JSON (pages.CACHED_ACCEPT); empty otherwise."""
+    accepts = "\n".join(f'    "{a}" 1;' for a in CACHED_ACCEPT)
+    return f"""# project pages kept as files (kiln.mirror.pages): which requests they answer
+map $http_accept $kiln_page_accept {{
+    default "";
+{accepts}
+}}
+map "$request_method:$is_args:$kiln_page_accept" $kiln_page {{
+    "GET::1"  {PAGE_FILE};
+    "HEAD::1" {PAGE_FILE};
+    default   "";
 }}
 """
 
@@ -250,6 +283,7 @@ http {{
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
     log_format kiln '{ACCESS_LOG_FORMAT}';
+    map_hash_bucket_size 256;  # the server's maps may key on whole Accept headers
     # release files never change (their URL holds their hash): cache them for a year
     map $uri $kiln_file_cache {{
         ~/\\+f/  "public, max-age=31536000, immutable";

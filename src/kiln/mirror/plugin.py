@@ -60,6 +60,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import IO, Any, Literal
 
 from packaging.utils import (
@@ -73,10 +74,10 @@ from pluggy import HookimplMarker
 from pyramid.httpexceptions import HTTPException  # type: ignore[import-untyped]
 
 from kiln.mirror.layout import USER
+from kiln.mirror.pages import CACHED_ACCEPT, PAGE_HEADER, PAGE_PATH_RE, PAGES_DIR, SIMPLE_JSON, PageStore, Watcher
 
 hookimpl = HookimplMarker("devpiserver")
 
-SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 PROJECT_PAGE = re.compile(r"^/(?P<user>[^/+][^/]*)/(?P<index>[^/+][^/]*)/\+simple/(?P<project>[^/]+)/?$")
 ANCHOR = re.compile(r"<a\s+(?P<attrs>[^>]*)>(?P<text>[^<]*)</a>")
 ATTR = re.compile(r'([\w:-]+)="([^"]*)"')
@@ -123,16 +124,17 @@ class FactsSource:
         self._upstream: dict[tuple[str, str], tuple[float, dict[str, Facts]]] = {}
         self._lock = threading.Lock()
 
-    def local(self, relpath: str) -> tuple[Facts, bool]:
-        """Facts from devpi's store, and whether the file's index is a mirror."""
+    def local(self, relpath: str) -> tuple[Facts, bool, bool]:
+        """Facts from devpi's store, whether the file's index is a mirror, and whether devpi holds
+        the file (a mirror's before its first download, a replica's before it is replicated: not)."""
         entry = self.xom.filestore.get_file_entry(relpath)
         if entry is None or not entry.meta:
-            return Facts(), False
+            return Facts(), False, False
         user, index = relpath.split("/", 2)[:2]
         stage = self.xom.model.getstage(user, index)
         is_mirror = stage is not None and stage.ixconfig.get("type") == "mirror"
         if not entry.file_exists():
-            return Facts(), is_mirror
+            return Facts(), is_mirror, False
         key = entry.best_available_hash_spec or relpath
         if key not in self._metadata:
             from devpi_server.filestore import get_core_metadata
@@ -141,27 +143,28 @@ class FactsSource:
                 data = get_core_metadata(f, entry.project, entry.version, basename=entry.basename)
             self._metadata[key] = hashlib.sha256(data).hexdigest() if data is not None else None
         return Facts(self._metadata[key], None if is_mirror else iso_time(entry.last_modified),
-                     entry.file_size()), is_mirror
+                     entry.file_size()), is_mirror, True
 
-    def upstream(self, stage_name: str, project: str) -> dict[str, Facts]:
+    def upstream(self, stage_name: str, project: str) -> tuple[dict[str, Facts], bool]:
         """filename -> facts from the PEP 691 page of the mirror index ``stage_name``'s upstream,
-        kept as long as devpi keeps its own copy of that page."""
+        kept as long as devpi keeps its own copy of that page; and whether they are current (False:
+        the upstream did not answer, these are older facts or none)."""
         user, index = stage_name.split("/")
         stage = self.xom.model.getstage(user, index)
         if stage is None or not stage.ixconfig.get("mirror_url"):
-            return {}
+            return {}, True
         expiry = float(stage.ixconfig.get("mirror_cache_expiry") or 1800)
         with self._lock:
             cached = self._upstream.get((stage_name, project))
         if cached and time.monotonic() - cached[0] < expiry:
-            return cached[1]
+            return cached[1], True
         url = urllib.parse.urljoin(stage.ixconfig["mirror_url"].rstrip("/") + "/", f"{project}/")
         facts = self._fetch(url)
         if facts is not None:
             with self._lock:
                 self._upstream[(stage_name, project)] = (time.monotonic(), facts)
-            return facts
-        return cached[1] if cached else {}
+            return facts, True
+        return (cached[1] if cached else {}), False
 
     def _fetch(self, url: str) -> dict[str, Facts] | None:
         try:
@@ -192,21 +195,36 @@ def _relpath(page_url: str, href: str) -> str | None:
     return path
 
 
-def facts_for_page(source: FactsSource, page_url: str, project: str, hrefs: list[str]) -> list[Facts]:
-    """The facts of each file linked from a project page, in order."""
-    out = []
-    for href in hrefs:
-        relpath = _relpath(page_url, href)
-        if relpath is None:
-            out.append(Facts())
-            continue
-        facts, is_mirror = source.local(relpath)
-        if is_mirror:
-            stage = "/".join(relpath.split("/", 2)[:2])
-            filename = relpath.rsplit("/", 1)[-1]
-            facts = facts.merged(source.upstream(stage, project).get(filename, Facts()))
-        out.append(facts)
-    return out
+@dataclass
+class PageFacts:
+    """The facts of the files one project page links, and whether they are all there: every
+    upstream answered, every file of a kiln index is in devpi's store."""
+
+    source: FactsSource
+    page_url: str
+    project: str
+    complete: bool = True
+
+    def __call__(self, hrefs: list[str]) -> list[Facts]:
+        """The facts of each file linked from the page, in order."""
+        out = []
+        for href in hrefs:
+            relpath = _relpath(self.page_url, href)
+            if relpath is None:
+                out.append(Facts())
+                continue
+            facts, is_mirror, present = self.source.local(relpath)
+            # a file of kiln's own not here yet (a replica's, before it is replicated): the page
+            # lacks its metadata hash, size and time until it is, so it is answered but not kept
+            self.complete = self.complete and (present or is_mirror)
+            if is_mirror:
+                stage = "/".join(relpath.split("/", 2)[:2])
+                filename = relpath.rsplit("/", 1)[-1]
+                upstream, current = self.source.upstream(stage, self.project)
+                self.complete = self.complete and current
+                facts = facts.merged(upstream.get(filename, Facts()))
+            out.append(facts)
+        return out
 
 
 def _is_wheel(filename: str) -> bool:
@@ -362,11 +380,33 @@ def patient_upstream(xom: Any) -> None:
         http.timeout = UPSTREAM_FETCH_TIMEOUT_S
 
 
+def page_expiry(stage: Any, project: str, now: float) -> float | None:
+    """When the upstream part of ``stage``'s page of ``project`` expires: when devpi's own copy of
+    the first of its mirrors' pages does (None: no mirror contributes)."""
+    mirrors = [stage] if stage.ixconfig.get("type") == "mirror" else consulted_mirrors(stage, project)
+    if not mirrors:
+        return None
+    ends = []
+    for m in mirrors:
+        fetched = m.cache_retrieve_times.get_timestamp(project)
+        ends.append((fetched if fetched > 0 else now) + float(m.cache_expiry))
+    return min(ends)
+
+
+def keeps_page(request: Any, project: str) -> bool:
+    """Whether nginx serves this request's page from the page store once it is kept (pages.py)."""
+    return (request.method == "GET" and not request.query_string and bool(request.headers.get(PAGE_HEADER))
+            and request.headers.get("Accept") in CACHED_ACCEPT and PAGE_PATH_RE.match(request.path_info) is not None
+            and request.path_info.rstrip("/").rsplit("/", 1)[-1] == project)
+
+
 def simple_page_tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable[[Any], Any]:
     xom = registry["xom"]
     source = FactsSource(xom)
+    store = start_page_store(xom)
 
     def tween(request: Any) -> Any:
+        read_at = xom.keyfs.tx.at_serial
         response = handler(request)
         match = PROJECT_PAGE.match(request.path_info)
         if match is None or request.method != "GET" or response.status_code not in (200, 404):
@@ -389,15 +429,30 @@ def simple_page_tween_factory(handler: Callable[[Any], Any], registry: Any) -> C
                 return retry_later(missing, project)
         if response.status_code != 200:
             return response
-
-        def facts_of(hrefs: list[str]) -> list[Facts]:
-            return facts_for_page(source, page_url, project, hrefs)
-
+        facts = PageFacts(source, page_url, project)
         rewrite = rewrite_json if content_type == SIMPLE_JSON else rewrite_html
-        response.body = rewrite(response.body, facts_of)
+        response.body = rewrite(response.body, facts)
+        if (store is not None and stage is not None and facts.complete and content_type == SIMPLE_JSON
+                and keeps_page(request, project)):
+            store.keep(request.path_info, project, response.body, read_at, page_expiry(stage, project, time.time()))
         return response
 
     return tween
+
+
+def start_page_store(xom: Any) -> PageStore | None:
+    """The page store under devpi's serverdir, emptied, and its watcher started; None where the
+    directory cannot be written (nginx then finds no page and asks devpi, as without a store)."""
+    from devpi_server.log import threadlog
+
+    store = PageStore(Path(str(xom.config.serverdir)) / PAGES_DIR)
+    try:
+        store.reset()
+    except OSError as exc:
+        threadlog.warn("kiln: no page store at %s: %s", store.root, exc)
+        return None
+    Watcher(xom.keyfs, store, threadlog).start()
+    return store
 
 
 UPLOAD_PATH = re.compile(r"^/(?P<user>[^/+][^/]*)/(?P<index>[^/+][^/]*)/?$")
