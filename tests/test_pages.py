@@ -16,12 +16,15 @@ from pathlib import Path
 import pytest
 from kiln_testing.deploy import Deployment, upload
 from kiln_testing.index import StaticIndex
-from kiln_testing.wheels import make_kiln_wheel
+from kiln_testing.wheels import make_kiln_wheel, make_wheel
 
 from kiln import mirror
 from kiln.home import Home
 from kiln.matrix import Variant
+from kiln.mirror.api import Devpi
+from kiln.mirror.layout import PYPI_INDEX
 from kiln.mirror.pages import CACHED_ACCEPT, PAGE_FILE, SIMPLE_JSON, PageStore, touched
+from kiln.mirror.server import root_credentials
 
 VARIANT = "cpu-torch2.14"
 FRESH_S = 1.0  # the issue's promise: a published wheel is on every page within a second
@@ -201,3 +204,33 @@ def test_each_variant_index_keeps_its_own_page(deployment: Deployment, published
     assert filenames(warm(variant)) == {"kilnfix_helper-3.0+cpu.torch2.14-py3-none-any.whl"}
     status, headers, body = get(main, CACHED_ACCEPT[1])
     assert status == 200 and filenames(body) == upstream_files, filenames(body)
+
+
+def test_an_upstream_release_and_yank_reach_the_kept_page(deployment: Deployment, published: Path,
+                                                          upstream: StaticIndex, tmp_path: Path) -> None:
+    """A kept page with the upstream's files goes when devpi's own copy of the upstream's page
+    expires (root/pypi's mirror_cache_expiry, 2 s here): the next read asks devpi, which asks the
+    upstream, and a new release and a yank show as they would without the store."""
+    primary = mirror.url_for("127.0.0.1", deployment.port)
+    api = Devpi(primary, root_credentials(Home(deployment.home)))
+    config = api.index(PYPI_INDEX) or {}
+    api.request("PATCH", PYPI_INDEX, {**config, "mirror_cache_expiry": 2})
+    deployment.settle()
+    project = f"kilnrefresh-{deployment.name}"  # the upstream is the whole session's
+    module = {f"{project.replace('-', '_')}/__init__.py": ""}
+    old = make_wheel(project, "1.0", module, tmp_path)
+    upstream.add([old])
+    page = f"{mirror.simple_url(deployment.url, 'main')}{project}/"
+    assert filenames(warm(page)) == {old.name}
+    new = make_wheel(project, "1.1", module, tmp_path)
+    upstream.yanked.add(old.name)
+    upstream.add([new])
+    deadline = time.monotonic() + 30  # 2 s of expiry, the store's sweep, devpi's fetch
+    while True:
+        files = {f["filename"]: f for f in json.loads(get(page, CACHED_ACCEPT[1])[2])["files"]}
+        if new.name in files and files[old.name].get("yanked") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert set(files) == {old.name, new.name}, files
+    assert files[old.name].get("yanked") and not files[new.name].get("yanked"), files
+    assert filenames(warm(page)) == {old.name, new.name}
