@@ -17,9 +17,10 @@ dependencies, 3 MB; downloaded once into --upstream-wheels, the only access beyo
 
 Then --clients installs run at once (a bounded thread pool, each install in a fresh --target dir,
 `uv pip install --no-cache --no-build --index-url ...`; --rounds installs per client), first
-against the static tree, then against the mirror, --repeat times alternating. Before timing, one
-install against each warms it (the mirror fetches the upstream's pages and files into root/pypi
-then, as the first client of a new release would; --cold skips that). The clients write to
+against the static tree, then against the mirror, --repeat times alternating. Before timing, two
+installs against each warm it (the mirror fetches the upstream's pages and files into root/pypi
+in the first, as the first client of a new release would, and the second finds its pages kept;
+--cold skips that). The clients write to
 --client-dir, /dev/shm by default, so that the servers are measured rather than this machine's
 disk (the clients share its CPUs with the servers all the same). Printed: failures (with each
 one's first error line), p50/p95 seconds per install, wheels/s and MB/s of wheels installed over
@@ -27,7 +28,12 @@ the phase's wall time, what nginx's access log saw (requests, bytes, answers oth
 error lines the servers logged meanwhile, and mirror/static. Goal: no failures, and the mirror's
 wheels/s at least 80% of static nginx's.
 
-    python benchmarks/load.py [--clients 64] [--rounds 1] [--repeat 1] [--cold] [--client-dir DIR]
+With --torch-sized the upstream is instead a synthetic set shaped like torch's dependencies (see
+TORCHLIKE_*: ~1000 wheels on the top project's page, 20 pinned projects), with empty payloads: each
+install then resolves over pages the size of torch's, which is what the page store (kiln issue 23)
+is for.
+
+    python benchmarks/load.py [--clients 64] [--rounds 1] [--repeat 1] [--cold] [--torch-sized] [--client-dir DIR]
 """
 
 from __future__ import annotations
@@ -153,6 +159,40 @@ def upstream_wheels(cache: Path, top: list[str]) -> list[Path]:
     return sorted(cache.glob("*.whl"))
 
 
+# A dependency set shaped like torch's, for --torch-sized: a top project with TORCHLIKE_VERSIONS
+# releases, each with a wheel per Python and platform (torch's page lists about 1000 files), that
+# pins TORCHLIKE_DEPS projects (nvidia-*, sympy, jinja2...), each with TORCHLIKE_DEP_VERSIONS
+# releases for three platforms. Payloads are empty: resolving, not downloading, is what it loads.
+TORCHLIKE_TOP = "kilnload-torch"
+TORCHLIKE_VERSIONS = 40
+TORCHLIKE_DEPS = 20
+TORCHLIKE_DEP_VERSIONS = 12
+TORCHLIKE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_28_aarch64", "win_amd64", "macosx_14_0_arm64")
+TORCHLIKE_PYTHONS = ("cp310", "cp311", "cp312", "cp313", "cp314")
+
+
+def torchlike_upstream(dest: Path, target: Target) -> list[Path]:
+    """The torch-sized set's wheels (made once into ``dest``): this Python's tag among the others."""
+    here = synthetic_tag(target).split("-")
+    pythons = sorted({*TORCHLIKE_PYTHONS, here[0]})
+    dest.mkdir(parents=True, exist_ok=True)
+    done = dest / ".complete"
+    if not done.exists():
+        deps = [f"kilnload-dep{i:02d}" for i in range(TORCHLIKE_DEPS)]
+        newest = f"1.{TORCHLIKE_DEP_VERSIONS - 1}.0"
+        for dep in deps:
+            for v in range(TORCHLIKE_DEP_VERSIONS):
+                for platform in TORCHLIKE_PLATFORMS[:3]:
+                    make_payload_wheel(dest, dep, f"1.{v}.0", 0, [], f"py3-none-{platform}")
+        for v in range(TORCHLIKE_VERSIONS):
+            for py in pythons:
+                for platform in TORCHLIKE_PLATFORMS:
+                    make_payload_wheel(dest, TORCHLIKE_TOP, f"2.{v}.0", 0, [f"{d}=={newest}" for d in deps],
+                                       f"{py}-{py}-{platform}")
+        done.touch()
+    return sorted(dest.glob("*.whl"))
+
+
 def make_content(dest: Path, upstream: list[Path], upstream_top: list[str], target: Target) -> Content:
     """The synthetic kiln wheels over ``upstream``; what an install of the top one resolves to."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -170,7 +210,9 @@ def make_content(dest: Path, upstream: list[Path], upstream_top: list[str], targ
 
 
 class StaticNginx:
-    """nginx with kiln's tuning serving PEP 503 trees from disk: /all/ and /upstream/."""
+    """nginx with kiln's tuning serving PEP 503 trees from disk under ``root``/tree (here /all/ and
+    /upstream/; benchmarks/install_time.py's: what the mirror answered): a ``<page>/index.json``
+    to a client that asks for PEP 691 JSON, else ``<page>/index.html``, and every other file."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -224,8 +266,10 @@ server {{
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"{self.url}/all/simple/", timeout=5):
+                with urllib.request.urlopen(f"{self.url}/", timeout=5):
                     return
+            except urllib.error.HTTPError:
+                return  # it answers
             except (urllib.error.URLError, OSError):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise BenchError(f"static nginx did not start (log: {prefix / 'error.log'})") from None
@@ -505,11 +549,15 @@ def load(work: Path, upstream: list[Path], upstream_top: list[str], clients: int
                     if say:
                         print("no warm-up of the mirror (--cold): the first clients make it fetch the upstream's files")
                     continue
-                warm = runner.install(by_name[side].index)
-                if warm.error:
-                    raise BenchError(f"warm-up install against {side} failed: {warm.error}")
-                if say:
-                    print(f"warm-up: one install against {side}, untimed ({warm.seconds:.1f} s)")
+                # two installs: the first makes the mirror fetch the upstream's files (each a change
+                # to its project, whose kept pages then go: kiln.mirror.pages); the second finds
+                # the pages as a warm mirror keeps them
+                for _ in range(2):
+                    warm = runner.install(by_name[side].index)
+                    if warm.error:
+                        raise BenchError(f"warm-up install against {side} failed: {warm.error}")
+                    if say:
+                        print(f"warm-up: one install against {side}, untimed ({warm.seconds:.1f} s)")
             for round_ in range(repeat):
                 for side in sides:
                     phases.append(runner.phase(by_name[side], clients, rounds))
@@ -577,13 +625,24 @@ def main() -> int:
     p.add_argument("--only", choices=("static", "mirror"), help="load one side alone")
     p.add_argument("--cold", action="store_true",
                    help="do not warm the mirror: its first phase fetches the upstream's pages and files")
+    p.add_argument("--torch-sized", action="store_true",
+                   help=f"the upstream is a synthetic dependency set shaped like torch's ({TORCHLIKE_TOP}: "
+                        f"{TORCHLIKE_VERSIONS} releases x {len(TORCHLIKE_PYTHONS) * len(TORCHLIKE_PLATFORMS)} "
+                        f"wheels, pinning {TORCHLIKE_DEPS} projects of {TORCHLIKE_DEP_VERSIONS} releases), "
+                        "so that resolving, not downloading, is what loads the servers")
     args = p.parse_args()
     if min(args.clients, args.rounds, args.repeat) < 1:
         p.error("--clients, --rounds and --repeat must be at least 1")
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sides = (args.only,) if args.only else ("static", "mirror")
     try:
-        upstream = upstream_wheels(Path(args.upstream_wheels), UPSTREAM_TOP)
+        target = Target(f"{sys.version_info.major}.{sys.version_info.minor}")
+        if args.torch_sized:
+            top = [TORCHLIKE_TOP]
+            upstream = torchlike_upstream(Path(args.upstream_wheels).with_name("load-torchlike"), target)
+        else:
+            top = UPSTREAM_TOP
+            upstream = upstream_wheels(Path(args.upstream_wheels), UPSTREAM_TOP)
         with tempfile.TemporaryDirectory(prefix="kiln-load-bench-") as tmp:
             print(f"uv {run([uv(), '--version'], 'uv --version').split()[1]}, Python "
                   f"{sys.version_info.major}.{sys.version_info.minor}, {os.cpu_count()} CPUs shared by the servers "
@@ -591,7 +650,7 @@ def main() -> int:
                   "machine makes the figures noisy)")
             print(f"{args.clients} clients at once, {args.rounds} install(s) each: `uv pip install --no-cache "
                   "--no-build --target <fresh dir> --index-url <index>`")
-            result = load(Path(tmp), upstream, UPSTREAM_TOP, args.clients, args.rounds, sides, args.repeat,
+            result = load(Path(tmp), upstream, top, args.clients, args.rounds, sides, args.repeat,
                           args.client_dir, args.cold, say=True)
             c = result.content
             print(f"each install: {len(c.expected)} wheels, {c.install_bytes() / 1e6:.1f} MB ({len(c.published)} "

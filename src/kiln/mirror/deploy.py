@@ -190,12 +190,6 @@ map $uri $kiln_not_metadata {{
     server_name _;
     access_log {access_log} kiln;
 
-    gzip on;
-    gzip_min_length 2000;
-    gzip_proxied any;
-    gzip_types text/plain text/css text/xml application/json application/vnd.pypi.simple.v1+json
-               application/javascript text/javascript;
-
     proxy_read_timeout 600s;
     # wheels with CUDA kernels run to hundreds of MB; uploads need kiln's credentials anyway
     client_max_body_size 0;
@@ -283,6 +277,11 @@ http {{
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
     log_format kiln '{ACCESS_LOG_FORMAT}';
+    gzip on;
+    gzip_min_length 2000;
+    gzip_proxied any;
+    gzip_types text/plain text/css text/xml application/json application/vnd.pypi.simple.v1+json
+               application/javascript text/javascript;
     map_hash_bucket_size 256;  # the server's maps may key on whole Accept headers
     # release files never change (their URL holds their hash): cache them for a year
     map $uri $kiln_file_cache {{

@@ -41,6 +41,11 @@ retry started again from nothing. The cure, where it arises:
 Warming the mirror after publish was not chosen: it covers only what kiln published and its
 direct requirements, not the dependencies of upstream packages a user's resolve reaches.
 
+**Warm pages as files** (kiln issue 23): the tween keeps each PEP 691 page it answers to uv's or
+pip's Accept in the page store (pages.py), which nginx then serves without asking devpi; a page
+that lacks a fact it would have a moment later (an upstream that did not answer, a kiln file a
+replica has not received yet) is answered but not kept.
+
 **Only kiln's wheels on kiln's indexes.** A subscriber to pyramid's ContextFound asks of every
 upload to a ``kiln/*`` index what `kiln publish` asks before it sends one (a wheel, with kiln's
 provenance, naming this wheel, for this index's variant), so that the kiln password or a token
