@@ -70,17 +70,24 @@ FILE_KEYS = frozenset({"STAGEFILE"})
 EVERYTHING_KEYS = frozenset({"USER", "USERLIST", "MIRRORNAMESINIT"})
 
 
+def name_and_version(filename: str) -> tuple[str, str] | None:
+    """The canonical project and the version a release file's name (wheel or sdist) says."""
+    try:
+        if filename.endswith(".whl"):
+            name, version, _, _ = parse_wheel_filename(filename)
+        else:
+            name, version = parse_sdist_filename(filename)
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        return None
+    return str(name), str(version)
+
+
 def project_of_file(relpath: str, value: Any) -> str | None:
     """The canonical project of a release file's changelog entry: its meta, else its name."""
     if isinstance(value, Mapping) and value.get("project"):
         return str(canonicalize_name(str(value["project"])))
-    filename = relpath.rsplit("/", 1)[-1]
-    try:
-        if filename.endswith(".whl"):
-            return str(parse_wheel_filename(filename)[0])
-        return str(parse_sdist_filename(filename)[0])
-    except (InvalidWheelFilename, InvalidSdistFilename):
-        return None
+    parsed = name_and_version(relpath.rsplit("/", 1)[-1])
+    return parsed[0] if parsed else None
 
 
 def touched(changes: Mapping[str, Any]) -> set[str] | None:

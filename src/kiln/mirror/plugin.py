@@ -68,18 +68,21 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from packaging.utils import (
-    InvalidSdistFilename,
-    InvalidWheelFilename,
-    canonicalize_name,
-    parse_sdist_filename,
-    parse_wheel_filename,
-)
+from packaging.utils import canonicalize_name
 from pluggy import HookimplMarker
 from pyramid.httpexceptions import HTTPException  # type: ignore[import-untyped]
 
 from kiln.mirror.layout import USER
-from kiln.mirror.pages import CACHED_ACCEPT, PAGE_HEADER, PAGE_PATH_RE, PAGES_DIR, SIMPLE_JSON, PageStore, Watcher
+from kiln.mirror.pages import (
+    CACHED_ACCEPT,
+    PAGE_HEADER,
+    PAGE_PATH_RE,
+    PAGES_DIR,
+    SIMPLE_JSON,
+    PageStore,
+    Watcher,
+    name_and_version,
+)
 
 hookimpl = HookimplMarker("devpiserver")
 
@@ -250,22 +253,13 @@ def rewrite_json(body: bytes, facts_of: Callable[[list[str]], list[Facts]]) -> b
             f["upload-time"] = fact.upload_time
         if fact.size is not None:
             f["size"] = fact.size
-        version = _version_of(f["filename"])
-        if version:
-            versions.add(version)
+        parsed = name_and_version(f["filename"])
+        if parsed:
+            versions.add(parsed[1])
     if files and all("size" in f for f in files):
         page["meta"] = {**page.get("meta", {}), "api-version": "1.1"}
         page["versions"] = sorted(versions)
     return json.dumps(page).encode()
-
-
-def _version_of(filename: str) -> str | None:
-    try:
-        if filename.endswith(".whl"):
-            return str(parse_wheel_filename(filename)[1])
-        return str(parse_sdist_filename(filename)[1])
-    except (InvalidWheelFilename, InvalidSdistFilename):
-        return None
 
 
 def rewrite_html(body: bytes, facts_of: Callable[[list[str]], list[Facts]]) -> bytes:
