@@ -3,7 +3,7 @@
 Times, side by side in one run on this machine:
   (a) a fresh venv + `uv pip install causal-conv1d` from source, with uv's
       extra-build-dependencies / extra-build-variables (the best a user can do without kiln),
-  (b) the same install from the kiln mirror,
+  (b) the same install from the kiln mirror, warm (two untimed installs from it first),
   (c) the same wheel installed from a local file (the floor),
 and prints the ratios a/b and b/c. torch is installed into each venv before the clock starts
 (it is the same download in all three), so the times are what causal-conv1d itself costs.
@@ -143,25 +143,33 @@ class Recorder:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                self.forward("GET")
+
+            def do_HEAD(self) -> None:
+                self.forward("HEAD")
+
+            def forward(self, method: str) -> None:
                 path = urllib.parse.urlsplit(self.path).path
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "range")}
-                req = urllib.request.Request(recorder.mirror + self.path, headers=headers)
+                req = urllib.request.Request(recorder.mirror + self.path, headers=headers, method=method)
                 try:
                     with urllib.request.urlopen(req, timeout=600) as resp:
                         status, answer, body = resp.status, resp.headers, resp.read()
                 except urllib.error.HTTPError as exc:
                     status, answer, body = exc.code, exc.headers, exc.read()
-                if status == 200:
+                if method == "GET" and status == 200:
                     recorder.keep(path, answer.get("Content-Type", ""), body)
-                elif status == 206:
-                    recorder.partial.add(path)
+                elif status in (200, 206):
+                    recorder.partial.add(path)  # fetched whole once the client is done
                 self.send_response(status)
                 for name in ("Content-Type", "Content-Range", "Accept-Ranges", "ETag", "Last-Modified"):
                     if answer.get(name):
                         self.send_header(name, answer[name])
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", answer.get("Content-Length", "0") if method == "HEAD"
+                                 else str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if method == "GET":
+                    self.wfile.write(body)
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 pass
@@ -226,6 +234,7 @@ def page_times(base: str, pages: list[str]) -> list[float]:
 def against_static(work: Path, mirror: str, index: str, python: str, torch: str, rounds: int, repeat: int) -> None:
     """Record what a warm install and `uv lock` read, serve it with static nginx, and time pages
     and `uv lock` against the mirror and the static copy, side by side."""
+    work.chmod(0o755)  # a temp dir is the owner's alone; nginx's workers may run as nobody
     tree = work / "static" / "tree"
     recorder = Recorder(mirror, tree)
     recorder.start()
@@ -319,6 +328,10 @@ def main() -> None:
         wheel = fetch_wheel(index, work)
         print(f"wheel: {wheel.name}")
         fresh_venv(work / "warmup", python, args.torch)  # torch into uv's cache, untimed
+        # the mirror warm, untimed: the first install makes it fetch the upstream's pages (each a
+        # change to its project, whose page is then not kept), the second finds them kept
+        for _ in range(2):
+            from_mirror(work, python, args.torch, index)
         b = statistics.median(from_mirror(work, python, args.torch, index) for _ in range(args.repeat))
         c = statistics.median(from_file(work, python, args.torch, wheel) for _ in range(args.repeat))
         print(f"(b) from the kiln mirror:   {b:8.2f} s  (median of {args.repeat})")

@@ -246,7 +246,7 @@ server {{
     server_name _;
     access_log access.log kiln;
     root {self.root / "tree"};
-    location ~ /simple/[^/]+/$ {{
+    location ~ /\\+?simple/[^/]+/$ {{
         types {{
             {SIMPLE_JSON} json;
             text/html html;
