@@ -220,7 +220,7 @@ class Watcher:
     def run(self) -> None:
         while True:
             try:
-                self.keyfs.wait_tx_serial(self.serial + 1, timeout=SWEEP_S, recheck=0.05)
+                self.keyfs.wait_tx_serial(self.serial + 1, timeout=SWEEP_S, recheck=0.1)
                 self.catch_up()
                 self.store.paused = False
                 self.store.sweep(time.time())
