@@ -27,7 +27,7 @@ from kiln_testing.fixtures import REPO_RECIPES, recipes_dir
 from kiln_testing.index import StaticIndex
 from kiln_testing.wheels import make_torch_stand_in
 
-from kiln import gpushim
+from kiln import gpushim, pthshim
 from kiln.backends.cibuildwheel import environment
 from kiln.buildenv import build_env
 from kiln.buildreqs import BuildRequirements
@@ -179,7 +179,7 @@ def shim_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv whose torch (a stand-in) says the machine has one GPU, 8.6, with the shim installed."""
     tmp = tmp_path_factory.mktemp("shim-env")
     site = _venv(tmp / "venv", make_torch_stand_in("2.14.1", tmp, cuda="13.0", gpus=("8.6",)))
-    assert gpushim.install_into(site) == site / "_kiln_gpu_shim.pth"
+    assert pthshim.install_into(gpushim, site) == site / "_kiln_gpu_shim.pth"
     return tmp / "venv" / "bin" / "python"
 
 
@@ -261,7 +261,7 @@ def test_cibuildwheel_puts_the_shim_into_the_container_s_python(tmp_path: Path) 
     assert f"/host{Path(gpushim.__file__).resolve()}" in steps[install]
     # what that step runs, run here against a fresh environment's Python
     site = _venv(tmp_path / "venv", make_torch_stand_in("2.14.1", tmp_path, cuda="13.0", gpus=()))
-    cmd = gpushim.install_command(str(Path(gpushim.__file__).resolve()))
+    cmd = pthshim.install_command(gpushim, str(Path(gpushim.__file__).resolve()))
     subprocess.run([str(tmp_path / "venv" / "bin" / "python"), *cmd[1:]], check=True)
     assert (site / "_kiln_gpu_shim.pth").read_text() == gpushim.PTH_LINE
     out, _ = _probe(tmp_path / "venv" / "bin" / "python", "8.0")

@@ -22,7 +22,7 @@ import pytest
 from kiln_testing.fixtures import FIXTURES, REPO_RECIPES, recipes_dir
 from kiln_testing.index import StaticIndex
 
-from kiln import setupshim
+from kiln import pthshim, setupshim
 from kiln.backends.cibuildwheel import before_build
 from kiln.buildreqs import static
 from kiln.cli import main
@@ -88,7 +88,7 @@ def test_without_the_shim_setuptools_backend_fails_on_the_setup_py(env: Path, tm
 
 @pytest.fixture
 def shimmed(env: Path) -> Path:
-    assert setupshim.install_into(_site(env)) == _site(env) / "_kiln_setup_shim.pth"
+    assert pthshim.install_into(setupshim, _site(env)) == _site(env) / "_kiln_setup_shim.pth"
     return env
 
 

@@ -28,9 +28,9 @@ the build steps sees the shim: not the smoke test, not a user's environment, not
 This file runs in two places, so it imports the standard library alone. kiln imports it as
 ``kiln.gpushim``: `answer_for` computes a cell's answer, which travels as KILN_GPU_SHIM
 (``7.5;8.0;9.0``; empty: no GPU) among kiln's own variables of the build steps (kiln.build.build_env,
-kiln.sandbox); `install_into` puts a copy of this file into the build environment's site-packages as
+kiln.sandbox); `kiln.pthshim.install_into` puts a copy of this file into the build environment's site-packages as
 ``_kiln_gpu_shim.py`` with ``_kiln_gpu_shim.pth``, which makes every Python process started there
-call `activate` (the cibuildwheel backend does the same in the container's Python, `install_command`).
+call `activate` (the cibuildwheel backend does the same in the container's Python, `kiln.pthshim.install_command`).
 `activate` does nothing without KILN_GPU_SHIM (kiln's own probes of the build environment); with it,
 it puts an import hook first on ``sys.meta_path`` that replaces the functions above once
 ``torch.cuda`` has been imported. A ``.pth`` file is read with ``-I``, ``-E`` and ``-P`` too (only
@@ -50,7 +50,6 @@ if TYPE_CHECKING:  # every Python process of a build environment imports this fi
     import ast
     from collections.abc import Sequence
     from importlib.machinery import ModuleSpec
-    from pathlib import Path
     from types import ModuleType
     from typing import Any
 
@@ -122,25 +121,6 @@ def describe(value: str | None) -> str:
                 f"(a cell without CUDA; {ENV}, see kiln.sandbox)")
     return (f"GPU shim: torch.cuda in the build steps answers as {_gpus(gpus)}, kiln's stand-in{_s(gpus)} for "
             f"the cell's target architectures (no GPU is used; {ENV}, see kiln.sandbox)")
-
-
-def install_into(site_packages: Path) -> Path:
-    """Put the shim into a build environment: this file as ``_kiln_gpu_shim.py`` and the ``.pth``
-    file that activates it, in ``site_packages``; returns the ``.pth`` file."""
-    with open(__file__) as f:
-        (site_packages / f"{MODULE}.py").write_text(f.read())
-    pth = site_packages / PTH
-    pth.write_text(PTH_LINE)
-    return pth
-
-
-def install_command(source: str) -> list[str]:
-    """The command that does `install_into` for the ``python`` on PATH (a cibuildwheel
-    container's), copying this file from ``source`` (its path as that command sees it)."""
-    code = ("import shutil, sysconfig; d = sysconfig.get_paths()['purelib']; "
-            f"shutil.copyfile({source!r}, d + '/{MODULE}.py'); "
-            f"open(d + '/{PTH}', 'w').write({PTH_LINE!r})")
-    return ["python", "-c", code]
 
 
 def cuda_only(setup_py: str) -> str | None:

@@ -19,9 +19,9 @@ When the shim acts it says so, once per process, on stderr, so in the cell's log
 shim: ...``).
 
 Like kiln.gpushim this file runs inside the build environment, so it imports the standard library
-alone: `install_into` puts a copy of it into the environment's site-packages as
+alone: `kiln.pthshim.install_into` puts a copy of it into the environment's site-packages as
 ``_kiln_setup_shim.py`` with ``_kiln_setup_shim.pth``, which makes every Python process there call
-`activate` (the cibuildwheel backend does the same in the container's Python, `install_command`);
+`activate` (the cibuildwheel backend does the same in the container's Python, `kiln.pthshim.install_command`);
 `activate` puts an import hook first on ``sys.meta_path`` that gives ``setuptools.build_meta`` its
 ``exec`` once imported. The smoke test's environment has no shim, and the wheel holds none of it.
 """
@@ -35,7 +35,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # every Python process of a build environment imports this file: nothing more
     from collections.abc import Sequence
     from importlib.machinery import ModuleSpec
-    from pathlib import Path
     from types import CodeType, ModuleType
     from typing import Any
 
@@ -51,25 +50,6 @@ SAID = ("kiln: setup.py shim: {file} uses __builtins__ as the builtins module, a
 
 
 # ----------------------------------------------------------------------------- kiln's side
-
-
-def install_into(site_packages: Path) -> Path:
-    """Put the shim into a build environment: this file as ``_kiln_setup_shim.py`` and the ``.pth``
-    file that activates it, in ``site_packages``; returns the ``.pth`` file."""
-    with open(__file__) as f:
-        (site_packages / f"{MODULE}.py").write_text(f.read())
-    pth = site_packages / PTH
-    pth.write_text(PTH_LINE)
-    return pth
-
-
-def install_command(source: str) -> list[str]:
-    """The command that does `install_into` for the ``python`` on PATH (a cibuildwheel
-    container's), copying this file from ``source`` (its path as that command sees it)."""
-    code = ("import shutil, sysconfig; d = sysconfig.get_paths()['purelib']; "
-            f"shutil.copyfile({source!r}, d + '/{MODULE}.py'); "
-            f"open(d + '/{PTH}', 'w').write({PTH_LINE!r})")
-    return ["python", "-c", code]
 
 
 # ----------------------------------------------------------------------------- inside a build step

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from kiln import buildreqs, cythonize, gpushim, setupshim
+from kiln import buildreqs, cythonize, gpushim, pthshim, setupshim
 from kiln.backends import CompileJob, CompileResult
 from kiln.buildenv import build_env, ccache_settings, constraint_lines
 from kiln.buildreqs import BuildRequirements
@@ -143,8 +143,8 @@ def before_build(cell: Cell, toolchains: Toolchains, reqs: BuildRequirements) ->
     steps = [
         (f'printf "%s\\n" {_join(lines)} > {CONSTRAINTS}' if lines else f": > {CONSTRAINTS}"),
         _join(install + first),
-        _join(gpushim.install_command(HOST_MOUNT + str(Path(gpushim.__file__).resolve()))),
-        _join(setupshim.install_command(HOST_MOUNT + str(Path(setupshim.__file__).resolve()))),
+        _join(pthshim.install_command(gpushim, HOST_MOUNT + str(Path(gpushim.__file__).resolve()))),
+        _join(pthshim.install_command(setupshim, HOST_MOUNT + str(Path(setupshim.__file__).resolve()))),
         f"python -c {_quote(hook)}",
         f"{{ ! [ -s {BACKEND_REQUIRES} ] || {_join(install)} -r {BACKEND_REQUIRES}; }}",
         f"python -I {_join([script, '.', *keep])} > {CYTHON_RECORD}",

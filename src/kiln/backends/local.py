@@ -16,7 +16,7 @@ import urllib.parse
 from pathlib import Path
 from typing import TextIO
 
-from kiln import buildreqs, cuda, cythonize, feasible, gpushim, setupshim
+from kiln import buildreqs, cuda, cythonize, feasible, gpushim, pthshim, setupshim
 from kiln.backends import CompileJob, CompileResult
 from kiln.errors import BuildError
 from kiln.host import probe_host
@@ -86,9 +86,9 @@ class LocalBackend:
         # wheels only where the project publishes any: else the cell is not buildable (kiln.feasible)
         feasible.install(job, python, feasible.first_tiers(reqs, cell.torch_release))
         # torch in the hook and build steps answers about GPUs for the cell, not for this machine
-        gpushim.install_into(site_packages(python))
+        pthshim.install_into(gpushim, site_packages(python))
         # setuptools' backend runs setup.py with __builtins__ as `python setup.py` has it (kiln.setupshim)
-        setupshim.install_into(site_packages(python))
+        pthshim.install_into(setupshim, site_packages(python))
         print(f"kiln: {gpushim.describe(job.env.get(gpushim.ENV))}", file=log, flush=True)
         path = job.env.get("PATH", os.environ.get("PATH", ""))
         if toolkit is not None:
