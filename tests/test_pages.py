@@ -149,6 +149,7 @@ def published(deployment: Deployment, upstream: StaticIndex, tmp_path_factory: p
     return wheels
 
 
+@pytest.mark.e2e
 def test_a_kept_page_is_what_devpi_answered_to_uv_and_pip(deployment: Deployment, published: Path) -> None:
     """Every Accept header of CACHED_ACCEPT gets the same PEP 691 page, byte for byte, from the
     store as from devpi (a query string takes a request past the store): PEP 658 core-metadata and
@@ -166,6 +167,7 @@ def test_a_kept_page_is_what_devpi_answered_to_uv_and_pip(deployment: Deployment
     assert entry["core-metadata"]["sha256"] and entry["upload-time"] and entry["size"] > 0, entry
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("accept", "content_type"), [
     ("text/html", "text/html"),
     (None, "text/html"),
@@ -184,6 +186,7 @@ def test_other_accept_headers_are_negotiated_by_devpi_as_before(deployment: Depl
         assert b'data-core-metadata="sha256=' in body  # the plugin's HTML, as before
 
 
+@pytest.mark.e2e
 def test_a_published_wheel_is_on_the_kept_page_within_a_second(deployment: Deployment, published: Path) -> None:
     page = f"{mirror.simple_url(deployment.url, VARIANT)}kilnpage/"
     assert "kilnpage-1.1+cpu.torch2.14-py3-none-any.whl" not in filenames(warm(page))
@@ -193,6 +196,7 @@ def test_a_published_wheel_is_on_the_kept_page_within_a_second(deployment: Deplo
                                      "kilnpage-1.1+cpu.torch2.14-py3-none-any.whl"}
 
 
+@pytest.mark.e2e
 def test_each_variant_index_keeps_its_own_page(deployment: Deployment, published: Path) -> None:
     """kiln/main and kiln/cpu-torch2.14 both show the upstream's kilnfix-helper until kiln
     publishes its own build to the variant index: then that index's page shows kiln's wheel alone
@@ -210,6 +214,7 @@ def test_each_variant_index_keeps_its_own_page(deployment: Deployment, published
     assert status == 200 and filenames(body) == upstream_files, filenames(body)
 
 
+@pytest.mark.e2e
 def test_an_upstream_release_and_yank_reach_the_kept_page(deployment: Deployment, published: Path,
                                                           upstream: StaticIndex, tmp_path: Path) -> None:
     """A kept page with the upstream's files goes when devpi's own copy of the upstream's page
