@@ -194,15 +194,21 @@ def cython_wheel(request: pytest.FixtureRequest) -> Path:
     return max(cache.glob("cython-*-py3-none-any.whl"))
 
 
+def serve_with_cython(root: Path, sdist: str, cython_wheel: Path, upstream_wheels: list[Path]) -> Iterator[StaticIndex]:
+    """An index of the fixture ``sdist``, Cython and the packaging tools, stopped after."""
+    index = StaticIndex(root)
+    index.add([FIXTURES / sdist, cython_wheel, *upstream_wheels])
+    index.start()
+    yield index
+    index.stop()
+
+
 @pytest.fixture(scope="module")
 def cy_index(tmp_path_factory: pytest.TempPathFactory, upstream_wheels: list[Path],
              cython_wheel: Path) -> Iterator[StaticIndex]:
     """The kilncy sdist, Cython and the packaging tools."""
-    index = StaticIndex(tmp_path_factory.mktemp("cy-upstream"))
-    index.add([FIXTURES / "kilncy-1.0.0.tar.gz", cython_wheel, *upstream_wheels])
-    index.start()
-    yield index
-    index.stop()
+    yield from serve_with_cython(tmp_path_factory.mktemp("cy-upstream"), "kilncy-1.0.0.tar.gz", cython_wheel,
+                                 upstream_wheels)
 
 
 def cython_version(wheel: Path) -> str:
@@ -358,11 +364,8 @@ def generate_line(path: Path) -> str:
 def cypp_index(tmp_path_factory: pytest.TempPathFactory, upstream_wheels: list[Path],
                cython_wheel: Path) -> Iterator[StaticIndex]:
     """The kilncypp sdist, Cython and the packaging tools."""
-    index = StaticIndex(tmp_path_factory.mktemp("cypp-upstream"))
-    index.add([FIXTURES / "kilncypp-1.0.0.tar.gz", cython_wheel, *upstream_wheels])
-    index.start()
-    yield index
-    index.stop()
+    yield from serve_with_cython(tmp_path_factory.mktemp("cypp-upstream"), "kilncypp-1.0.0.tar.gz", cython_wheel,
+                                 upstream_wheels)
 
 
 def test_a_setup_py_that_never_cythonizes_a_source_release_builds_from_the_regenerated_file(
