@@ -20,11 +20,19 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, TextIO
 
+from packaging import tags
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
 from packaging.version import Version
 
 from kiln import buildreqs, source
@@ -135,6 +143,8 @@ class Change:
             return f"{self.field}.{self.key} = {self.value}"
         if self.field in ("build.replace", "runtime.replace"):
             return f"{self.field}: {self.key} -> {self.value}"
+        if self.field == "matrix.torch" and self.key:
+            return f"matrix.torch: {self.key} -> {self.value}"
         if self.field == "matrix.torch":
             return f"matrix.torch = [{self.value}], cuda = [cpu]"
         if self.field == "matrix.cuda":
@@ -143,6 +153,12 @@ class Change:
 
     def apply(self, draft: Draft) -> bool:
         """Change the draft; False when it holds this already (the rule cannot help)."""
+        if self.field == "matrix.torch" and self.key:  # another minor in place of the draft's
+            if draft.torch != self.key:
+                return False
+            draft.torch = self.value
+            draft.why["matrix.torch"] = "; ".join(w for w in (draft.why.get("matrix.torch"), self.why) if w)
+            return True
         if self.field == "matrix.torch":
             if draft.torch:
                 return False
@@ -250,6 +266,33 @@ class Context:
                     for build in spec.builds if build != "cpu" and self.python in spec.python]
         variant, _ = pick_variant(variants, self.toolchains, probe_facts())
         return variant
+
+    def release_series(self, project: str, draft: Draft) -> tuple[Version, bool] | None:
+        """The release of ``project`` a draft's package was made against: of its releases with a
+        wheel for the draft's Python, the newest uploaded before the draft's sdist (True), else the
+        oldest (False); None when it has no such wheel, or the index does not say when files were
+        uploaded."""
+        try:
+            made = [f.upload_time for f in source.index_files(draft.project, self.index_url)
+                    if f.upload_time and _sdist_version(f.filename) == Version(draft.version)]
+            files = source.index_files(project, self.index_url)
+        except KilnError:
+            return None
+        major, minor = (int(part) for part in self.python.split(".")[:2])
+        supported = {*tags.cpython_tags((major, minor)), *tags.compatible_tags((major, minor))}
+        uploaded: dict[Version, datetime] = {}
+        for f in files:
+            try:
+                _, version, _, wheel_tags = parse_wheel_filename(f.filename)
+            except InvalidWheelFilename:
+                continue
+            if version.is_prerelease or f.yanked or not f.upload_time or not wheel_tags & supported:
+                continue
+            uploaded[version] = min(uploaded.get(version, f.upload_time), f.upload_time)
+        if not uploaded or not made:
+            return None
+        before = [v for v, when in uploaded.items() if when <= min(made)]
+        return (max(before), True) if before else (min(uploaded), False)
 
     def torch_minor(self) -> str | None:
         """The newest torch minor with a cpu build for the draft's Python."""
@@ -599,8 +642,69 @@ def needs_cuda(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
                   key=variant.torch)
 
 
+_TORCH_CXX = re.compile(r"C\+\+(?P<std>\d\d) or later compatible compiler is required to use PyTorch")
+_STD_FLAG = re.compile(r"-std=(?:c|gnu)\+\+(?P<std>\d\d)\b")
+
+
+def torch_cxx_standard(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """torch's headers refuse the C++ standard the package compiles with (`C++20 or later compatible
+    compiler is required to use PyTorch`: setup.py passes -std=c++17): the newest older torch minor
+    whose headers take the package's standard (the toolchain table's ``cxx_std``), with the draft's
+    build (cpu or its CUDA) for its Python."""
+    if failure.stage != "build" or not draft.torch or not (m := _TORCH_CXX.search(failure.line) or
+                                                           _TORCH_CXX.search(failure.log[-40000:])):
+        return None
+    commands = [ln for ln in failure.log.splitlines() if not ln.startswith("kiln:")]
+    stds = [int(s) for ln in commands for s in _STD_FLAG.findall(ln)]
+    std = max(stds) if stds else int(m["std"]) - 3  # else the standard before the one torch asks for
+    if draft.torch in ctx.toolchains.torch and ctx.toolchains.torch[draft.torch].cxx_std <= std:
+        return None  # the draft's torch takes that standard: the error is something else's
+    build = draft.cuda or "cpu"
+    older = [minor for minor, spec in ctx.toolchains.torch.items()
+             if Version(minor) < Version(draft.torch) and spec.cxx_std <= std and build in spec.builds
+             and draft.python in spec.python]
+    if not older:
+        return None
+    return Change("matrix.torch", max(older, key=Version), f"torch {draft.torch}'s headers need C++{m['std']}, the "
+                  f"package compiles with C++{std}", key=draft.torch)
+
+
+_GONE_NAME = re.compile(r"cannot import name '(?P<name>\w+)' from '(?P<module>[\w.]+)'|"
+                        r"module '(?P<module2>[\w.]+)' has no attribute '(?P<name2>\w+)'")
+_IMPORTED = re.compile(r"smoke test: import (?P<module>[\w.]+) failed")
+
+
+def dependency_moved_on(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """The smoke test's import fails on a name a runtime dependency no longer has (`cannot import
+    name 'scalar_search_armijo' from 'scipy.optimize.linesearch'`): the package was written against
+    an older release of it. Bound the dependency to the minor series that was current when the
+    package's release was uploaded, among its releases with a wheel for the draft's Python, else
+    (the Python is newer than the package) to the oldest series with such a wheel."""
+    if failure.stage != "smoke" or not (m := _GONE_NAME.search(failure.line)):
+        return None
+    module = m["module"] or m["module2"]
+    own = _IMPORTED.search(failure.line)
+    if module.split(".")[0] in sys.stdlib_module_names or (own and module.split(".")[0] ==
+                                                           own["module"].split(".")[0]):
+        return None  # Python's own module, or the package's
+    dist = ctx.distribution(module)
+    if dist is None or canonicalize_name(Requirement(dist).name) == canonicalize_name(draft.project):
+        return None
+    name = Requirement(dist).name
+    found = ctx.release_series(name, draft)
+    if found is None:
+        return None
+    series, current = found
+    which = ("the series current at the release" if current else
+             f"the oldest with a wheel for Python {draft.python}, which is newer than the release")
+    return Change("runtime.requires", f"{name}<{series.major}.{series.minor + 1}",
+                  f"{module}.{m['name'] or m['name2']} is gone from newer {name}: {name} {series.major}."
+                  f"{series.minor}, {which}")
+
+
 RULES: list[Rule] = [pkg_resources, missing_module, old_distutils, numpy_removed_api, cython, setup_requires_fetch,
-                     required_by_message, upstream_bound, compiler_strictness, old_cxx_standard, std_header,
+                     required_by_message, upstream_bound, dependency_moved_on, compiler_strictness,
+                     torch_cxx_standard, old_cxx_standard, std_header,
                      bundled_library_knob,
                      cmake_policy,
                      cuda_knob, needs_cuda]
@@ -679,6 +783,13 @@ class InferResult:
     recipe: Path
     tries: int
     draft: Draft
+
+
+def _sdist_version(filename: str) -> Version | None:
+    try:
+        return parse_sdist_filename(filename)[1]
+    except InvalidSdistFilename:
+        return None
 
 
 def newest_sdist_version(project: str, index_url: str) -> str:
@@ -859,15 +970,27 @@ _GONE_IN_312 = re.compile(r"module 'configparser' has no attribute '(SafeConfigP
 they vendor) still use."""
 
 
+_ORPHANED = re.compile(r"^kiln: Cython output without its \.pyx: (\S+) \(generated by Cython ([^;]+);", re.MULTILINE)
+"""kiln.cythonize's log line for Cython output the sdist ships without its ``.pyx``."""
+_NUMPY_C_API = re.compile(r"\b(NPY_\w+|PyArray_\w+|arrayobject\.h)")
+
+
 def python_too_new(failure: Failure, draft: Draft) -> str | None:
     """Why a build failed for the draft's Python itself, so that only an older one can work: a
-    standard-library name Python 3.12 removed (``configparser.SafeConfigParser``, ``imp``), or
+    standard-library name Python 3.12 removed (``configparser.SafeConfigParser``, ``imp``);
     numpy.distutils still missing with numpy 1.x pinned (numpy 1.26, the last with it, ships it
-    for Python 3.11 and older only); None otherwise."""
+    for Python 3.11 and older only); or a compile error in Cython output the sdist ships without
+    its ``.pyx`` (no Cython can write it again: it compiles only on the Pythons of the Cython that
+    wrote it), unless the error is numpy's C API (a numpy bound's to fix); None otherwise."""
     text = failure.line + "\n" + failure.log[-40000:]
     if failure.stage == "build" and Version(draft.python) >= Version("3.12") and (m := _GONE_IN_312.search(text)):
         name = next(g for g in m.groups() if g)
         return f"the build uses {name}, which Python 3.12 removed from the standard library"
+    if failure.stage == "build" and "error" in failure.line and not _NUMPY_C_API.search(failure.line):
+        for path, old in _ORPHANED.findall(failure.log):
+            if failure.line.startswith(f"{path}:") or f"/{path}:" in failure.line:
+                return (f"{path} (generated by Cython {old}, no .pyx shipped to regenerate it from) does not "
+                        f"compile on Python {draft.python}")
     gone = "No module named 'numpy.distutils'"
     if failure.stage != "build" or (gone not in failure.line and gone not in failure.log[-40000:]):
         return None
