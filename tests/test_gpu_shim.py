@@ -369,13 +369,6 @@ def test_a_cpu_cell_of_a_cuda_only_extension_fails_as_on_a_machine_without_a_gpu
      "def exts():\n    return [CUDAExtension('k._C', ['k.cu'])]\n"
      "if __name__ == '__main__':\n    setup(ext_modules=exts())\n",
      "line 4: it builds a CUDAExtension unconditionally"),
-    # torch-unified 0.1: no extension at all without a GPU, so a cpu cell's wheel holds no compiled code
-    ("import torch\nfrom torch.utils.cpp_extension import CUDAExtension\next_modules = []\n"
-     "if torch.cuda.is_available():\n    ext_modules.append(CUDAExtension('_k_gpu', ['k.cpp']))\n",
-     "line 4: it builds extensions only when torch.cuda.is_available()"),
-    ("import torch\nfrom torch.utils.cpp_extension import CUDAExtension\n"
-     "exts = [CUDAExtension('k', ['k.cu'])] if torch.cuda.is_available() and True else []\n",
-     "line 3: it builds extensions only when torch.cuda.is_available()"),
 ])
 def test_a_cuda_only_setup_py_is_named_with_its_line(setup_py: str, why: str) -> None:
     assert gpushim.cuda_only(setup_py) == why
@@ -388,13 +381,6 @@ def test_a_cuda_only_setup_py_is_named_with_its_line(setup_py: str, why: str) ->
     "import torch\nfrom torch.utils import cpp_extension as ce\nexts = [ce.CppExtension('k._C', ['k.cpp'])]\n"
     "if torch.cuda.is_available() or FORCE_CUDA:\n    exts = [ce.CUDAExtension('k._C', ['k.cpp', 'k.cu'])]\n",
     "import torch\nif not torch.cuda.is_available():\n    print('building without CUDA')\n",
-    # a CPU extension besides the one built with a GPU, or instead of it
-    "import torch\nfrom torch.utils.cpp_extension import CUDAExtension, CppExtension\n"
-    "exts = [CppExtension('k._cpu', ['k.cpp'])]\nif torch.cuda.is_available():\n"
-    "    exts.append(CUDAExtension('k._gpu', ['k.cu']))\n",
-    "import torch\nfrom torch.utils.cpp_extension import CUDAExtension, CppExtension\n"
-    "if torch.cuda.is_available():\n    ext = CUDAExtension('k', ['k.cu'])\n"
-    "else:\n    ext = CppExtension('k', ['k.cpp'])\n",
     "this is not Python (\n",
 ])
 def test_a_setup_py_that_builds_without_cuda_is_not_named(setup_py: str) -> None:

@@ -127,11 +127,9 @@ def cuda_only(setup_py: str) -> str | None:
     """Why a setup.py builds only with CUDA, for `kiln infer` to draft a CUDA cell (the shim lets
     it build without a GPU) rather than a cpu cell that cannot work: it refuses to run unless
     ``torch.cuda.is_available()`` (``if not torch.cuda.is_available(): raise ...`` or
-    ``sys.exit``, also within ``or``/``and``; ``assert torch.cuda.is_available()``), it builds a
-    ``CUDAExtension`` under no condition but ``__name__ == "__main__"``, or it builds extensions
-    only when ``torch.cuda.is_available()`` (``if torch.cuda.is_available():
-    ext_modules.append(CUDAExtension(...))`` and no extension otherwise: a cpu cell's wheel would
-    hold no compiled code at all). None when it may build without CUDA, or does not parse."""
+    ``sys.exit``, also within ``or``/``and``; ``assert torch.cuda.is_available()``), or it builds a
+    ``CUDAExtension`` under no condition but ``__name__ == "__main__"``. None when it may build
+    without CUDA, or does not parse."""
     import ast
 
     try:
@@ -147,10 +145,6 @@ def cuda_only(setup_py: str) -> str | None:
         func = call.func
         if (func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)) == "CUDAExtension":
             return f"line {call.lineno}: it builds a CUDAExtension unconditionally"
-    gated = [node for node in ast.walk(tree) if isinstance(node, ast.If | ast.IfExp) and _with_gpu(node.test)]
-    inside = {id(call) for node in gated for call in _extensions(node.body)}
-    if inside and all(id(call) in inside for call in _extensions(tree)):
-        return f"line {gated[0].lineno}: it builds extensions only when torch.cuda.is_available()"
     return None
 
 
@@ -170,28 +164,6 @@ def _operands(test: ast.expr) -> list[ast.expr]:
     import ast
 
     return [v for value in test.values for v in _operands(value)] if isinstance(test, ast.BoolOp) else [test]
-
-
-def _with_gpu(test: ast.expr) -> bool:
-    """Whether ``test`` holds only with a GPU: ``...is_available()``, alone or an operand of ``and``."""
-    import ast
-
-    parts = test.values if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) else [test]
-    return any(_is_available(part) for part in parts)
-
-
-def _extensions(body: list[ast.stmt] | ast.AST) -> list[ast.Call]:
-    """The calls of an extension class (``CUDAExtension``, ``CppExtension``, ``Extension``) in ``body``."""
-    import ast
-
-    found = []
-    for node in (body if isinstance(body, list) else [body]):
-        for call in ast.walk(node):
-            if isinstance(call, ast.Call):
-                func = call.func
-                if (func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")).endswith("Extension"):
-                    found.append(call)
-    return found
 
 
 def _without_gpu(test: ast.expr) -> bool:
