@@ -217,7 +217,9 @@ CXX20 = ("/env/lib/python3.12/site-packages/torch/include/c10/util/C++17.h:13:2:
 
 def test_torch_headers_that_refuse_the_package_s_standard_mean_an_older_torch() -> None:
     """chamferdist 1.0.3 compiles with -std=c++17, which torch 2.14's headers refuse."""
-    log = f"kiln: env CXXFLAGS=\ng++ -fPIC -I/env/include -c chamferdist/ext.cpp -o ext.o -std=c++17\n{CXX20}"
+    log = (f"kiln: env CXXFLAGS=\ng++ -std=c++20 -fPIC -I/env/include -c chamferdist/ext.cpp -o ext.o -std=c++17\n"
+           f"{CXX20}\nc10/core/AutogradState.h:84:23: warning: default member initializers for bit-fields only "
+           "available with ‘-std=c++20’ or ‘-std=gnu++20’ [-Wc++20-extensions]\n")
     d = draft()
     assert torch_cxx_standard(fail(CXX20, log), d, OfflineContext()) is None  # no torch in the draft
     d.torch = "2.14"

@@ -643,7 +643,8 @@ def needs_cuda(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
 
 
 _TORCH_CXX = re.compile(r"C\+\+(?P<std>\d\d) or later compatible compiler is required to use PyTorch")
-_STD_FLAG = re.compile(r"-std=(?:c|gnu)\+\+(?P<std>\d\d)\b")
+_STD_FLAG = re.compile(r"(?:^|\s)-std=(?:c|gnu)\+\+(?P<std>\d\d)(?=\s|$)")
+"""A C++ standard on a compiler's command line (not one a diagnostic quotes: ``‘-std=c++20’``)."""
 
 
 def torch_cxx_standard(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
@@ -655,8 +656,8 @@ def torch_cxx_standard(failure: Failure, draft: Draft, ctx: Context) -> Change |
                                                            _TORCH_CXX.search(failure.log[-40000:])):
         return None
     commands = [ln for ln in failure.log.splitlines() if not ln.startswith("kiln:")]
-    stds = [int(s) for ln in commands for s in _STD_FLAG.findall(ln)]
-    std = max(stds) if stds else int(m["std"]) - 3  # else the standard before the one torch asks for
+    stds = [int(found[-1]) for ln in commands if (found := _STD_FLAG.findall(ln))]  # the last one of a command wins
+    std = min(stds) if stds else int(m["std"]) - 3  # else the standard before the one torch asks for
     if draft.torch in ctx.toolchains.torch and ctx.toolchains.torch[draft.torch].cxx_std <= std:
         return None  # the draft's torch takes that standard: the error is something else's
     build = draft.cuda or "cpu"
