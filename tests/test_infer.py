@@ -193,6 +193,10 @@ def test_a_standard_library_name_python_3_12_removed_means_an_older_python() -> 
     older.python = "3.11"
     assert python_too_new(safe, older) is None  # there it is something else
     assert python_too_new(fail("ModuleNotFoundError: No module named 'impala'"), draft()) is None
+    # cykdtree 0.2.4 builds on 3.12, and its import fails there
+    smoke = fail("smoke test: import cykdtree failed: ModuleNotFoundError: No module named 'imp'", stage="smoke")
+    assert python_too_new(smoke, draft()) == "the package uses imp, which Python 3.12 removed from the standard library"
+    assert python_too_new(smoke, older) is None
 
 
 def test_cython_output_shipped_without_its_pyx_that_fails_means_an_older_python() -> None:

@@ -977,16 +977,18 @@ _NUMPY_C_API = re.compile(r"\b(NPY_\w+|PyArray_\w+|arrayobject\.h)")
 
 
 def python_too_new(failure: Failure, draft: Draft) -> str | None:
-    """Why a build failed for the draft's Python itself, so that only an older one can work: a
-    standard-library name Python 3.12 removed (``configparser.SafeConfigParser``, ``imp``);
+    """Why a build (or its smoke test) failed for the draft's Python itself, so that only an older
+    one can work: a standard-library name Python 3.12 removed (``configparser.SafeConfigParser``,
+    ``imp``), in the build or in the package's own import;
     numpy.distutils still missing with numpy 1.x pinned (numpy 1.26, the last with it, ships it
     for Python 3.11 and older only); or a compile error in Cython output the sdist ships without
     its ``.pyx`` (no Cython can write it again: it compiles only on the Pythons of the Cython that
     wrote it), unless the error is numpy's C API (a numpy bound's to fix); None otherwise."""
     text = failure.line + "\n" + failure.log[-40000:]
-    if failure.stage == "build" and Version(draft.python) >= Version("3.12") and (m := _GONE_IN_312.search(text)):
+    if Version(draft.python) >= Version("3.12") and (m := _GONE_IN_312.search(text)):
         name = next(g for g in m.groups() if g)
-        return f"the build uses {name}, which Python 3.12 removed from the standard library"
+        return (f"the {'build' if failure.stage == 'build' else 'package'} uses {name}, which Python 3.12 removed "
+                "from the standard library")
     if failure.stage == "build" and "error" in failure.line and not _NUMPY_C_API.search(failure.line):
         for path, old in _ORPHANED.findall(failure.log):
             if failure.line.startswith(f"{path}:") or f"/{path}:" in failure.line:
