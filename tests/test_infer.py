@@ -38,6 +38,7 @@ from kiln.infer import (
     setup_requires_fetch,
     static_draft,
     std_header,
+    toolchain_bound,
     torch_cxx_standard,
     unbounded,
     unconditional_imports,
@@ -400,6 +401,71 @@ def test_an_upstream_bound_no_release_satisfies_is_rewritten_to_its_lower_bounds
                           OfflineContext()) is None
     assert upstream_bound(fail(UNRESOLVABLE.replace(">=1.16,<1.20", ">=1.30")), draft(), OfflineContext()) is None
     assert upstream_bound(fail("error: x.c: No such file", stage="build"), draft(), OfflineContext()) is None
+
+
+CLOSURE = """\
+kiln: closure: binaries only, the runtime requirements do not resolve:
+error: No solution found when resolving dependencies
+         And because only the following versions of numpy are available:
+             numpy<=1.16.6
+             numpy>=1.17
+         and demo==1.0 depends on numpy>=1.8.2,<1.17, we can conclude that demo==1.0 cannot be used.
+kiln: closure: no wheel for cp311: matplotlib==3.4.3, numpy==1.16.6
+"""
+CLOSURE_LINE = ("matplotlib 3.4.3, a runtime requirement with no wheel for cp311, failed to build (ERROR Backend "
+                "subprocess exited when trying to invoke build_wheel (`python -m build ...` exited 1))")
+
+
+def test_an_old_upstream_bound_behind_a_dependency_without_a_wheel_is_rewritten() -> None:
+    """gco-wrapper 3.0.6 pins numpy<1.17: its closure has no wheel for cp311 and builds none."""
+    change = upstream_bound(fail(CLOSURE_LINE, CLOSURE + CLOSURE_LINE), draft(), OfflineContext())
+    assert change is not None and change.describe() == "runtime.replace: numpy<1.17,>=1.8.2 -> numpy>=1.8.2"
+    without = CLOSURE.replace("the runtime requirements do not resolve", "resolved")
+    assert upstream_bound(fail(CLOSURE_LINE, without + CLOSURE_LINE), draft(), OfflineContext()) is None
+
+
+EXCLUDES = ("Because you require torch>=2.0,<2.8 and torch==2.14.1, we can conclude that your requirements are "
+            "unsatisfiable. (`uv pip install ...` exited 1)")
+
+
+def test_a_build_requirement_bound_below_every_torch_kiln_builds_is_replaced() -> None:
+    """dbscan-torch 0.2.0 declares torch>=2.0,<2.8 at build time; the table's oldest minor is 2.8."""
+    d = draft()
+    assert toolchain_bound(fail(EXCLUDES), d, OfflineContext()) is None  # no torch in the draft
+    d.torch = "2.14"
+    change = toolchain_bound(fail(EXCLUDES), d, OfflineContext())
+    assert change is not None and change.describe() == "build.replace: torch<2.8,>=2.0 -> torch>=2.0"
+    assert change.why == "upstream's torch<2.8,>=2.0 excludes every torch minor kiln builds"
+    within = EXCLUDES.replace("<2.8", "<2.10")  # 2.8 is in the table: the draft's torch is what to change
+    assert toolchain_bound(fail(within), d, OfflineContext()) is None
+    other = EXCLUDES.replace("torch>=2.0,<2.8", "numpy<1.20").replace("torch==2.14.1", "numpy==2.2.0")
+    assert toolchain_bound(fail(other), d, OfflineContext()) is None  # not the toolchain's pin
+    assert toolchain_bound(fail(EXCLUDES, stage="smoke"), d, OfflineContext()) is None
+
+
+CYTHON_NP_INT = """Error compiling Cython file:
+------------------------------------------------------------
+...
+    def update(self, np.ndarray[DTYPE_t, ndim=2] X ,
+                            np.ndarray[np.int_t, ndim=1] I,
+                                              ^
+------------------------------------------------------------
+
+msmtools/estimation/dense/tmat_sampling/sampler_revpi.pyx:91:47: Invalid type.
+"""
+
+
+def test_a_numpy_type_numpy_2_s_cython_declarations_dropped_means_numpy_below_2() -> None:
+    """msmtools 1.2.6: `np.int_t` is not in numpy 2's __init__.pxd."""
+    line = ("Cython.Compiler.Errors.CompileError: msmtools/estimation/dense/tmat_sampling/sampler_revpi.pyx "
+            "(`python -m build ...` exited 1)")
+    d = draft()
+    change = numpy_removed_api(fail(line, CYTHON_NP_INT + line), d, OfflineContext())
+    assert change is not None and change.describe() == "build.constraints += numpy<2"
+    change.apply(d)
+    assert numpy_removed_api(fail(line, CYTHON_NP_INT + line), d, OfflineContext()) is None  # pinned: Cython's turn
+    own = CYTHON_NP_INT.replace("np.int_t", "my_index_t")
+    assert numpy_removed_api(fail(line, own + line), draft(), OfflineContext()) is None  # not numpy's type
 
 
 @pytest.mark.parametrize(("requirement", "expected"), [

@@ -330,10 +330,21 @@ def missing_module(failure: Failure, draft: Draft, ctx: Context) -> Change | Non
 _NUMPY_ALIAS = re.compile(r"module 'numpy' has no attribute '(int|float|bool|object|long|complex|str|unicode)'")
 
 
+_CYTHON_NUMPY_TYPE = re.compile(r"\b\w+\.(?:int|uint|long|ulong|float|complex|object|bool)_t\b[^\n]*\n"
+                                r"(?:[ \t]*\^[ \t]*\n)?-{20,}\n\n\S+\.pyx:\d+:\d+: "
+                                r"(?:Invalid type|'\w+' is not a type identifier)")
+"""Cython refusing a numpy type numpy 2's ``__init__.pxd`` no longer declares (``np.int_t``)."""
+
+
 def numpy_removed_api(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
-    """A numpy API numpy 2 removed: in C (`NPY_`/`PyArray_` errors, `numpy/arrayobject.h`) or the
-    aliases (`np.int`); at run time, a module compiled against numpy 1.x."""
+    """A numpy API numpy 2 removed: in C (`NPY_`/`PyArray_` errors, `numpy/arrayobject.h`), in
+    Cython (``np.int_t``: `Invalid type`) or the aliases (`np.int`); at run time, a module
+    compiled against numpy 1.x."""
     text = failure.log[-40000:]
+    pins_numpy = any(c.replace(" ", "").startswith("numpy<") for c in draft.constraints)
+    if failure.stage == "build" and not pins_numpy and _CYTHON_NUMPY_TYPE.search(text):
+        return Change("build.constraints", "numpy<2", "Cython code uses a numpy type numpy 2's declarations dropped "
+                      "(np.int_t)")
     if "No module named 'numpy.distutils'" in failure.line or (failure.stage == "build" and
                                                                "No module named 'numpy.distutils'" in text):
         target0: Field = "runtime.requires" if failure.stage == "smoke" else "build.constraints"
@@ -493,7 +504,8 @@ def upstream_bound(failure: Failure, draft: Draft, ctx: Context) -> Change | Non
     """The wheel's own runtime requirements do not resolve because of an upstream upper bound no
     release satisfies for this Python (`numpy<1.20` on 3.12): rewrite it (runtime.replace) to its
     lower bounds alone; the smoke test then says whether the package runs with what installs."""
-    if failure.stage != "smoke" and "do not resolve" not in failure.line:
+    if (failure.stage != "smoke" and "do not resolve" not in failure.line
+            and "the runtime requirements do not resolve" not in failure.log):
         return None
     for m in _DEPENDS_ON.finditer(f"{failure.line}\n{failure.log[-20000:]}"):
         if canonicalize_name(m["who"]) != canonicalize_name(draft.project):
@@ -670,6 +682,33 @@ def torch_cxx_standard(failure: Failure, draft: Draft, ctx: Context) -> Change |
                   f"package compiles with C++{std}", key=draft.torch)
 
 
+_EXCLUDES_PIN = re.compile(r"Because you require (?P<req>[A-Za-z0-9][\w.-]*[<>=!~][^\s,]*(?:,[<>=!~][^\s,]*)*) and "
+                           r"(?P<name>[A-Za-z0-9][\w.-]*)==(?P<version>\S+?), we can conclude that your requirements "
+                           r"are unsatisfiable")
+
+
+def toolchain_bound(failure: Failure, draft: Draft, ctx: Context) -> Change | None:
+    """A build requirement whose upper bound excludes the cell's torch (`you require torch>=2.0,<2.8
+    and torch==2.14.1`), where the toolchain table has no minor within it: build.replace it with its
+    lower bounds; the build then says whether the code compiles against the cell's torch, and the
+    smoke test whether upstream's runtime bound must go too (`upstream_bound`)."""
+    if failure.stage != "build" or not draft.torch or not (m := _EXCLUDES_PIN.search(failure.line) or
+                                                           _EXCLUDES_PIN.search(failure.log[-20000:])):
+        return None
+    try:
+        req = Requirement(m["req"])
+    except InvalidRequirement:
+        return None
+    if canonicalize_name(req.name) != "torch" or canonicalize_name(m["name"]) != "torch":
+        return None
+    if any(req.specifier.contains(spec.release) for spec in ctx.toolchains.torch.values()):
+        return None  # a minor of the table satisfies it: the draft's torch is the one to change
+    if not any(sp.operator in ("<", "<=", "==", "~=") for sp in req.specifier):
+        return None
+    return Change("build.replace", unbounded(req), f"upstream's {req} excludes every torch minor kiln builds",
+                  key=str(req))
+
+
 _GONE_NAME = re.compile(r"cannot import name '(?P<name>\w+)' from '(?P<module>[\w.]+)'|"
                         r"module '(?P<module2>[\w.]+)' has no attribute '(?P<name2>\w+)'")
 _IMPORTED = re.compile(r"smoke test: import (?P<module>[\w.]+) failed")
@@ -704,7 +743,7 @@ def dependency_moved_on(failure: Failure, draft: Draft, ctx: Context) -> Change 
 
 
 RULES: list[Rule] = [pkg_resources, missing_module, old_distutils, numpy_removed_api, cython, setup_requires_fetch,
-                     required_by_message, upstream_bound, dependency_moved_on, compiler_strictness,
+                     required_by_message, upstream_bound, toolchain_bound, dependency_moved_on, compiler_strictness,
                      torch_cxx_standard, old_cxx_standard, std_header,
                      bundled_library_knob,
                      cmake_policy,
@@ -922,6 +961,10 @@ def infer(spec: str, recipes_dir: Path, home: Home, options: InferOptions, depth
             continue
         failure = Failure.of(result)
         last = f"{failure.line} (log: {result.log})"
+        if _CLOSURE_FAILURE.match(failure.line) and (change := upstream_bound(failure, draft, ctx)) is not None \
+                and change.apply(draft):  # upstream's old bound is why the dependency has no wheel: it goes first
+            say(f"try {attempt}: {_short(failure.line)} -> {change.describe()}")
+            continue
         if (m := _CLOSURE_FAILURE.match(failure.line)) and depth < MAX_DEPTH \
                 and not (drafts / f"{canonicalize_name(m.group(1))}.yaml").exists():
             dep_spec = f"{m.group(1)}=={m.group(2)}"
