@@ -742,7 +742,7 @@ def dependency_moved_on(failure: Failure, draft: Draft, ctx: Context) -> Change 
                   f"{series.minor}, {which}")
 
 
-RULES: list[Rule] = [pkg_resources, missing_module, old_distutils, numpy_removed_api, cython, setup_requires_fetch,
+RULES: list[Rule] = [pkg_resources, numpy_removed_api, missing_module, old_distutils, cython, setup_requires_fetch,
                      required_by_message, upstream_bound, toolchain_bound, dependency_moved_on, compiler_strictness,
                      torch_cxx_standard, old_cxx_standard, std_header,
                      bundled_library_knob,
