@@ -12,7 +12,7 @@ rule before any was built: tune infer's rules on `tuning`, measure them on `held
 before them had been seen, each measured once with the rules as they stood) and `original` (the releases
 without a `set`). Each package's kiln infer / build gets --timeout seconds.
 
-    python benchmarks/corpus.py [--infer] [--set held-out|tuning|held-out-2|held-out-3|held-out-4|held-out-5|original]
+    python benchmarks/corpus.py [--infer] [--set held-out|tuning|held-out-2|held-out-3|held-out-4|held-out-5|held-out-6|original]
                                 [--only NAME ...] [--python 3.12] [--timeout 1200] [--home DIR]
 """
 
@@ -50,7 +50,7 @@ CORPUS = HERE / "corpus.toml"
 RECIPES = HERE / "corpus"
 TOOLCHAINS = HERE.parent / "recipes" / "toolchains.yaml"
 KILN = [sys.executable, "-m", "kiln.cli"]
-SETS = ("held-out", "tuning", "held-out-2", "held-out-3", "held-out-4", "held-out-5", "original")
+SETS = ("held-out", "tuning", "held-out-2", "held-out-3", "held-out-4", "held-out-5", "held-out-6", "original")
 
 
 @dataclass
