@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kiln_testing.fixtures import FIXTURE_RECIPES, recipes_dir
 from kiln_testing.index import StaticIndex
 from kiln_testing.wheels import make_wheel
@@ -485,7 +486,8 @@ def test_a_numpy_type_numpy_2_s_cython_declarations_dropped_means_numpy_below_2(
 
 @pytest.mark.parametrize(("requirement", "expected"), [
     ("numpy<1.20", "numpy"), ("numpy>=1.16,<1.20", "numpy>=1.16"), ("scipy~=1.4", "scipy>=1.4"),
-    ("torch==1.*", "torch>=1"), ("x!=1.1,<=2", "x!=1.1")])
+    ("torch==1.*", "torch>=1"), ("x!=1.1,<=2", "x!=1.1"),
+    ('numpy==1.17.3; python_version >= "3.8"', 'numpy>=1.17.3; python_version >= "3.8"')])
 def test_unbounded(requirement: str, expected: str) -> None:
     from packaging.requirements import Requirement
 
@@ -614,6 +616,15 @@ def test_a_build_requirement_bound_no_python_has_a_wheel_within_is_replaced() ->
     change = unsatisfiable_bound(reason, draft())
     assert change is not None and change.describe() == "build.replace: numpy<v1.20.0 -> numpy"
     assert unsatisfiable_bound(reason.replace("numpy<v1.20.0", "numpy>=1.16"), draft()) is None  # no upper bound
+    # Bottleneck 1.3.2 pins numpy per Python with markers, as oldest-supported-numpy does
+    marked = ('numpy==1.17.3; python_version >= "3.8" and platform_system != "AIX" has no wheel for cp312 (a build '
+              'requirement: [build-system].requires)')
+    d = draft()
+    change = unsatisfiable_bound(marked, d)
+    assert change is not None and change.key == 'numpy==1.17.3; python_version >= "3.8" and platform_system != "AIX"'
+    assert change.value == 'numpy>=1.17.3; python_version >= "3.8" and platform_system != "AIX"'
+    change.apply(d)
+    assert yaml.safe_load(d.yaml())["build"]["replace"] == {change.key: change.value}  # quoted as YAML reads it back
     assert unsatisfiable_bound(reason.replace("[build-system].requires", "recipe build.requires"), draft()) is None
     assert unsatisfiable_bound("kilnpicky 1.0.0 requires Python >=3.11 (Requires-Python in its PKG-INFO), not 3.10.13",
                                draft()) is None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import itertools
+import json
 import re
 import shutil
 import subprocess
@@ -126,7 +127,7 @@ _YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
 def _quoted(text: str) -> str:
     """A YAML scalar: bare when plain, quoted when YAML would read it otherwise."""
     plain = re.fullmatch(r"[A-Za-z_][\w.-]*", text) and text.lower() not in _YAML_WORDS
-    return text if plain else f'"{text}"'
+    return text if plain else json.dumps(text)  # a JSON string is a YAML double-quoted scalar
 
 
 @dataclass(frozen=True)
@@ -522,15 +523,15 @@ def upstream_bound(failure: Failure, draft: Draft, ctx: Context) -> Change | Non
 
 
 def unbounded(req: Requirement) -> str:
-    """``req`` without its upper bounds: ``numpy>=1.16,<1.20`` -> ``numpy>=1.16``, ``x~=1.2`` ->
-    ``x>=1.2``, ``x==1.*`` -> ``x>=1``."""
+    """``req`` without its upper bounds, its marker kept: ``numpy>=1.16,<1.20`` -> ``numpy>=1.16``,
+    ``x~=1.2`` -> ``x>=1.2``, ``x==1.*; python_version >= "3.8"`` -> ``x>=1; python_version >= "3.8"``."""
     kept = []
     for sp in req.specifier:
         if sp.operator in (">=", ">", "!="):
             kept.append(str(sp))
         elif sp.operator in ("~=", "=="):
             kept.append(f">={sp.version.removesuffix('.*')}")
-    return req.name + ",".join(sorted(kept))
+    return req.name + ",".join(sorted(kept)) + (f"; {req.marker}" if req.marker else "")
 
 
 _STRICT = re.compile(r"error: .*\[-W(?:error=)?(?P<flag>narrowing|implicit-function-declaration|implicit-int|"
@@ -987,7 +988,7 @@ def infer(spec: str, recipes_dir: Path, home: Home, options: InferOptions, depth
     raise InferError(f"{project} {version}: no working recipe after {max_tries} tries; last failure: {last}")
 
 
-_NO_WHEEL = re.compile(r"^(?P<req>\S+) has no wheel for cp\d+ \(a build requirement: (?P<tier>[^)]*)\)")
+_NO_WHEEL = re.compile(r"^(?P<req>.+?) has no wheel for cp\d+ \(a build requirement: (?P<tier>[^)]*)\)")
 
 
 def unsatisfiable_bound(reason: str, draft: Draft) -> Change | None:
