@@ -834,14 +834,8 @@ def _sdist_version(filename: str) -> Version | None:
 
 
 def newest_sdist_version(project: str, index_url: str) -> str:
-    versions = []
-    for f in source.index_files(project, index_url):
-        try:
-            name, version = parse_sdist_filename(f.filename)
-        except InvalidSdistFilename:
-            continue
-        if not version.is_prerelease:
-            versions.append(version)
+    versions = [v for f in source.index_files(project, index_url)
+                if (v := _sdist_version(f.filename)) is not None and not v.is_prerelease]
     if not versions:
         raise InferError(f"{project}: no sdist on {index_url}")
     return str(max(versions))
