@@ -8,12 +8,13 @@ totals, overall and per set. A benchmark, not a test: it may take an hour.
 
 The corpus has sets: `held-out` and `tuning` (the halves of the later releases, split by a fixed
 rule before any was built: tune infer's rules on `tuning`, measure them on `held-out`),
-`held-out-2`, `held-out-3` and `held-out-4` (ten more each, picked by a fixed rule after the sets
+`held-out-2` to `held-out-6` (ten more each, picked by a fixed rule after the sets
 before them had been seen, each measured once with the rules as they stood) and `original` (the releases
 without a `set`). Each package's kiln infer / build gets --timeout seconds.
 
-    python benchmarks/corpus.py [--infer] [--set held-out|tuning|held-out-2|held-out-3|held-out-4|held-out-5|held-out-6|original]
-                                [--only NAME ...] [--python 3.12] [--timeout 1200] [--home DIR]
+    python benchmarks/corpus.py [--infer] [--set SET] [--only NAME ...] [--python 3.12] [--timeout 1200]
+                                [--home DIR]
+    SET: held-out, tuning, held-out-2 ... held-out-6, original
 """
 
 from __future__ import annotations
